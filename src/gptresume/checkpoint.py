@@ -1,0 +1,238 @@
+"""Checkpoint manifest (the commit marker), verification, discovery of the newest valid checkpoint, retention.
+
+A `checkpoint-N/` directory is exactly what `Trainer` writes, plus `manifest.json`, written last and atomically
+after every file is fsynced. A checkpoint is valid iff its manifest exists and every listed file has the
+recorded size and sha256. Nothing here ever deletes a checkpoint that is not provably superseded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE_NAME = "trainer_state.json"
+OPTIMIZER_NAME = "optimizer.pt"
+SCHEDULER_NAME = "scheduler.pt"
+RNG_STATE_PATTERN = re.compile(r"^rng_state(_\d+)?\.pth$")
+MANIFEST_FORMAT = 1
+HASH_CHUNK = 8 << 20
+
+
+@dataclass
+class CheckpointInfo:
+    path: Path
+    step: int
+    faults: list[str] = field(default_factory=list)
+    manifest: dict | None = None
+
+    @property
+    def valid(self) -> bool:
+        return not self.faults
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+# ---------------------------------------------------------------- durable writes
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Temp file, fsync, rename, fsync of the directory: the file is either absent or complete."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def hash_file(path: Path, fsync: bool = False) -> tuple[int, str]:
+    """(size, sha256) streamed in chunks; with fsync=True also forces the bytes to disk first."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        if fsync:
+            os.fsync(f.fileno())
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def _checkpoint_files(ckpt: Path) -> list[Path]:
+    return sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
+                  and not p.name.startswith(f".{MANIFEST_NAME}"))
+
+
+def library_versions() -> dict:
+    import accelerate
+    import datasets
+    import tokenizers
+    import torch
+    import transformers
+
+    import gptresume
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "datasets": datasets.__version__,
+            "accelerate": accelerate.__version__, "tokenizers": tokenizers.__version__,
+            "gptresume": gptresume.__version__}
+
+
+def write_manifest(ckpt: Path, *, step: int, epoch: float | None, config: dict, config_fingerprint: str,
+                   data_fingerprint: str | None, world_size: int, adopted: bool = False) -> dict:
+    """Commit `ckpt`: hash and fsync every file, then write manifest.json atomically (the commit point)."""
+    files = {}
+    for p in _checkpoint_files(ckpt):
+        size, digest = hash_file(p, fsync=True)
+        files[p.relative_to(ckpt).as_posix()] = {"bytes": size, "sha256": digest}
+    fsync_dir(ckpt)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "step": step,
+        "epoch": epoch,
+        "files": files,
+        "config": config,
+        "config_fingerprint": config_fingerprint,
+        "data_fingerprint": data_fingerprint,
+        "world_size": world_size,
+        "versions": library_versions(),
+        "host": socket.gethostname(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "adopted": adopted,
+    }
+    atomic_write_text(ckpt / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+# ---------------------------------------------------------------- verification and discovery
+
+
+def read_manifest(ckpt: Path) -> tuple[dict | None, str | None]:
+    path = ckpt / MANIFEST_NAME
+    if not path.is_file():
+        return None, f"no {MANIFEST_NAME} (the save never committed: interrupted, or not written by gptresume)"
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest.get("files"), dict):
+            raise ValueError("no file list")
+    except (ValueError, OSError) as e:
+        return None, f"{MANIFEST_NAME} is unreadable ({e})"
+    return manifest, None
+
+
+def verify_checkpoint(ckpt: Path, hash_files: bool = True) -> CheckpointInfo:
+    """Check every file the manifest lists: present, right size, right sha256 (streamed)."""
+    ckpt = Path(ckpt)
+    m = CHECKPOINT_RE.match(ckpt.name)
+    info = CheckpointInfo(path=ckpt, step=int(m.group(1)) if m else -1)
+    manifest, fault = read_manifest(ckpt)
+    if fault:
+        info.faults.append(fault)
+        return info
+    info.manifest = manifest
+    if info.step < 0:
+        info.step = int(manifest.get("step", -1))
+    for rel, meta in sorted(manifest["files"].items()):
+        p = ckpt / rel
+        if not p.is_file():
+            info.faults.append(f"{rel}: missing")
+            continue
+        size = p.stat().st_size
+        if size != meta["bytes"]:
+            info.faults.append(f"{rel}: wrong size ({size} bytes, manifest says {meta['bytes']})")
+            continue
+        if hash_files and hash_file(p)[1] != meta["sha256"]:
+            info.faults.append(f"{rel}: wrong sha256 (contents changed since the checkpoint was committed)")
+    return info
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """`checkpoint-N` directories of a run, oldest step first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def newest_valid(run_dir: Path) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:
+    """The newest valid checkpoint and the newer invalid ones skipped on the way (never deleted here)."""
+    skipped = []
+    for path in reversed(list_checkpoints(run_dir)):
+        info = verify_checkpoint(path)
+        if info.valid:
+            return info, skipped
+        skipped.append(info)
+    return None, skipped
+
+
+def describe_skip(info: CheckpointInfo) -> str:
+    return f"skipping {info.path}: " + "; ".join(info.faults)
+
+
+def read_trainer_state(ckpt: Path) -> dict:
+    return json.loads((Path(ckpt) / TRAINER_STATE_NAME).read_text())
+
+
+# ---------------------------------------------------------------- retention
+
+
+def set_aside(ckpt: Path) -> Path:
+    """Rename an existing directory out of the way of a new save of the same step (kept, never deleted)."""
+    target = ckpt.with_name(f"{ckpt.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    os.replace(ckpt, target)
+    return target
+
+
+def apply_retention(run_dir: Path, keep_last: int | None, newest: Path) -> list[Path]:
+    """After `newest` is committed: delete valid checkpoints older than the `keep_last` newest valid ones,
+    and uncommitted leftovers older than `newest` (a save that crashed before a later one committed).
+
+    Checkpoints with a manifest that fails verification are kept for inspection; `newest` is never deleted.
+    """
+    newest_step = int(CHECKPOINT_RE.match(newest.name).group(1))
+    deleted = []
+    valid_seen = 0
+    for path in reversed(list_checkpoints(run_dir)):
+        step = int(CHECKPOINT_RE.match(path.name).group(1))
+        if step > newest_step or path == newest:
+            valid_seen += path == newest
+            continue
+        has_manifest = (path / MANIFEST_NAME).is_file()
+        if not has_manifest:
+            shutil.rmtree(path, ignore_errors=True)
+            deleted.append(path)
+            continue
+        # Size checks only: a full re-hash of old checkpoints on every save would cost more than the save.
+        if not verify_checkpoint(path, hash_files=False).valid:
+            continue
+        valid_seen += 1
+        if keep_last is not None and valid_seen > keep_last:
+            shutil.rmtree(path, ignore_errors=True)
+            deleted.append(path)
+    return deleted

@@ -1,0 +1,137 @@
+"""Argument parsing only: one small function per subcommand; the work lives in the modules they call.
+
+Exit codes: 0 done; 1 unexpected internal error; 2 bad input, bad config or refused resume (nothing changed);
+75 stopped by a signal after committing a checkpoint (re-run the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import textwrap
+
+from gptresume.errors import EXIT_INTERNAL, EXIT_USAGE, UsageError
+
+TRAIN_EXAMPLES = """\
+examples:
+  gptresume train examples/demo.yaml
+  gptresume train examples/demo.yaml --set train.max_steps=50 --set model.from_scratch.n_layer=2
+  gptresume train examples/demo.yaml --resume must             # fail unless there is a checkpoint
+  gptresume train examples/demo.yaml --resume runs/demo/checkpoint-60
+  torchrun --nproc_per_node 2 -m gptresume train examples/demo.yaml
+
+exit codes: 0 done (or already complete), 2 bad input or refused resume (nothing changed),
+            75 stopped by SIGTERM/SIGINT/SIGUSR1 after committing a checkpoint: run the same command again."""
+
+VERIFY_EXAMPLES = """\
+examples:
+  gptresume verify runs/demo                   # every checkpoint of a run
+  gptresume verify runs/demo/checkpoint-60     # one checkpoint
+
+exit code 0 when every checkpoint checked is valid, 2 otherwise (each fault names the file)."""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gptresume",
+        description="Train or fine-tune GPT-2 with Hugging Face Transformers; stop at any instant "
+                    "(Ctrl-C, SIGTERM, kill -9) and resume exactly by re-running the same command.",
+        formatter_class=_Formatter)
+    from gptresume import __version__
+
+    parser.add_argument("--version", action="version", version=f"gptresume {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train or resume a run described by a YAML config",
+                       description="Train or resume. By default the newest valid checkpoint in "
+                                   "train.output_dir is resumed; otherwise a new run starts.",
+                       epilog=TRAIN_EXAMPLES, formatter_class=_Formatter)
+    p.add_argument("config", metavar="CONFIG", help="YAML config (see examples/demo.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value (repeatable), e.g. --set train.learning_rate=1e-4")
+    p.add_argument("--resume", default="auto", metavar="auto|never|must|PATH",
+                   help="auto (default): newest valid checkpoint, else start fresh; never: start fresh, refuse "
+                        "if checkpoints exist; must: fail if there is none; PATH: that checkpoint directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --resume never: delete the run's checkpoints, metrics and final model first")
+    p.add_argument("--stop-at-step", type=int, default=None, metavar="N",
+                   help="save and commit a checkpoint at step N, then exit 75 as if preempted (for splitting a "
+                        "run into chunks and for testing resume)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("verify", help="check checkpoints against their manifests",
+                       description="Re-hash every file of a checkpoint (or of every checkpoint in a run) and "
+                                   "compare with its manifest.", epilog=VERIFY_EXAMPLES, formatter_class=_Formatter)
+    p.add_argument("path", metavar="PATH", help="a run directory or a checkpoint-N directory")
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def cmd_train(args) -> int:
+    from gptresume.config import load_config
+    from gptresume.training import run_training
+
+    if args.overwrite and args.resume != "never":
+        raise UsageError("--overwrite only goes with --resume never (it deletes the run's checkpoints)")
+    if args.stop_at_step is not None and args.stop_at_step < 1:
+        raise UsageError("--stop-at-step: must be at least 1")
+    config = load_config(args.config, args.overrides)
+    return run_training(config, resume=args.resume, overwrite=args.overwrite, stop_at_step=args.stop_at_step)
+
+
+def cmd_verify(args) -> int:
+    from pathlib import Path
+
+    from gptresume.checkpoint import CHECKPOINT_RE, MANIFEST_NAME, list_checkpoints, verify_checkpoint
+
+    path = Path(args.path)
+    if not path.is_dir():
+        raise UsageError(f"verify: {path} is not a directory; give a run directory or a checkpoint-N directory")
+    single = CHECKPOINT_RE.match(path.name) or (path / MANIFEST_NAME).is_file()
+    targets = [path] if single else list_checkpoints(path)
+    if not targets:
+        raise UsageError(f"verify: {path} holds no checkpoint-N directory")
+    bad = 0
+    for ckpt in targets:
+        info = verify_checkpoint(ckpt)
+        if info.valid:
+            n = len(info.manifest["files"])
+            size = sum(f["bytes"] for f in info.manifest["files"].values())
+            print(f"ok       {ckpt}  (step {info.step}, {n} files, {size / 1e6:.1f} MB)")
+        else:
+            bad += 1
+            print(f"INVALID  {ckpt}: " + "; ".join(info.faults))
+    return 0 if bad == 0 else EXIT_USAGE
+
+
+def _setup_logging(verbose: bool) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level if rank == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_warning()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print("error: " + textwrap.indent(str(e), "  ").lstrip(), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        logging.getLogger("gptresume").exception("internal error (please report it with the traceback above)")
+        return EXIT_INTERNAL

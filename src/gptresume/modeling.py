@@ -1,0 +1,109 @@
+"""Model and tokenizer: a pretrained model through `from_pretrained`, or a new GPT-2 and a BPE tokenizer
+trained on the corpus. Everything loads through the real HF paths; only the location differs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from gptresume.config import ModelConfig
+from gptresume.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+EOS_TOKEN = "<|endoftext|>"
+TOKENIZER_DIR = "tokenizer"
+
+
+def looks_like_path(name: str) -> bool:
+    """A hub id is `name` or `org/name`; anything else that is not an existing directory is a missing path."""
+    return os.path.isdir(name) or name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+
+
+def check_model_source(name_or_path: str, field: str) -> None:
+    """Fail early (before any data work) when a local model or tokenizer directory is missing."""
+    if looks_like_path(name_or_path) and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise UsageError(f"{field}: directory {name_or_path!r} does not exist; give a directory written by "
+                         "save_pretrained, or a hub id such as gpt2")
+
+
+def _from_pretrained(loader, name_or_path: str, field: str, **kwargs):
+    check_model_source(name_or_path, field)
+    try:
+        return loader.from_pretrained(os.path.expanduser(name_or_path), **kwargs)
+    except (OSError, ValueError) as e:  # not found locally and the hub is unreachable or has no such repo
+        raise UsageError(f"{field}: could not load {name_or_path!r}: {e}".rstrip()) from None
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """Byte-level BPE (GPT-2's scheme) trained on `texts`; `<|endoftext|>` is EOS, BOS, UNK and pad.
+
+    Training is deterministic for the same texts (checked across processes with tokenizers 0.23).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
+                                   unk_token=EOS_TOKEN, pad_token=EOS_TOKEN)
+
+
+def load_tokenizer(cfg: ModelConfig, texts=None, checkpoint: Path | None = None):
+    """The run's tokenizer: from the checkpoint being resumed (every checkpoint carries it), else as configured.
+
+    `texts` (a Dataset with a `text` column) is needed only to train a new tokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    if checkpoint is not None:
+        tok = AutoTokenizer.from_pretrained(str(checkpoint))
+    elif cfg.tokenizer.train_vocab_size:
+        log.info("Training a byte-level BPE tokenizer (vocab %d) on the corpus", cfg.tokenizer.train_vocab_size)
+        tok = train_tokenizer((row["text"] for row in texts), cfg.tokenizer.train_vocab_size)
+    else:
+        source = cfg.tokenizer.name_or_path or cfg.name_or_path
+        field = "model.tokenizer.name_or_path" if cfg.tokenizer.name_or_path else "model.name_or_path"
+        tok = _from_pretrained(AutoTokenizer, source, field)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # GPT-2 ships without one; packed blocks never pad, generation needs it
+    return tok
+
+
+def build_model(cfg: ModelConfig, tokenizer, seed: int, checkpoint: Path | None = None):
+    """The model to train. On resume it is built from the checkpoint (no hub access); Trainer then restores
+    the full training state from the same checkpoint."""
+    import transformers
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    if checkpoint is not None:
+        return AutoModelForCausalLM.from_pretrained(str(checkpoint))
+    if cfg.from_scratch is not None:
+        transformers.set_seed(seed)  # the initial weights depend on train.seed only
+        config = GPT2Config(**cfg.from_scratch, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        return AutoModelForCausalLM.from_config(config)
+    model = _from_pretrained(AutoModelForCausalLM, cfg.name_or_path, "model.name_or_path")
+    check_vocab_fits(model, tokenizer, cfg)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def check_vocab_fits(model, tokenizer, cfg: ModelConfig) -> None:
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) <= rows:
+        return
+    if not cfg.resize_embeddings:
+        raise UsageError(
+            f"model.tokenizer: the tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows} rows; "
+            "use the model's own tokenizer, or set model.resize_embeddings: true to add randomly initialised rows")
+    log.warning("Resizing the token embedding from %d to %d rows (new rows are randomly initialised)",
+                rows, len(tokenizer))
+    model.resize_token_embeddings(len(tokenizer))

@@ -1,0 +1,105 @@
+"""Graceful stops: SIGTERM / SIGINT / SIGUSR1 (or a step given with --stop-at-step) finish the current
+optimizer step, save and commit a checkpoint, then training returns and the CLI exits 75.
+
+A second SIGINT aborts at once (exit 130): the newest committed checkpoint is still there to resume from.
+Time-based saves (`checkpoint.every_minutes`) live here too: both decide when to save off the step clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+
+
+class StopRequest:
+    """Holds why a stop was asked for; set from a signal handler, read at the next step boundary."""
+
+    def __init__(self):
+        self.reason: str | None = None
+        self._previous = {}
+
+    def install(self) -> None:
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.reason is not None and signum == signal.SIGINT:
+            # Second Ctrl-C: the user wants out now. The last committed checkpoint stays valid.
+            os.write(2, b"\nSecond SIGINT: aborting without saving; the newest committed checkpoint is kept.\n")
+            os._exit(130)
+        if self.reason is None:
+            self.reason = name
+            os.write(2, f"\n{name} received: finishing this step, then saving a checkpoint "
+                        "(Ctrl-C again to abort without saving).\n".encode())
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+
+class StopCallback(TrainerCallback):
+    """At the end of an optimizer step, turn a pending stop request into save + log + stop."""
+
+    def __init__(self, request: StopRequest, stop_at_step: int | None = None):
+        self.request = request
+        self.stop_at_step = stop_at_step
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop_at_step is not None and state.global_step >= self.stop_at_step:
+            self.request.request(f"--stop-at-step {self.stop_at_step}")
+        stop = self.request.reason is not None
+        stop = _any_rank(stop)
+        if stop and state.global_step < state.max_steps:
+            control.should_save = True
+            control.should_log = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+        return control
+
+
+class TimedSaveCallback(TrainerCallback):
+    """Save when `every_minutes` have passed since the last save, beside the step-based saves."""
+
+    def __init__(self, every_minutes: float):
+        self.interval = every_minutes * 60.0
+        self.last_save = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if _any_rank(time.monotonic() - self.last_save >= self.interval):
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last_save = time.monotonic()
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank if it is True on any: all ranks must stop (or save) at the same step."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    import torch
+
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -1,0 +1,354 @@
+"""`gptresume train`: config -> data, model, tokenizer -> resume plan -> `transformers.Trainer` -> checkpoints.
+
+Every input check happens before anything is written to RUN_DIR; the checkpoint being resumed always reaches
+`trainer.train(resume_from_checkpoint=...)`, which restores weights, optimizer, scheduler, RNG and data position.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from gptresume.checkpoint import apply_retention, atomic_write_text, set_aside, write_manifest
+from gptresume.config import Config, dump_config
+from gptresume.data import PackedBlockCollator, load_texts, prepare_data, save_to_cache
+from gptresume.errors import EXIT_OK, EXIT_STOPPED, UsageError
+from gptresume.modeling import TOKENIZER_DIR, build_model, check_model_source, load_tokenizer
+from gptresume.preemption import StopCallback, StopRequest, TimedSaveCallback
+from gptresume.resume import ResumePlan, check_data_unchanged, clear_run, plan_resume
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.yaml"
+METRICS_NAME = "metrics.jsonl"
+HISTORY_NAME = "history.jsonl"
+FINAL_DIR = "final"
+LOCK_NAME = ".lock"
+RUN_FILES = (CONFIG_NAME, METRICS_NAME, HISTORY_NAME, FINAL_DIR, TOKENIZER_DIR, "tensorboard")
+SAMPLE_PROMPTS = ("The", "A list", "def")
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+class CommitCallback(TrainerCallback):
+    """Make Trainer's saves crash-safe: a fresh directory per save, the manifest written last, then retention."""
+
+    def __init__(self, config: Config, data_fingerprint: str):
+        self.config = config
+        self.config_dict = config.to_dict()
+        self.config_fingerprint = config.fingerprint()
+        self.data_fingerprint = data_fingerprint
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = True  # always keep the final state, so the run can be extended later
+        if control.should_save and state.is_world_process_zero:
+            stale = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if stale.exists():  # left by an earlier attempt at this step (crashed save, or another timeline)
+                log.warning("Moved %s aside to %s before saving the same step again", stale, set_aside(stale))
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        _barrier()  # every rank's files are on disk before the manifest commits them
+        if state.is_world_process_zero:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            t0 = time.perf_counter()
+            write_manifest(ckpt, step=state.global_step, epoch=state.epoch, config=self.config_dict,
+                           config_fingerprint=self.config_fingerprint, data_fingerprint=self.data_fingerprint,
+                           world_size=args.world_size)
+            deleted = apply_retention(Path(args.output_dir), self.config.checkpoint.keep_last, ckpt)
+            log.debug("Committed %s in %.3fs; removed %s", ckpt.name, time.perf_counter() - t0,
+                      [p.name for p in deleted])
+        _barrier()
+
+
+class MetricsCallback(TrainerCallback):
+    """One JSON line per logged step in RUN_DIR/metrics.jsonl; tokens/s counts training time only."""
+
+    def __init__(self, path: Path, tokens_per_step: int):
+        self.path = path
+        self.tokens_per_step = tokens_per_step
+        self.train_seconds = 0.0
+        self.steps = 0
+        self._t = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._t is not None:
+            self.train_seconds += time.perf_counter() - self._t
+            self.steps += 1
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": state.epoch}
+        if "loss" in logs:
+            row.update(loss=logs["loss"], learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"))
+            if self.train_seconds > 0:
+                row["tokens_per_s"] = round(self.steps * self.tokens_per_step / self.train_seconds, 1)
+            self.train_seconds, self.steps = 0.0, 0
+        elif "eval_loss" in logs:
+            row.update(eval_loss=logs["eval_loss"], eval_perplexity=_perplexity(logs["eval_loss"]))
+        else:
+            return
+        row["time"] = round(time.time(), 3)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class ProgressLines(TrainerCallback):
+    """A progress line every ~5% of the run and at each evaluation (for logs and non-interactive output)."""
+
+    def __init__(self, tokens_per_step: int):
+        self.tokens_per_step = tokens_per_step
+        self.every = 1
+        self.start = None
+        self.start_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.every = max(1, state.max_steps // 20)
+        self.start, self.start_step = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        step, total = state.global_step, state.max_steps
+        if "loss" in logs and (step % self.every == 0 or step == total):
+            elapsed = time.perf_counter() - self.start
+            done = step - self.start_step
+            rate = done / elapsed if elapsed > 0 else 0.0
+            eta = (total - step) / rate if rate > 0 else 0.0
+            print(f"step {step:>6}/{total} | loss {logs['loss']:.4f} | lr {logs.get('learning_rate', 0):.2e} | "
+                  f"{rate * self.tokens_per_step:,.0f} tok/s | eta {_duration(eta)}", flush=True)
+        elif "eval_loss" in logs:
+            print(f"step {step:>6}/{total} | eval loss {logs['eval_loss']:.4f} | "
+                  f"perplexity {_perplexity(logs['eval_loss']):.2f}", flush=True)
+
+
+def _progress_bar_class():
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgressBar(ProgressCallback):
+        """Trainer's tqdm bar, with the latest loss in the bar instead of a printed dict per log."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                if "loss" in logs:
+                    self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}",
+                                                  lr=f"{logs.get('learning_rate', 0):.2e}", refresh=False)
+                elif "eval_loss" in logs:
+                    self.training_bar.write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}, "
+                                            f"perplexity {_perplexity(logs['eval_loss']):.2f}")
+
+    return QuietProgressBar
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 50 else float("inf")
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+# ---------------------------------------------------------------- run directory files
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """One trainer per run directory: a second one would interleave checkpoints."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            raise UsageError(f"{run_dir} is in use by another gptresume process ({other}); wait for it, "
+                             "or stop it (SIGTERM saves a checkpoint)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def trim_metrics(path: Path, last_step: int) -> None:
+    """Drop metrics logged after the checkpoint being resumed: the resumed run logs those steps again."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [ln for ln in lines if ln.strip() and _step_of(ln) <= last_step]
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 1 << 62  # an unreadable (torn) line is dropped
+
+
+def append_history(run_dir: Path, event: str, **fields) -> None:
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "pid": os.getpid(),
+             "event": event, **fields}
+    with open(run_dir / HISTORY_NAME, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+# ---------------------------------------------------------------- the command
+
+
+def run_training(config: Config, resume: str = "auto", overwrite: bool = False,
+                 stop_at_step: int | None = None) -> int:
+    run_dir = config.run_dir
+    plan = plan_resume(config, resume, overwrite)
+    if plan.is_complete():
+        return _report_complete(config, plan)
+    ckpt = plan.checkpoint.path if plan.checkpoint else None
+
+    # Everything that can be wrong with the input fails here, before RUN_DIR is touched.
+    texts = None
+    if ckpt is None:
+        for name, field in ((config.model.name_or_path, "model.name_or_path"),
+                            (config.model.tokenizer.name_or_path, "model.tokenizer.name_or_path")):
+            if name:
+                check_model_source(name, field)
+        if config.model.tokenizer.train_vocab_size:
+            texts = load_texts(config.data)
+    tokenizer = load_tokenizer(config.model, texts, ckpt)
+    data = prepare_data(config.data, tokenizer, run_dir, texts)
+    check_data_unchanged(plan, data.fingerprint)
+    model = build_model(config.model, tokenizer, config.train.get("seed", 42), ckpt)
+    args = config.training_arguments(disable_tqdm=True)
+
+    with run_lock(run_dir):
+        _prepare_run_dir(config, plan, data, tokenizer)
+        trainer, stop_cb = _make_trainer(config, args, model, tokenizer, data, stop_at_step)
+        stop = stop_cb.request
+        if plan.checkpoint:
+            print(f"Resuming from {ckpt} (step {plan.step}, epoch {plan.checkpoint.manifest.get('epoch'):.2f})",
+                  flush=True)
+        else:
+            print(f"Starting a new run in {run_dir}", flush=True)
+        stop.install()
+        try:
+            trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        finally:
+            stop.uninstall()
+        step = trainer.state.global_step
+        if stop_cb.stopped_at is not None:
+            append_history(run_dir, "stopped", step=step, reason=stop.reason)
+            print(f"Stopped ({stop.reason}) at step {step}: checkpoint {run_dir / f'checkpoint-{step}'} is "
+                  "committed. Re-run the same command to resume.", flush=True)
+            return EXIT_STOPPED
+        if trainer.is_world_process_zero():
+            save_final(trainer, run_dir)
+            append_history(run_dir, "complete", step=step)
+            print(f"Training complete at step {step}; model and tokenizer in {run_dir / FINAL_DIR}", flush=True)
+            print_samples(trainer.model, tokenizer)
+    return EXIT_OK
+
+
+def _prepare_run_dir(config: Config, plan: ResumePlan, data, tokenizer) -> None:
+    run_dir = config.run_dir
+    if plan.overwrite:
+        clear_run(run_dir)
+    save_to_cache(data, config.data, tokenizer, run_dir)
+    if plan.checkpoint is None:
+        tokenizer.save_pretrained(run_dir / TOKENIZER_DIR)
+    dump_config(config, run_dir / CONFIG_NAME)
+    trim_metrics(run_dir / METRICS_NAME, plan.step)
+    append_history(
+        run_dir, "resume" if plan.checkpoint else "start",
+        checkpoint=str(plan.checkpoint.path) if plan.checkpoint else None, step=plan.step,
+        skipped={s.name: s.faults for s in plan.skipped},
+        changes=[{"key": c.key, "old": c.old, "new": c.new} for c in plan.changes],
+        config_fingerprint=config.fingerprint(), data_fingerprint=data.fingerprint, argv=sys.argv[1:])
+
+
+def _make_trainer(config: Config, args, model, tokenizer, data, stop_at_step: int | None = None):
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    tokens_per_step = (args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+                       * data.block_size)
+    stop_cb = StopCallback(StopRequest(), stop_at_step)
+    callbacks = [stop_cb, MetricsCallback(config.run_dir / METRICS_NAME, tokens_per_step)]
+    if config.checkpoint.every_minutes:
+        callbacks.append(TimedSaveCallback(config.checkpoint.every_minutes))
+    callbacks.append(CommitCallback(config, data.fingerprint))  # last: sees every other save decision
+    trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
+                      data_collator=PackedBlockCollator(), processing_class=tokenizer, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_progress_bar_class() if sys.stderr.isatty() else ProgressLines(tokens_per_step))
+    return trainer, stop_cb
+
+
+def save_final(trainer, run_dir: Path) -> None:
+    """RUN_DIR/final: save_pretrained model + tokenizer, written to a temp dir and renamed into place."""
+    final = run_dir / FINAL_DIR
+    tmp = run_dir / f".{FINAL_DIR}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def print_samples(model, tokenizer, prompts=SAMPLE_PROMPTS, max_new_tokens: int = 30, seed: int = 0) -> None:
+    import torch
+
+    model.eval()
+    torch.manual_seed(seed)
+    print("Samples:")
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
+        with torch.no_grad():
+            out = model.generate(ids, do_sample=True, top_k=40, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id)
+        text = tokenizer.decode(out[0], skip_special_tokens=True).replace("\n", " ")
+        print(f"  {text!r}")
+
+
+def _report_complete(config: Config, plan: ResumePlan) -> int:
+    run_dir = config.run_dir
+    final = run_dir / FINAL_DIR
+    if not final.is_dir():  # finished training but died before writing final/: write it from the checkpoint
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        with run_lock(run_dir):
+            model = AutoModelForCausalLM.from_pretrained(str(plan.checkpoint.path))
+            tokenizer = AutoTokenizer.from_pretrained(str(plan.checkpoint.path))
+            tmp = run_dir / f".{FINAL_DIR}.tmp-{os.getpid()}"
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            os.replace(tmp, final)
+    print(f"Run complete: {run_dir} reached step {plan.step} ({plan.checkpoint.path.name}); nothing to train. "
+          f"The model is in {final}. To train further, raise train.max_steps (see README), or use "
+          "--resume never --overwrite to start over.", flush=True)
+    return EXIT_OK
