@@ -119,6 +119,34 @@ def _setup_logging(verbose: bool) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()
+    _quiet_known_noise(interactive=sys.stderr.isatty())
+
+
+# Messages that are wrong or irrelevant for what gptresume does (checked with transformers 5.24, torch 2.13):
+# the lm_head of GPT-2 is tied to the input embedding, so it is never in a checkpoint and Trainer's "missing
+# keys" warning on resume is spurious; pin_memory has no effect on CPU; GPT2Config's loss_type=None is the default.
+NOISE = ("missing keys in the checkpoint model loaded: ['lm_head.weight']", "`loss_type=None` was set in the config")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(n in message for n in NOISE)
+
+
+def _quiet_known_noise(interactive: bool) -> None:
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator.*")
+    for handler in hf_logging.get_logger().handlers:
+        handler.addFilter(_DropNoise())
+    if not interactive:  # progress bars in logs and pipes are noise; our progress lines remain
+        import datasets
+
+        datasets.disable_progress_bars()
+        hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -327,9 +327,9 @@ def print_samples(model, tokenizer, prompts=SAMPLE_PROMPTS, max_new_tokens: int 
     torch.manual_seed(seed)
     print("Samples:")
     for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
+        enc = tokenizer(prompt, return_tensors="pt").to(model.device)
         with torch.no_grad():
-            out = model.generate(ids, do_sample=True, top_k=40, max_new_tokens=max_new_tokens,
+            out = model.generate(**enc, do_sample=True, top_k=40, max_new_tokens=max_new_tokens,
                                  pad_token_id=tokenizer.pad_token_id)
         text = tokenizer.decode(out[0], skip_special_tokens=True).replace("\n", " ")
         print(f"  {text!r}")
