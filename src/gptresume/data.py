@@ -113,6 +113,9 @@ def load_texts(cfg: DataConfig):
         ds = _text_column(ds, cfg.text_column, f"hub dataset {name!r}")
     else:
         files = resolve_files(cfg)
+        if all(f.stat().st_size == 0 for f in files):
+            raise UsageError(f"data.source: {cfg.source!r} holds no documents (every file is empty); "
+                             "point it at files with text")
         loader = FILE_LOADERS[files[0].suffix.lower()]
         kwargs = {"sample_by": cfg.text_unit} if loader == "text" else {}
         try:

@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny configs in tmp_path, and a helper that runs the real CLI in a child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY_MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 32}
+
+
+def corpus_texts(n_docs: int = 12) -> list[str]:
+    """Real prose from CPython's bundled docs: the same kind of text the demo trains on."""
+    from pydoc_data.topics import topics
+
+    return [topics[k] for k in sorted(topics)[:n_docs]]
+
+
+def write_config(tmp_path: Path, name: str = "config.yaml", corpus_chars: int | None = None, **sections) -> Path:
+    """A tiny from-scratch config (2 layers, 32 wide) training on a small text file in tmp_path.
+
+    corpus_chars cuts the corpus short, for runs that must cross epoch boundaries in a few steps."""
+    data_file = tmp_path / "corpus.txt"
+    if not data_file.exists():
+        data_file.write_text("\n\n".join(corpus_texts())[:corpus_chars])
+    config = {
+        "model": {"from_scratch": dict(TINY_MODEL), "tokenizer": {"train_vocab_size": 400}},
+        "data": {"source": str(data_file), "text_unit": "paragraph", "block_size": 32,
+                 "validation_fraction": 0.1},
+        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 12, "per_device_train_batch_size": 4,
+                  "learning_rate": 3e-3, "logging_steps": 1, "save_steps": 4, "seed": 7,
+                  "warmup_steps": 2, "lr_scheduler_type": "linear"},
+        "checkpoint": {"keep_last": 2},
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def child_env(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_cli(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m gptresume ARGS` in a child process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "gptresume", *map(str, args)], cwd=tmp_path,
+                          env=child_env(tmp_path), capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(tmp_path: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gptresume", *map(str, args)], cwd=tmp_path,
+                            env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
+
+
+def final_weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(run_dir) / "final" / "model.safetensors"))
+
+
+def assert_bitwise_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert bool((a[k] == b[k]).all()), f"tensor {k} differs"
+
+
+def snapshot(path: Path) -> dict:
+    """Every file under path with its size and mtime: to prove a refused command changed nothing."""
+    if not path.exists():
+        return {}
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))}
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    return write_config(tmp_path)

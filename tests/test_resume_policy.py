@@ -1,0 +1,54 @@
+"""Resuming with a different config: changes that alter training are refused with a table (exit 2, nothing
+changed); changes to logging/eval/save cadence are applied and noted; changed data is detected."""
+
+import pytest
+
+from conftest import run_cli, snapshot, write_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("policy")
+    config = write_config(tmp, corpus_chars=3600, train={"max_steps": 8, "save_steps": 2})
+    result = run_cli(tmp, "train", config, "--stop-at-step", "3")
+    assert result.returncode == 75, result.stdout + result.stderr
+    return tmp, config
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.learning_rate=1e-2", "train.learning_rate"),
+    ("train.max_steps=16", "train.max_steps"),
+    ("train.per_device_train_batch_size=8", "train.per_device_train_batch_size"),
+    ("model.from_scratch.n_layer=3", "model.from_scratch"),
+])
+def test_changes_that_alter_training_are_refused_with_a_table(stopped_run, override, key):
+    tmp, config = stopped_run
+    before = snapshot(tmp / "run")
+    result = run_cli(tmp, "train", config, "--set", override)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "differs from the one" in result.stderr and key in result.stderr and "REFUSED" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(tmp / "run") == before
+
+
+def test_changed_data_is_detected(stopped_run):
+    tmp, config = stopped_run
+    corpus = tmp / "corpus.txt"
+    original = corpus.read_text()
+    before = snapshot(tmp / "run")
+    try:
+        corpus.write_text(original.replace("the", "a"))
+        result = run_cli(tmp, "train", config)
+    finally:
+        corpus.write_text(original)
+    assert result.returncode == 2 and "training data differs" in result.stderr, result.stderr
+    assert snapshot(tmp / "run") == before
+
+
+def test_cadence_changes_are_applied_and_noted(stopped_run):
+    tmp, config = stopped_run
+    result = run_cli(tmp, "train", config, "--set", "train.logging_steps=2", "--set", "checkpoint.keep_last=5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "train.logging_steps" in result.stderr and "does not change training" in result.stderr
