@@ -178,3 +178,35 @@ def test_resume_never_refuses_then_overwrite_starts_over(reference):
     assert over.returncode == 75, over.stdout + over.stderr
     assert [p.name for p in sorted(run.glob("checkpoint-*"))] == ["checkpoint-2"]
     assert [r["step"] for r in read_metrics(run) if "loss" in r] == [1, 2]
+
+
+def test_write_failure_during_a_save_keeps_earlier_checkpoints(reference):
+    """A save that fails part-way (RLIMIT_FSIZE gives EFBIG, standing in for a full disk) exits with a clear
+    message and no traceback; the committed checkpoints stay valid, and a re-run finishes exactly."""
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    tmp, config, ref = reference
+    if "ga1" not in str(tmp):
+        pytest.skip("storage failures do not depend on accumulation")
+    run = tmp / "full-disk"
+    assert run_elsewhere(tmp, config, "full-disk", "--stop-at-step", "7").returncode == 75
+    limit = (run / "checkpoint-7" / "model.safetensors").stat().st_size + 4096  # optimizer.pt is larger
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    failed = subprocess.run([sys.executable, "-m", "gptresume", "train", str(config), "--set",
+                             f"train.output_dir={run}"], cwd=tmp, env=child_env(tmp), preexec_fn=small_disk,
+                            capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "error: could not write to disk: File too large" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    info, skipped = newest_valid(run)
+    assert info.step == 7 and [s.step for s in skipped] == [10]  # the cut-short save is not committed
+    resumed = run_elsewhere(tmp, config, "full-disk")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert_same_as_reference(run, ref)

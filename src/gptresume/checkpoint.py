@@ -195,6 +195,27 @@ def describe_skip(info: CheckpointInfo) -> str:
     return f"skipping {info.path}: " + "; ".join(info.faults)
 
 
+# What each piece of training state restores, for the warning when it is missing.
+STATE_PIECES = {
+    "optimizer": ("Adam moments start from zero (a loss spike, a different trajectory)", lambda n: n == OPTIMIZER_NAME),
+    "scheduler": ("the learning-rate schedule restarts from its first step", lambda n: n == SCHEDULER_NAME),
+    "RNG state": ("dropout masks and sampling differ from an uninterrupted run", RNG_STATE_PATTERN.match),
+    "trainer state": ("the step counter and data position restart at zero", lambda n: n == TRAINER_STATE_NAME),
+}
+
+
+def missing_state(ckpt: Path) -> dict[str, str]:
+    """Pieces of training state absent from a checkpoint (e.g. save_only_model), with what each changes."""
+    names = [p.name for p in Path(ckpt).iterdir()]
+    return {piece: effect for piece, (effect, present) in STATE_PIECES.items() if not any(present(n) for n in names)}
+
+
+def best_eval_step(ckpt: Path) -> int | None:
+    """Step with the lowest eval_loss in the checkpoint's own log history (None without evaluations)."""
+    evals = [(e["eval_loss"], e["step"]) for e in read_trainer_state(ckpt).get("log_history", []) if "eval_loss" in e]
+    return min(evals)[1] if evals else None
+
+
 def read_trainer_state(ckpt: Path) -> dict:
     return json.loads((Path(ckpt) / TRAINER_STATE_NAME).read_text())
 
@@ -209,13 +230,15 @@ def set_aside(ckpt: Path) -> Path:
     return target
 
 
-def apply_retention(run_dir: Path, keep_last: int | None, newest: Path) -> list[Path]:
+def apply_retention(run_dir: Path, keep_last: int | None, newest: Path, keep_best: bool = False) -> list[Path]:
     """After `newest` is committed: delete valid checkpoints older than the `keep_last` newest valid ones,
     and uncommitted leftovers older than `newest` (a save that crashed before a later one committed).
 
-    Checkpoints with a manifest that fails verification are kept for inspection; `newest` is never deleted.
+    With keep_best, the checkpoint at the step with the lowest eval loss is kept as well. Checkpoints with a
+    manifest that fails verification are kept for inspection; `newest` is never deleted.
     """
     newest_step = int(CHECKPOINT_RE.match(newest.name).group(1))
+    best = best_eval_step(newest) if keep_best else None
     deleted = []
     valid_seen = 0
     for path in reversed(list_checkpoints(run_dir)):
@@ -232,7 +255,7 @@ def apply_retention(run_dir: Path, keep_last: int | None, newest: Path) -> list[
         if not verify_checkpoint(path, hash_files=False).valid:
             continue
         valid_seen += 1
-        if keep_last is not None and valid_seen > keep_last:
+        if keep_last is not None and valid_seen > keep_last and step != best:
             shutil.rmtree(path, ignore_errors=True)
             deleted.append(path)
     return deleted

@@ -7,6 +7,7 @@ Exit codes: 0 done; 1 unexpected internal error; 2 bad input, bad config or refu
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -31,6 +32,26 @@ examples:
   gptresume verify runs/demo/checkpoint-60     # one checkpoint
 
 exit code 0 when every checkpoint checked is valid, 2 otherwise (each fault names the file)."""
+
+
+# Storage failures (full disk, quota, file size limit, read-only file system, permissions): a clear message, no
+# traceback; they are not bugs and not bad input.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def storage_error(exc: BaseException) -> str | None:
+    """Describe a full disk / read-only / permission failure, also when torch or safetensors wrapped it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+        text = str(exc)
+        for errnum in WRITE_ERRNOS:
+            if os.strerror(errnum) in text:
+                return f"{os.strerror(errnum)} ({text.splitlines()[0][:200]})"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -61,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "if checkpoints exist; must: fail if there is none; PATH: that checkpoint directory")
     p.add_argument("--overwrite", action="store_true",
                    help="with --resume never: delete the run's checkpoints, metrics and final model first")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="resume from a checkpoint that lacks optimizer, scheduler or RNG state (the run will "
+                        "differ from an uninterrupted one; the warning says how)")
     p.add_argument("--stop-at-step", type=int, default=None, metavar="N",
                    help="save and commit a checkpoint at step N, then exit 75 as if preempted (for splitting a "
                         "run into chunks and for testing resume)")
@@ -83,7 +107,8 @@ def cmd_train(args) -> int:
     if args.stop_at_step is not None and args.stop_at_step < 1:
         raise UsageError("--stop-at-step: must be at least 1")
     config = load_config(args.config, args.overrides)
-    return run_training(config, resume=args.resume, overwrite=args.overwrite, stop_at_step=args.stop_at_step)
+    return run_training(config, resume=args.resume, overwrite=args.overwrite, stop_at_step=args.stop_at_step,
+                        allow_partial=args.allow_partial)
 
 
 def cmd_verify(args) -> int:
@@ -160,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception:
+    except Exception as e:
+        storage = storage_error(e)
+        if storage:
+            print(f"error: could not write to disk: {storage}. Committed checkpoints are intact (a save cut "
+                  "short here has no manifest and is skipped on resume); free space or fix permissions, then "
+                  "re-run the same command to resume.", file=sys.stderr)
+            return EXIT_INTERNAL
         logging.getLogger("gptresume").exception("internal error (please report it with the traceback above)")
         return EXIT_INTERNAL

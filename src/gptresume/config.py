@@ -137,6 +137,8 @@ class DataConfig:
 class CheckpointConfig:
     keep_last: int | None = 3
     """Committed checkpoints to keep (oldest deleted first, only after a newer one is committed); null keeps all."""
+    keep_best: bool = False
+    """Also keep the checkpoint with the lowest eval loss, whatever keep_last says."""
     every_minutes: float | None = None
     """Also save a checkpoint when this many minutes have passed since the last save (beside save_steps)."""
 

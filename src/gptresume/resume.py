@@ -15,6 +15,7 @@ from gptresume.checkpoint import (
     CheckpointInfo,
     describe_skip,
     list_checkpoints,
+    missing_state,
     newest_valid,
     read_trainer_state,
     verify_checkpoint,
@@ -93,7 +94,7 @@ def format_changes(changes: list[Change]) -> str:
     return "\n".join("  " + "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows)
 
 
-def plan_resume(config: Config, mode: str, overwrite: bool = False) -> ResumePlan:
+def plan_resume(config: Config, mode: str, overwrite: bool = False, allow_partial: bool = False) -> ResumePlan:
     """Decide where training starts. Reads the run directory only; changes nothing."""
     run_dir = config.run_dir
     existing = list_checkpoints(run_dir)
@@ -116,7 +117,21 @@ def plan_resume(config: Config, mode: str, overwrite: bool = False) -> ResumePla
     if plan.checkpoint is not None:
         plan.changes = config_changes(plan.checkpoint.manifest["config"], config.to_dict())
         refuse_changes(plan)
+        check_complete_state(plan.checkpoint, allow_partial)
     return plan
+
+
+def check_complete_state(info: CheckpointInfo, allow_partial: bool) -> None:
+    """Plain Trainer resumes silently with a fresh optimizer when optimizer.pt is absent; we refuse."""
+    missing = missing_state(info.path)
+    if not missing:
+        return
+    lines = "\n".join(f"  - no {piece}: {effect}" for piece, effect in missing.items())
+    if not allow_partial:
+        raise UsageError(f"{info.path} lacks training state, so a resume from it cannot be exact:\n{lines}\n"
+                         "Add --allow-partial to resume anyway with these differences (checkpoints written with "
+                         "train.save_only_model: true never hold this state).")
+    log.warning("Resuming from %s without part of its training state (--allow-partial):\n%s", info.path, lines)
 
 
 def _explicit_checkpoint(path: Path) -> CheckpointInfo:

@@ -68,7 +68,8 @@ class CommitCallback(TrainerCallback):
             write_manifest(ckpt, step=state.global_step, epoch=state.epoch, config=self.config_dict,
                            config_fingerprint=self.config_fingerprint, data_fingerprint=self.data_fingerprint,
                            world_size=args.world_size)
-            deleted = apply_retention(Path(args.output_dir), self.config.checkpoint.keep_last, ckpt)
+            deleted = apply_retention(Path(args.output_dir), self.config.checkpoint.keep_last, ckpt,
+                                      self.config.checkpoint.keep_best)
             log.debug("Committed %s in %.3fs; removed %s", ckpt.name, time.perf_counter() - t0,
                       [p.name for p in deleted])
         _barrier()
@@ -223,9 +224,9 @@ def append_history(run_dir: Path, event: str, **fields) -> None:
 
 
 def run_training(config: Config, resume: str = "auto", overwrite: bool = False,
-                 stop_at_step: int | None = None) -> int:
+                 stop_at_step: int | None = None, allow_partial: bool = False) -> int:
     run_dir = config.run_dir
-    plan = plan_resume(config, resume, overwrite)
+    plan = plan_resume(config, resume, overwrite, allow_partial)
     if plan.is_complete():
         return _report_complete(config, plan)
     ckpt = plan.checkpoint.path if plan.checkpoint else None
