@@ -37,6 +37,8 @@ exit code 0 when every checkpoint checked is valid, 2 otherwise (each fault name
 # Storage failures (full disk, quota, file size limit, read-only file system, permissions): a clear message, no
 # traceback; they are not bugs and not bad input.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+# torch.save loses the errno: a short write surfaces as one of these RuntimeErrors (torch 2.13).
+TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed", "] . unexpected pos ")
 
 
 def storage_error(exc: BaseException) -> str | None:
@@ -47,6 +49,8 @@ def storage_error(exc: BaseException) -> str | None:
         if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
             return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
         text = str(exc)
+        if any(marker in text for marker in TORCH_WRITE_FAILURES):
+            return "torch.save could not write a checkpoint file (full disk or file size limit)"
         for errnum in WRITE_ERRNOS:
             if os.strerror(errnum) in text:
                 return f"{os.strerror(errnum)} ({text.splitlines()[0][:200]})"
