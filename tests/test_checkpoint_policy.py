@@ -44,3 +44,51 @@ def test_keep_best_keeps_the_lowest_eval_loss_checkpoint(tmp_path):
     assert best != 16, "this setting must put the best eval loss before the end, or the test proves nothing"
     kept = sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*"))
     assert kept == sorted({best, 16})
+
+
+def _start_and_wait_for_training(tmp_path, config):
+    import time
+
+    from conftest import start_cli
+
+    proc = start_cli(tmp_path, "train", config)
+    history = tmp_path / "run" / "history.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not history.exists():
+        time.sleep(0.02)
+    time.sleep(0.3)
+    return proc
+
+
+def test_sigusr1_stops_gracefully_like_sigterm(tmp_path):
+    import signal
+
+    from gptresume.checkpoint import newest_valid
+
+    config = write_config(tmp_path, corpus_chars=3600, train={"max_steps": 2000, "save_steps": 1000})
+    proc = _start_and_wait_for_training(tmp_path, config)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out
+    assert "SIGUSR1 received" in out
+    info, _ = newest_valid(tmp_path / "run")
+    assert info is not None and 0 < info.step < 1000  # saved at the interrupted step, not a save_steps one
+
+
+def test_second_sigint_aborts_at_once_and_keeps_committed_checkpoints(tmp_path):
+    import signal
+    import time
+
+    from gptresume.checkpoint import newest_valid
+
+    config = write_config(tmp_path, corpus_chars=3600, train={"max_steps": 2000, "save_steps": 3})
+    proc = _start_and_wait_for_training(tmp_path, config)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode in (130, 75), out  # 75 only if the step and its save finished within 1 ms
+    if proc.returncode == 130:
+        assert "Second SIGINT: aborting without saving" in out
+    info, _ = newest_valid(tmp_path / "run")
+    assert info is None or run_cli(tmp_path, "verify", info.path).returncode == 0
