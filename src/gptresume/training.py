@@ -350,6 +350,6 @@ def _report_complete(config: Config, plan: ResumePlan) -> int:
             tokenizer.save_pretrained(tmp)
             os.replace(tmp, final)
     print(f"Run complete: {run_dir} reached step {plan.step} ({plan.checkpoint.path.name}); nothing to train. "
-          f"The model is in {final}. To train further, raise train.max_steps (see README), or use "
-          "--resume never --overwrite to start over.", flush=True)
+          f"The model is in {final}. To start over: --resume never --overwrite; to train longer, start a new "
+          "run (changing train.max_steps on resume is refused for now).", flush=True)
     return EXIT_OK
