@@ -59,6 +59,15 @@ def run_cli(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.Comp
                           env=child_env(tmp_path), capture_output=True, text=True, timeout=timeout)
 
 
+def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit 2 with exactly one error message containing every fragment, and no traceback."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert ("\n" + result.stderr).count("\nerror: ") == 1  # one message (warnings may precede it)
+    for f in fragments:
+        assert f in result.stderr, result.stderr
+
+
 def start_cli(tmp_path: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "gptresume", *map(str, args)], cwd=tmp_path,
                             env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

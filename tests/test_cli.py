@@ -2,15 +2,7 @@
 
 import pytest
 
-from conftest import ROOT, run_cli, snapshot, write_config
-
-
-def assert_refused(result, *fragments):
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    assert ("\n" + result.stderr).count("\nerror: ") == 1  # one message (warnings may precede it)
-    for f in fragments:
-        assert f in result.stderr, result.stderr
+from conftest import ROOT, assert_refused, run_cli, snapshot, write_config
 
 
 def test_help_texts_show_examples(tmp_path):
