@@ -329,8 +329,13 @@ def print_samples(model, tokenizer, prompts=SAMPLE_PROMPTS, max_new_tokens: int 
     print("Samples:")
     for prompt in prompts:
         enc = tokenizer(prompt, return_tensors="pt").to(model.device)
+        # Never past the model's context (n_positions): GPT-2 has no position embedding beyond it (IndexError).
+        room = getattr(model.config, "n_positions", None)
+        new_tokens = max_new_tokens if room is None else min(max_new_tokens, room - enc["input_ids"].shape[1])
+        if new_tokens < 1:
+            continue
         with torch.no_grad():
-            out = model.generate(**enc, do_sample=True, top_k=40, max_new_tokens=max_new_tokens,
+            out = model.generate(**enc, do_sample=True, top_k=40, max_new_tokens=new_tokens,
                                  pad_token_id=tokenizer.pad_token_id)
         text = tokenizer.decode(out[0], skip_special_tokens=True).replace("\n", " ")
         print(f"  {text!r}")
