@@ -27,15 +27,18 @@ from gptresume.errors import EXIT_OK, EXIT_STOPPED, UsageError
 from gptresume.modeling import TOKENIZER_DIR, build_model, check_model_source, load_tokenizer
 from gptresume.preemption import StopCallback, StopRequest, TimedSaveCallback
 from gptresume.resume import ResumePlan, check_data_unchanged, clear_run, plan_resume
+from gptresume.rundir import (  # noqa: F401 (re-exported: the names stay importable from here)
+    CONFIG_NAME,
+    FINAL_DIR,
+    HISTORY_NAME,
+    LOCK_NAME,
+    METRICS_NAME,
+    TENSORBOARD_DIR,
+)
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.yaml"
-METRICS_NAME = "metrics.jsonl"
-HISTORY_NAME = "history.jsonl"
-FINAL_DIR = "final"
-LOCK_NAME = ".lock"
-RUN_FILES = (CONFIG_NAME, METRICS_NAME, HISTORY_NAME, FINAL_DIR, TOKENIZER_DIR, "tensorboard")
+RUN_FILES = (CONFIG_NAME, METRICS_NAME, HISTORY_NAME, FINAL_DIR, TOKENIZER_DIR, TENSORBOARD_DIR)
 SAMPLE_PROMPTS = ("The", "A list", "def")
 
 
