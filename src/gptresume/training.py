@@ -15,17 +15,19 @@ import shutil
 import socket
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from transformers import TrainerCallback
 
+from gptresume import distributed
 from gptresume.checkpoint import apply_retention, atomic_write_text, set_aside, write_manifest
 from gptresume.config import Config, dump_config
 from gptresume.data import PackedBlockCollator, load_texts, prepare_data, save_to_cache
 from gptresume.errors import EXIT_OK, EXIT_STOPPED, UsageError
 from gptresume.modeling import TOKENIZER_DIR, build_model, check_model_source, load_tokenizer
 from gptresume.preemption import StopCallback, StopRequest, TimedSaveCallback
+from gptresume.reporting import use_run_tensorboard
 from gptresume.resume import ResumePlan, check_data_unchanged, clear_run, plan_resume
 from gptresume.rundir import (  # noqa: F401 (re-exported: the names stay importable from here)
     CONFIG_NAME,
@@ -61,6 +63,8 @@ class CommitCallback(TrainerCallback):
             stale = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if stale.exists():  # left by an earlier attempt at this step (crashed save, or another timeline)
                 log.warning("Moved %s aside to %s before saving the same step again", stale, set_aside(stale))
+        if control.should_save:  # the same on every rank (stop and timed saves are agreed across ranks)
+            _barrier()  # no rank writes its RNG file into the old directory before rank 0 has moved it aside
         return control
 
     def on_save(self, args, state, control, **kwargs):
@@ -229,34 +233,32 @@ def append_history(run_dir: Path, event: str, **fields) -> None:
 def run_training(config: Config, resume: str = "auto", overwrite: bool = False,
                  stop_at_step: int | None = None, allow_partial: bool = False) -> int:
     run_dir = config.run_dir
-    plan = plan_resume(config, resume, overwrite, allow_partial)
+    # With several processes, rank 0 decides and every rank follows (distributed.on_main): one plan, one verdict.
+    plan = distributed.on_main(plan_resume, config, resume, overwrite, allow_partial)
     if plan.is_complete():
-        return _report_complete(config, plan)
+        return distributed.on_main(_report_complete, config, plan)
     ckpt = plan.checkpoint.path if plan.checkpoint else None
 
-    # Everything that can be wrong with the input fails here, before RUN_DIR is touched.
-    texts = None
-    if ckpt is None:
-        for name, field in ((config.model.name_or_path, "model.name_or_path"),
-                            (config.model.tokenizer.name_or_path, "model.tokenizer.name_or_path")):
-            if name:
-                check_model_source(name, field)
-        if config.model.tokenizer.train_vocab_size:
-            texts = load_texts(config.data)
-    tokenizer = load_tokenizer(config.model, texts, ckpt)
-    data = prepare_data(config.data, tokenizer, run_dir, texts)
-    check_data_unchanged(plan, data.fingerprint)
-    model = build_model(config.model, tokenizer, config.train.get("seed", 42), ckpt)
-    args = config.training_arguments(disable_tqdm=True)
+    with ExitStack() as held:
+        inputs = {}
 
-    with run_lock(run_dir):
-        _prepare_run_dir(config, plan, data, tokenizer)
+        def accept():  # rank 0: every input check, then the run directory (locked until training ends)
+            inputs.update(_load_inputs(config, plan))
+            held.enter_context(run_lock(run_dir))
+            _prepare_run_dir(config, plan, inputs["data"], inputs["tokenizer"])
+
+        distributed.on_main(accept)
+        if not inputs:  # the other ranks read what rank 0 checked and wrote: tokenizer/, data-cache/
+            inputs.update(_load_inputs(config, plan, tokenizer_dir=ckpt or run_dir / TOKENIZER_DIR))
+        tokenizer, data, model = inputs["tokenizer"], inputs["data"], inputs["model"]
+        args = config.training_arguments(disable_tqdm=True)
         trainer, stop_cb = _make_trainer(config, args, model, tokenizer, data, stop_at_step)
         stop = stop_cb.request
-        if plan.checkpoint:
+        main = distributed.is_main()
+        if plan.checkpoint and main:
             print(f"Resuming from {ckpt} (step {plan.step}, epoch {plan.checkpoint.manifest.get('epoch'):.2f})",
                   flush=True)
-        else:
+        elif main:
             print(f"Starting a new run in {run_dir}", flush=True)
         stop.install()
         try:
@@ -265,16 +267,36 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False,
             stop.uninstall()
         step = trainer.state.global_step
         if stop_cb.stopped_at is not None:
-            append_history(run_dir, "stopped", step=step, reason=stop.reason)
-            print(f"Stopped ({stop.reason}) at step {step}: checkpoint {run_dir / f'checkpoint-{step}'} is "
-                  "committed. Re-run the same command to resume.", flush=True)
+            if main:
+                append_history(run_dir, "stopped", step=step, reason=stop.reason)
+                print(f"Stopped ({stop.reason}) at step {step}: checkpoint {run_dir / f'checkpoint-{step}'} is "
+                      "committed. Re-run the same command to resume.", flush=True)
             return EXIT_STOPPED
-        if trainer.is_world_process_zero():
-            save_final(trainer, run_dir)
+        save_final(trainer, run_dir)  # every rank takes part (a sharded model is gathered); rank 0 writes
+        if main:
             append_history(run_dir, "complete", step=step)
             print(f"Training complete at step {step}; model and tokenizer in {run_dir / FINAL_DIR}", flush=True)
             print_samples(trainer.model, tokenizer)
     return EXIT_OK
+
+
+def _load_inputs(config: Config, plan: ResumePlan, tokenizer_dir: Path | None = None) -> dict:
+    """Tokenizer, packed data and model. Everything that can be wrong with the input fails here, before RUN_DIR
+    is touched. `tokenizer_dir`: where rank 0 left the tokenizer (ranks other than 0 load, never train, it)."""
+    ckpt = plan.checkpoint.path if plan.checkpoint else None
+    texts = None
+    if ckpt is None and tokenizer_dir is None:
+        for name, field in ((config.model.name_or_path, "model.name_or_path"),
+                            (config.model.tokenizer.name_or_path, "model.tokenizer.name_or_path")):
+            if name:
+                check_model_source(name, field)
+        if config.model.tokenizer.train_vocab_size:
+            texts = load_texts(config.data)
+    tokenizer = load_tokenizer(config.model, texts, tokenizer_dir or ckpt)
+    data = prepare_data(config.data, tokenizer, config.run_dir, texts)
+    check_data_unchanged(plan, data.fingerprint)
+    model = build_model(config.model, tokenizer, config.train.get("seed", 42), ckpt)
+    return {"tokenizer": tokenizer, "data": data, "model": model}
 
 
 def _prepare_run_dir(config: Config, plan: ResumePlan, data, tokenizer) -> None:
@@ -309,19 +331,26 @@ def _make_trainer(config: Config, args, model, tokenizer, data, stop_at_step: in
                       data_collator=PackedBlockCollator(), processing_class=tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    use_run_tensorboard(trainer, config.run_dir)  # report_to tensorboard: RUN_DIR/tensorboard, one curve across resumes
     trainer.add_callback(_progress_bar_class() if sys.stderr.isatty() else ProgressLines(tokens_per_step))
     return trainer, stop_cb
 
 
 def save_final(trainer, run_dir: Path) -> None:
-    """RUN_DIR/final: save_pretrained model + tokenizer, written to a temp dir and renamed into place."""
+    """RUN_DIR/final: save_pretrained model + tokenizer, written to a temp dir and renamed into place.
+
+    Called on every rank (a sharded model is gathered collectively); only rank 0 writes and renames."""
     final = run_dir / FINAL_DIR
-    tmp = run_dir / f".{FINAL_DIR}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = run_dir / f".{FINAL_DIR}.tmp"  # the same name on every rank; the run lock keeps other runs out
+    if distributed.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+    distributed.barrier()
     trainer.save_model(str(tmp))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    distributed.barrier()
+    if distributed.is_main():
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
 
 
 def print_samples(model, tokenizer, prompts=SAMPLE_PROMPTS, max_new_tokens: int = 30, seed: int = 0) -> None:
