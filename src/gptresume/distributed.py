@@ -1,0 +1,137 @@
+"""Several processes (torchrun, accelerate launch, srun): one process per rank; rank 0 keeps the books.
+
+Rules every multi-process path follows:
+- A decision that can end the run before training (a refused resume, bad input, a complete run, a held run
+  lock) is taken once, on rank 0, and broadcast: every rank then exits with the same code, and none is left
+  waiting in a collective for a rank that has already gone.
+- Run-directory files (config.yaml, history.jsonl, metrics.jsonl, tokenizer/, data-cache/, final/, the lock,
+  manifests) are written by rank 0 only; the other ranks wait at a barrier, then read them.
+- With one process every function here is a plain call: no process group is created.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Callable, TypeVar
+
+from gptresume.errors import UsageError
+
+T = TypeVar("T")
+
+_CONTROL_GROUP = None
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    """Rank 0 of the job (also true with one process, and before a process group exists)."""
+    return rank() == 0
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
+def active() -> bool:
+    dist = _dist()
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def has_accelerator() -> bool:
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return bool(accelerator.is_available()) if accelerator is not None else torch.cuda.is_available()
+
+
+def setup() -> None:
+    """Create the process group before anything else runs, so rank 0 can decide for every rank.
+
+    On a machine without an accelerator, accelerate 1.15 (checked with transformers 5.24) initialises a process
+    group under torchrun but reports `DistributedType.NO` unless told to use the CPU: every rank would then train
+    alone on all the data, without DDP or a distributed sampler, and write the same checkpoint files.
+    `accelerate launch` without `--cpu` even exports ACCELERATE_USE_CPU=False. So: CPU + gloo, explicitly.
+    """
+    if world_size() <= 1:
+        return
+    dist = _dist()
+    if dist.is_initialized():
+        return
+    if not has_accelerator():
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+        dist.init_process_group("gloo")
+    else:  # what TrainingArguments would do: accelerate picks the backend (nccl, ...) and the device
+        from accelerate import PartialState
+
+        PartialState()
+
+
+def _control_group():
+    """A gloo group for small control messages (pickled objects), whatever the training backend is."""
+    global _CONTROL_GROUP
+    dist = _dist()
+    if dist.get_backend() == "gloo":
+        return None  # the default group
+    if _CONTROL_GROUP is None:
+        _CONTROL_GROUP = dist.new_group(backend="gloo")
+    return _CONTROL_GROUP
+
+
+def barrier() -> None:
+    if active():
+        _dist().barrier(group=_control_group())
+
+
+class DecidedOnRankZero(UsageError):
+    """Another rank's copy of a UsageError raised on rank 0 (rank 0 prints it; the others only exit)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class RankZeroFailed(RuntimeError):
+    """Rank 0 failed with an unexpected error while the other ranks waited for its decision."""
+
+
+def on_main(fn: Callable[..., T], *args, **kwargs) -> T:
+    """Run `fn` on rank 0 only and give every rank its result, or its UsageError (same message and exit code).
+
+    Any other exception on rank 0 is re-raised there and makes the other ranks fail too (exit 1), instead of
+    waiting until the launcher or a collective timeout ends them.
+    """
+    if not active():
+        return fn(*args, **kwargs)
+    box = [None]
+    error = None
+    if is_main():
+        try:
+            box[0] = ("ok", fn(*args, **kwargs))
+        except UsageError as e:
+            box[0] = ("usage", (str(e), e.exit_code))
+            error = e
+        except BaseException as e:  # noqa: BLE001 - re-raised below, after the other ranks are told
+            box[0] = ("crash", f"{type(e).__name__}: {e}")
+            error = e
+        try:
+            pickle.dumps(box[0])
+        except Exception as e:  # an unpicklable result is a bug here, not on the other ranks
+            box[0], error = ("crash", f"unpicklable result: {e}"), e
+    _dist().broadcast_object_list(box, src=0, group=_control_group())
+    kind, value = box[0]
+    if kind == "ok":
+        return value
+    if is_main():
+        raise error
+    if kind == "usage":
+        raise DecidedOnRankZero(*value)
+    raise RankZeroFailed(f"rank 0 failed: {value}")
