@@ -135,3 +135,10 @@ def on_main(fn: Callable[..., T], *args, **kwargs) -> T:
     if kind == "usage":
         raise DecidedOnRankZero(*value)
     raise RankZeroFailed(f"rank 0 failed: {value}")
+
+
+def teardown() -> None:
+    """Destroy the process group before the interpreter exits (left alive, gloo may abort the exit: SIGABRT)."""
+    dist = _dist()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
