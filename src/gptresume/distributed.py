@@ -142,3 +142,13 @@ def teardown() -> None:
     dist = _dist()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def training_defaults(train: dict) -> dict:
+    """TrainingArguments values gptresume sets when the config leaves them out (not part of the config).
+
+    Trainer turns on DDP's find_unused_parameters for every PreTrainedModel without gradient checkpointing: an
+    extra autograd traversal each step, and a warning from every rank. GPT-2 uses all its parameters; a model
+    that does not fails with DDP's own message, and `train.ddp_find_unused_parameters: true` brings it back.
+    """
+    return {} if "ddp_find_unused_parameters" in train else {"ddp_find_unused_parameters": False}
