@@ -252,7 +252,7 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False,
             inputs.update(_load_inputs(config, plan, tokenizer_dir=ckpt or run_dir / TOKENIZER_DIR))
         tokenizer, data, model = inputs["tokenizer"], inputs["data"], inputs["model"]
         args = config.training_arguments(disable_tqdm=True, **distributed.training_defaults(config.train))
-        trainer, stop_cb = _make_trainer(config, args, model, tokenizer, data, stop_at_step, plan)
+        trainer, stop_cb = _make_trainer(config, args, model, tokenizer, data, stop_at_step)
         stop = stop_cb.request
         main = distributed.is_main()
         if plan.checkpoint and main:
