@@ -45,8 +45,9 @@ class StopRequest:
             os._exit(130)
         if self.reason is None:
             self.reason = name
-            os.write(2, f"\n{name} received: finishing this step, then saving a checkpoint "
-                        "(Ctrl-C again to abort without saving).\n".encode())
+            if os.environ.get("RANK", "0") == "0":  # with several processes every rank gets it; one line is enough
+                os.write(2, f"\n{name} received: finishing this step, then saving a checkpoint "
+                            "(Ctrl-C again to abort without saving).\n".encode())
 
     def request(self, reason: str) -> None:
         if self.reason is None:
