@@ -110,9 +110,15 @@ def cmd_train(args) -> int:
         raise UsageError("--overwrite only goes with --resume never (it deletes the run's checkpoints)")
     if args.stop_at_step is not None and args.stop_at_step < 1:
         raise UsageError("--stop-at-step: must be at least 1")
-    config = load_config(args.config, args.overrides)
-    return run_training(config, resume=args.resume, overwrite=args.overwrite, stop_at_step=args.stop_at_step,
-                        allow_partial=args.allow_partial)
+    from gptresume import distributed
+
+    distributed.setup()  # several processes: rank 0 loads and checks the config, every rank gets its verdict
+    try:
+        config = distributed.on_main(load_config, args.config, args.overrides)
+        return run_training(config, resume=args.resume, overwrite=args.overwrite, stop_at_step=args.stop_at_step,
+                            allow_partial=args.allow_partial)
+    finally:
+        distributed.teardown()
 
 
 def cmd_verify(args) -> int:
@@ -184,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UsageError as e:
-        print("error: " + textwrap.indent(str(e), "  ").lstrip(), file=sys.stderr)
+        from gptresume.distributed import DecidedOnRankZero
+
+        if not isinstance(e, DecidedOnRankZero):  # rank 0 prints a decision taken for every rank
+            print("error: " + textwrap.indent(str(e), "  ").lstrip(), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
