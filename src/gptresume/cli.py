@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "compare with its manifest.", epilog=VERIFY_EXAMPLES, formatter_class=_Formatter)
     p.add_argument("path", metavar="PATH", help="a run directory or a checkpoint-N directory")
     p.set_defaults(func=cmd_verify)
+    _add_tool_parsers(sub)
     return parser
 
 
@@ -144,6 +145,176 @@ def cmd_verify(args) -> int:
             bad += 1
             print(f"INVALID  {ckpt}: " + "; ".join(info.faults))
     return 0 if bad == 0 else EXIT_USAGE
+
+
+# ---------------------------------------------------------------- tools around a run (src/gptresume/tools/)
+
+STATUS_EXAMPLES = """\
+examples:
+  gptresume status runs/demo          # checkpoints, what `train` would resume from, resume history
+  gptresume status runs/demo --json   # the same as JSON
+
+exit code 0 (also when checkpoints are invalid: the table names each fault), 2 when RUN_DIR is not a run."""
+
+EXPORT_EXAMPLES = """\
+examples:
+  gptresume export runs/demo/checkpoint-120 models/demo-120
+  gptresume export runs/demo models/demo --force   # final/ (or the newest valid checkpoint); replace models/demo
+  python -c "from transformers import pipeline; print(pipeline('text-generation', model='models/demo')('The'))"
+
+exit code 0 done, 2 invalid checkpoint or OUT exists and is not empty (without --force); OUT is never half-written."""
+
+GENERATE_EXAMPLES = """\
+examples:
+  gptresume generate runs/demo --prompt "The"                       # final/ or the newest valid checkpoint
+  gptresume generate runs/demo/checkpoint-120 --prompt "def" --num-samples 3 --seed 1
+  gptresume generate models/demo --prompt "A list" --greedy --max-new-tokens 20
+
+The same command prints the same text (sampling is seeded; --seed changes it)."""
+
+EVAL_EXAMPLES = """\
+examples:
+  gptresume eval runs/demo/checkpoint-120     # the run's validation split: the eval_loss Trainer logged at step 120
+  gptresume eval runs/demo --data notes/*.txt --batch-size 16
+  gptresume eval models/demo --data test.txt --block-size 128
+
+Prints loss and perplexity (exp(loss)); --json for a JSON object."""
+
+PLOT_EXAMPLES = """\
+examples:
+  gptresume plot runs/demo -o demo.png
+
+Top: training loss and eval loss; bottom: learning rate; dashed red lines: resumes (from history.jsonl)."""
+
+
+def _add_tool_parsers(sub) -> None:
+    p = sub.add_parser("status", help="checkpoints of a run, what train would resume from, its history",
+                       description="List a run's checkpoints (step, epoch, loss, eval loss, learning rate, size, "
+                                   "time, valid or the fault), the checkpoint `train --resume auto` would resume "
+                                   "from and why, the run's start/resume/stop history and whether it is complete.",
+                       epilog=STATUS_EXAMPLES, formatter_class=_Formatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (train.output_dir)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("export", help="write a from_pretrained-ready model directory from a checkpoint",
+                       description="Copy a verified checkpoint's model and tokenizer files (safetensors weights, "
+                                   "config.json, generation_config.json, tokenizer) to OUT, without optimizer, "
+                                   "scheduler, RNG or trainer state. A run directory exports its final/ model, or "
+                                   "its newest valid checkpoint.", epilog=EXPORT_EXAMPLES, formatter_class=_Formatter)
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint-N directory (or a run directory)")
+    p.add_argument("out", metavar="OUT", help="directory to create")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists and is not empty")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("generate", help="sample text from a checkpoint, a run or an exported model",
+                       description="Sample text. PATH is a checkpoint-N directory, a run directory (its final/ "
+                                   "model if present, else its newest valid checkpoint) or a directory written by "
+                                   "export or save_pretrained.", epilog=GENERATE_EXAMPLES, formatter_class=_Formatter)
+    p.add_argument("path", metavar="PATH", help="checkpoint, run or model directory")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=50, metavar="N",
+                   help="tokens to add (default 50; capped at the model's context)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    p.add_argument("--top-k", type=int, default=50, metavar="K", help="sample from the K likeliest tokens (default "
+                                                                       "50; 0 turns it off)")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling (default 1.0: off)")
+    p.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples to print (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0: the same text every time)")
+    p.add_argument("--greedy", action="store_true", help="always take the likeliest token (no sampling)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("eval", help="validation loss and perplexity of a checkpoint, a run or a model",
+                       description="Loss and perplexity on the run's validation split (the same blocks Trainer "
+                                   "evaluated, computed the way Trainer computes eval_loss), or on text files "
+                                   "packed into blocks the way training packs them.",
+                       epilog=EVAL_EXAMPLES, formatter_class=_Formatter)
+    p.add_argument("path", metavar="PATH", help="checkpoint, run or model directory")
+    p.add_argument("--data", nargs="+", metavar="FILE", help="evaluate on these files (.txt, .jsonl, .csv, "
+                                                               ".parquet; globs allowed) instead")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="blocks per forward pass (default: the run's per_device_eval_batch_size, else 8)")
+    p.add_argument("--block-size", type=int, default=None, metavar="N",
+                   help="with --data: tokens per block (default: the run's data.block_size, else the model's context)")
+    p.add_argument("--text-unit", choices=("document", "paragraph", "line"), default=None,
+                   help="with --data: how .txt files split into documents (default: the run's, else document)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plot", help="plot loss and learning rate of a run, resumes marked",
+                       description="Training loss, eval loss and learning rate against step from metrics.jsonl, "
+                                   "one continuous curve across resumes, each resume marked by a vertical line.",
+                       epilog=PLOT_EXAMPLES, formatter_class=_Formatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (train.output_dir)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.png", help="image to write (.png, .pdf, .svg)")
+    p.set_defaults(func=cmd_plot)
+
+
+def cmd_status(args) -> int:
+    from gptresume.tools.status import collect_status, format_status, status_json
+
+    status = collect_status(args.run_dir)
+    print(status_json(status) if args.json else format_status(status))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from gptresume.tools.export import export
+
+    out, source = export(args.checkpoint, args.out, force=args.force)
+    print(f"Exported {source.label} to {out}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from gptresume.tools.generate import GenerateOptions, generate
+
+    options = GenerateOptions(prompt=args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_k=args.top_k, top_p=args.top_p, num_samples=args.num_samples, seed=args.seed,
+                              greedy=args.greedy)
+    samples, source = generate(args.path, options)
+    logging.getLogger("gptresume").info("Model: %s", source.label)
+    for i, text in enumerate(samples, 1):
+        if len(samples) > 1:
+            print(f"--- sample {i} ---")
+        print(text)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from gptresume.tools.evaluate import evaluate
+
+    result = evaluate(args.path, data_files=args.data, batch_size=args.batch_size, block_size=args.block_size,
+                      text_unit=args.text_unit)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+    else:
+        print(f"eval_loss {result.loss:.6f}  perplexity {result.perplexity:.4f}  (as Trainer computes eval_loss)")
+        if abs(result.token_loss - result.loss) > 1e-6 * abs(result.loss):
+            print(f"token loss {result.token_loss:.6f}  perplexity {result.token_perplexity:.4f}  (per predicted "
+                  "token; Trainer divides GPT-2's summed loss by every label position, see README)")
+        print(f"  data:  {result.blocks} blocks of {result.block_size} tokens: {result.data}")
+        print(f"  model: {result.model}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from gptresume.tools.plot import plot_run
+
+    resumes = plot_run(args.run_dir, args.output)
+    marks = f"; resumes marked at step {', '.join(map(str, resumes))}" if resumes else ""
+    print(f"Wrote {args.output}{marks}")
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from gptresume.diff import describe_source, diff_table
+
+    print(f"A: {describe_source(args.a)}\nB: {describe_source(args.b)}")
+    print(diff_table(args.a, args.b))
+    return 0
 
 
 def _setup_logging(verbose: bool) -> None:

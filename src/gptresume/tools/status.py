@@ -1,0 +1,220 @@
+"""`gptresume status RUN_DIR`: the checkpoints of a run, what `train` would resume from and why, its history."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from gptresume.checkpoint import (
+    MANIFEST_NAME,
+    TRAINER_STATE_NAME,
+    CheckpointInfo,
+    list_checkpoints,
+    newest_valid,
+    read_trainer_state,
+    verify_checkpoint,
+)
+from gptresume.rundir import CONFIG_NAME, FINAL_DIR, LOCK_NAME, read_history, read_metrics
+from gptresume.tools.common import require_run_dir
+
+
+@dataclass
+class CheckpointRow:
+    name: str
+    step: int
+    valid: bool
+    faults: list[str]
+    epoch: float | None = None
+    loss: float | None = None
+    """Training loss logged at the checkpoint's step (or the last one logged before it)."""
+    eval_loss: float | None = None
+    """Evaluation loss logged at the checkpoint's step, if there was an evaluation there."""
+    learning_rate: float | None = None
+    size_bytes: int = 0
+    created: str | None = None
+
+
+@dataclass
+class RunStatus:
+    run_dir: str
+    checkpoints: list[CheckpointRow]
+    resume_from: str | None
+    """Checkpoint `train --resume auto` would take (the newest valid one), or None for a fresh start."""
+    resume_reason: str
+    skipped: dict[str, list[str]]
+    """Newer checkpoints `train` would skip, with their faults."""
+    complete: bool
+    complete_reason: str
+    global_step: int | None
+    max_steps: int | None
+    in_use: str | None
+    """'pid N on HOST' while a trainer holds the run's lock."""
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def collect_status(run_dir: str | Path) -> RunStatus:
+    run_dir = require_run_dir(run_dir, "status")
+    chosen, skipped = newest_valid(run_dir)  # exactly what `train --resume auto` uses
+    known = {i.path.name: i for i in skipped}
+    if chosen is not None:
+        known[chosen.path.name] = chosen
+    metrics = read_metrics(run_dir)
+    rows = []
+    for path in list_checkpoints(run_dir):
+        info = known.get(path.name) or verify_checkpoint(path)
+        rows.append(_row(info, metrics))
+
+    state = _trainer_state(chosen.path) if chosen else {}
+    global_step, max_steps = state.get("global_step"), state.get("max_steps") or _configured_max_steps(run_dir)
+    final = run_dir / FINAL_DIR
+    if final.is_dir() and (final / "config.json").is_file():
+        complete, complete_reason = True, f"{FINAL_DIR}/ holds the final model"
+    elif global_step is not None and max_steps and global_step >= max_steps:
+        complete, complete_reason = True, (f"{chosen.path.name} reached max_steps {max_steps} "
+                                           f"({FINAL_DIR}/ is written by the next `train`)")
+    else:
+        at = f"step {global_step}" if global_step is not None else "no valid checkpoint"
+        complete, complete_reason = False, f"{at} of max_steps {max_steps if max_steps else '?'}"
+
+    if chosen is None:
+        resume_from, reason = None, "no valid checkpoint: `train` would start a new run"
+    elif complete:
+        resume_from, reason = chosen.path.name, f"newest valid checkpoint; the run is complete, `train` would train nothing"
+    else:
+        resume_from, reason = chosen.path.name, f"newest valid checkpoint (step {chosen.step})"
+    return RunStatus(run_dir=str(run_dir), checkpoints=rows, resume_from=resume_from, resume_reason=reason,
+                     skipped={s.path.name: s.faults for s in skipped}, complete=complete,
+                     complete_reason=complete_reason, global_step=global_step, max_steps=max_steps,
+                     in_use=_lock_holder(run_dir), history=read_history(run_dir))
+
+
+def _row(info: CheckpointInfo, metrics: list[dict]) -> CheckpointRow:
+    path = info.path
+    row = CheckpointRow(name=path.name, step=info.step, valid=info.valid, faults=list(info.faults))
+    row.size_bytes = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    manifest = info.manifest or {}
+    row.created = manifest.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(path.stat().st_mtime))
+    row.epoch = manifest.get("epoch")
+    # The checkpoint's own log history describes its timeline; metrics.jsonl (current timeline) is the fallback.
+    history = _trainer_state(path).get("log_history") or [m for m in metrics if m.get("step", 0) <= info.step]
+    train_logs = [e for e in history if "loss" in e and e.get("step", 0) <= info.step]
+    if train_logs:
+        last = max(train_logs, key=lambda e: e.get("step", 0))
+        row.loss, row.learning_rate = last["loss"], last.get("learning_rate")
+        row.epoch = row.epoch if row.epoch is not None else last.get("epoch")
+    evals = [e for e in history if "eval_loss" in e and e.get("step") == info.step]
+    if evals:
+        row.eval_loss = evals[-1]["eval_loss"]
+    return row
+
+
+def _trainer_state(ckpt: Path) -> dict:
+    try:
+        return read_trainer_state(ckpt) if (ckpt / TRAINER_STATE_NAME).is_file() else {}
+    except (ValueError, OSError):
+        return {}
+
+
+def _configured_max_steps(run_dir: Path) -> int | None:
+    try:
+        config = yaml.safe_load((run_dir / CONFIG_NAME).read_text())
+        return int(config["train"]["max_steps"]) if config["train"].get("max_steps", -1) > 0 else None
+    except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+        return None
+
+
+def _lock_holder(run_dir: Path) -> str | None:
+    """Who holds RUN_DIR/.lock (a trainer running now), without taking it."""
+    lock = run_dir / LOCK_NAME
+    if not lock.is_file():
+        return None
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- text output
+
+
+def format_status(status: RunStatus) -> str:
+    out = [f"Run {status.run_dir}"]
+    if status.in_use:
+        out.append(f"  training now: {status.in_use}")
+    out.append("")
+    if status.checkpoints:
+        header = ("checkpoint", "step", "epoch", "loss", "eval loss", "lr", "size", "created", "status")
+        table = [header]
+        for r in status.checkpoints:
+            mark = "valid" if r.valid else "INVALID: " + "; ".join(r.faults)
+            if r.name == status.resume_from:
+                mark += " <- resume"
+            table.append((r.name, str(r.step), _num(r.epoch, ".2f"), _num(r.loss, ".4f"), _num(r.eval_loss, ".4f"),
+                          _num(r.learning_rate, ".2e"), _size(r.size_bytes), (r.created or "-")[:19].replace("T", " "),
+                          mark))
+        widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+        for row in table:
+            cells = [c.ljust(w) if i in (0, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+            out.append("  ".join(cells + [row[-1]]).rstrip())
+    else:
+        out.append(f"no checkpoint-N directories ({MANIFEST_NAME}-committed checkpoints appear at each save)")
+    out.append("")
+    target = status.resume_from or "nothing (fresh start)"
+    out.append(f"train --resume auto: {target}: {status.resume_reason}")
+    for name, faults in status.skipped.items():
+        out.append(f"  skips {name}: " + "; ".join(faults))
+    out.append(f"complete: {'yes' if status.complete else 'no'} ({status.complete_reason})")
+    if status.history:
+        out.append("")
+        out.append("history:")
+        for e in status.history:
+            out.append("  " + _history_line(e))
+    return "\n".join(out)
+
+
+def _history_line(e: dict) -> str:
+    event = e.get("event", "?")
+    parts = [str(e.get("time", "?")).replace("T", " ")[:19], f"{event:<8}", f"step {e.get('step', '?'):<6}",
+             f"{e.get('host', '?')} pid {e.get('pid', '?')}"]
+    details = []
+    if event == "resume" and e.get("checkpoint"):
+        details.append(f"from {Path(e['checkpoint']).name}")
+    if e.get("reason"):
+        details.append(str(e["reason"]))
+    for name, faults in (e.get("skipped") or {}).items():
+        details.append(f"skipped {name} ({'; '.join(faults)})")
+    changes = e.get("changes") or []
+    if changes:
+        details.append("changes: " + ", ".join(f"{c['key']} {c['old']!r} -> {c['new']!r}" for c in changes))
+    return "  ".join(parts) + ("  " + "; ".join(details) if details else "")
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def status_json(status: RunStatus) -> str:
+    return json.dumps(status.to_dict(), indent=1, default=str)
