@@ -50,6 +50,7 @@ class RunStatus:
     skipped: dict[str, list[str]]
     """Newer checkpoints `train` would skip, with their faults."""
     complete: bool
+    """The newest valid checkpoint reached max_steps: `train` would train nothing (as ResumePlan.is_complete)."""
     complete_reason: str
     global_step: int | None
     max_steps: int | None
@@ -75,20 +76,24 @@ def collect_status(run_dir: str | Path) -> RunStatus:
 
     state = _trainer_state(chosen.path) if chosen else {}
     global_step, max_steps = state.get("global_step"), state.get("max_steps") or _configured_max_steps(run_dir)
-    final = run_dir / FINAL_DIR
-    if final.is_dir() and (final / "config.json").is_file():
-        complete, complete_reason = True, f"{FINAL_DIR}/ holds the final model"
-    elif global_step is not None and max_steps and global_step >= max_steps:
-        complete, complete_reason = True, (f"{chosen.path.name} reached max_steps {max_steps} "
-                                           f"({FINAL_DIR}/ is written by the next `train`)")
+    has_final = (run_dir / FINAL_DIR / "config.json").is_file()
+    reached = global_step is not None and bool(max_steps) and global_step >= max_steps
+    if reached:
+        complete = True
+        complete_reason = f"{chosen.path.name} reached max_steps {max_steps}; " + (
+            f"{FINAL_DIR}/ holds the final model" if has_final else f"{FINAL_DIR}/ is written by the next `train`")
     else:
-        at = f"step {global_step}" if global_step is not None else "no valid checkpoint"
-        complete, complete_reason = False, f"{at} of max_steps {max_steps if max_steps else '?'}"
+        at = f"newest valid checkpoint at step {global_step}" if chosen else "no valid checkpoint"
+        complete_reason = f"{at} of max_steps {max_steps or '?'}"
+        if has_final:
+            complete_reason += f"; {FINAL_DIR}/ exists, but `train` would train " + (
+                "the remaining steps again" if chosen else "from the start")
+        complete = False
 
     if chosen is None:
         resume_from, reason = None, "no valid checkpoint: `train` would start a new run"
     elif complete:
-        resume_from, reason = chosen.path.name, f"newest valid checkpoint; the run is complete, `train` would train nothing"
+        resume_from, reason = chosen.path.name, "newest valid checkpoint; the run is complete, `train` trains nothing"
     else:
         resume_from, reason = chosen.path.name, f"newest valid checkpoint (step {chosen.step})"
     return RunStatus(run_dir=str(run_dir), checkpoints=rows, resume_from=resume_from, resume_reason=reason,
@@ -163,7 +168,7 @@ def format_status(status: RunStatus) -> str:
         for r in status.checkpoints:
             mark = "valid" if r.valid else "INVALID: " + "; ".join(r.faults)
             if r.name == status.resume_from:
-                mark += " <- resume"
+                mark += " (newest valid)" if status.complete else " <- train resumes here"
             table.append((r.name, str(r.step), _num(r.epoch, ".2f"), _num(r.loss, ".4f"), _num(r.eval_loss, ".4f"),
                           _num(r.learning_rate, ".2e"), _size(r.size_bytes), (r.created or "-")[:19].replace("T", " "),
                           mark))
@@ -208,12 +213,12 @@ def _num(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if n < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
-    return f"{n:.1f} TB"
+    return f"{n:.1f} GB"
 
 
 def status_json(status: RunStatus) -> str:
