@@ -7,7 +7,6 @@ import math
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -86,7 +85,7 @@ def test_status_after_a_corrupted_checkpoint_names_it_and_the_fallback(run, tmp_
 
 
 @pytest.mark.slow
-def test_export_loads_with_auto_classes_and_pipeline(run, tmp_path):
+def test_export_loads_with_auto_classes_and_pipeline(run, tmp_path, capsys):
     out = tmp_path / "exported"
     result = run_cli(run.tmp, "export", run.dir / "checkpoint-12", out)
     assert result.returncode == 0, result.stderr
@@ -104,9 +103,9 @@ def test_export_loads_with_auto_classes_and_pipeline(run, tmp_path):
     generated = pipeline("text-generation", model=str(out))("The", max_new_tokens=5, do_sample=False)
     assert generated[0]["generated_text"].startswith("The") and len(generated[0]["generated_text"]) > 3
 
-    assert_refused(run_cli(run.tmp, "export", run.dir / "checkpoint-8", out), "not empty", "--force")
+    assert_refused(main_in_process(capsys, "export", run.dir / "checkpoint-8", out), "not empty", "--force")
     assert (out / "model.safetensors").read_bytes() == (run.dir / "checkpoint-12" / "model.safetensors").read_bytes()
-    forced = run_cli(run.tmp, "export", run.dir / "checkpoint-8", out, "--force")
+    forced = main_in_process(capsys, "export", run.dir / "checkpoint-8", out, "--force")
     assert forced.returncode == 0, forced.stderr
     assert (out / "model.safetensors").read_bytes() == (run.dir / "checkpoint-8" / "model.safetensors").read_bytes()
     assert [p.name for p in tmp_path.iterdir()] == ["exported"]  # no temporary directory left behind
@@ -237,7 +236,7 @@ def test_tensorboard_is_one_curve_across_the_resume(run):
 # ---------------------------------------------------------------- every command: bad paths, help, imports
 
 
-def test_bad_paths_exit_2_with_one_message(tmp_path):
+def test_bad_paths_exit_2_with_one_message(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "file.txt").write_text("x")
     missing = tmp_path / "missing"
@@ -247,13 +246,25 @@ def test_bad_paths_exit_2_with_one_message(tmp_path):
         (("export", missing, tmp_path / "out"), "does not exist"),
         (("generate", tmp_path / "empty", "--prompt", "x"), "not a run, a checkpoint or a model directory"),
         (("eval", tmp_path / "file.txt"), "not a directory"),
+        (("eval", tmp_path / "empty"), "not a run, a checkpoint or a model directory"),
         (("plot", missing, "-o", tmp_path / "x.png"), "does not exist"),
+        (("plot", tmp_path / "empty", "-o", tmp_path / "x.png"), "not a run directory"),
     ]
-    with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda case: run_cli(tmp_path, *case[0]), cases))
-    for (args, fragment), result in zip(cases, results):
-        assert_refused(result, args[0] + ":", fragment)
-    assert not (tmp_path / "out").exists()
+    for args, fragment in cases:
+        assert_refused(main_in_process(capsys, *args), args[0] + ":", fragment)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "x.png").exists()
+    # and as a real process: exit status 2, the one message, no traceback
+    assert_refused(run_cli(tmp_path, "generate", missing, "--prompt", "x"), "generate:", "does not exist")
+
+
+def main_in_process(capsys, *args):
+    """cli.main in this process (no interpreter start-up), returned like subprocess.run's result."""
+    from gptresume.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
 
 
 def test_tool_help_texts_show_examples(capsys):
