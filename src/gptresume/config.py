@@ -141,6 +141,11 @@ class CheckpointConfig:
     """Also keep the checkpoint with the lowest eval loss, whatever keep_last says."""
     every_minutes: float | None = None
     """Also save a checkpoint when this many minutes have passed since the last save (beside save_steps)."""
+    async_save: bool = False
+    """Write checkpoints in a background thread: training pauses only to copy the state into CPU memory, the
+    files are written, hashed and fsynced while it goes on, and the manifest commits them once they are durable.
+    At most one save is in flight (the next waits); a stop or the end of training waits for it. Costs one extra
+    copy of the weights and optimizer state in CPU memory. Single-process runs only (others save synchronously)."""
 
     def problems(self, prefix: str) -> list[str]:
         out = []
