@@ -28,6 +28,7 @@ TRAINER_STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.pt"
 SCHEDULER_NAME = "scheduler.pt"
 RNG_STATE_PATTERN = re.compile(r"^rng_state(_\d+)?\.pth$")
+RESUME_STATE_NAME = "gptresume_state.json"  # schedule re-plan and data stream offset, when a resume changed them
 MANIFEST_FORMAT = 1
 HASH_CHUNK = 8 << 20
 
@@ -104,7 +105,8 @@ def library_versions() -> dict:
 
 
 def write_manifest(ckpt: Path, *, step: int, epoch: float | None, config: dict, config_fingerprint: str,
-                   data_fingerprint: str | None, world_size: int, adopted: bool = False) -> dict:
+                   data_fingerprint: str | None, world_size: int, adopted: bool = False,
+                   train_samples: int | None = None) -> dict:
     """Commit `ckpt`: hash and fsync every file, then write manifest.json atomically (the commit point)."""
     files = {}
     for p in _checkpoint_files(ckpt):
@@ -124,6 +126,7 @@ def write_manifest(ckpt: Path, *, step: int, epoch: float | None, config: dict, 
         "host": socket.gethostname(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "adopted": adopted,
+        "train_samples": train_samples,
     }
     atomic_write_text(ckpt / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
@@ -218,6 +221,12 @@ def best_eval_step(ckpt: Path) -> int | None:
 
 def read_trainer_state(ckpt: Path) -> dict:
     return json.loads((Path(ckpt) / TRAINER_STATE_NAME).read_text())
+
+
+def read_resume_state(ckpt: Path) -> dict:
+    """What earlier changed resumes decided (schedule plan, stream offset); {} for an unchanged run."""
+    path = Path(ckpt) / RESUME_STATE_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 # ---------------------------------------------------------------- retention

@@ -21,6 +21,9 @@ examples:
   gptresume train examples/demo.yaml --set train.max_steps=50 --set model.from_scratch.n_layer=2
   gptresume train examples/demo.yaml --resume must             # fail unless there is a checkpoint
   gptresume train examples/demo.yaml --resume runs/demo/checkpoint-60
+  gptresume train examples/demo.yaml --set train.learning_rate=5e-4 --allow-change learning_rate
+  gptresume train examples/demo.yaml --set train.max_steps=320 --allow-change max_steps   # train longer
+  gptresume train my.yaml --resume old_script_out/checkpoint-500 --adopt  # take over a plain Trainer checkpoint
   torchrun --nproc_per_node 2 -m gptresume train examples/demo.yaml
 
 exit codes: 0 done (or already complete), 2 bad input or refused resume (nothing changed),
@@ -33,6 +36,13 @@ examples:
 
 exit code 0 when every checkpoint checked is valid, 2 otherwise (each fault names the file)."""
 
+DIFF_EXAMPLES = """\
+examples:
+  gptresume diff runs/demo/checkpoint-40 runs/demo/checkpoint-120
+  gptresume diff runs/demo runs/demo-lr-sweep          # the newest valid checkpoint of each run
+  gptresume diff runs/demo examples/demo.yaml          # what resuming runs/demo with this config would change
+
+exit code 0 (also when they differ), 2 when A or B is not a checkpoint, run or config."""
 
 # Storage failures (full disk, quota, file size limit, read-only file system, permissions): a clear message, no
 # traceback; they are not bugs and not bad input.
@@ -89,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-partial", action="store_true",
                    help="resume from a checkpoint that lacks optimizer, scheduler or RNG state (the run will "
                         "differ from an uninterrupted one; the warning says how)")
+    p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                   help="accept a changed field on resume and apply it correctly (repeatable): a field "
+                        "(learning_rate, max_steps, per_device_train_batch_size, ...), or a class: optimizer, "
+                        "schedule, batch, data. Without it such a change is refused with a table of differences")
+    p.add_argument("--adopt", action="store_true",
+                   help="with --resume PATH: take over a checkpoint written by a plain Transformers script (no "
+                        "manifest) after checking that its files load")
     p.add_argument("--stop-at-step", type=int, default=None, metavar="N",
                    help="save and commit a checkpoint at step N, then exit 75 as if preempted (for splitting a "
                         "run into chunks and for testing resume)")
@@ -99,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "compare with its manifest.", epilog=VERIFY_EXAMPLES, formatter_class=_Formatter)
     p.add_argument("path", metavar="PATH", help="a run directory or a checkpoint-N directory")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("diff", help="config differences between two checkpoints, runs or config files",
+                       description="Print the table `train` prints on a changed resume: every differing field, "
+                                   "its class and what a resume of A with B's config would need.",
+                       epilog=DIFF_EXAMPLES, formatter_class=_Formatter)
+    p.add_argument("a", metavar="A", help="a checkpoint-N directory, a run directory or a YAML config")
+    p.add_argument("b", metavar="B", help="the same kinds as A")
+    p.set_defaults(func=cmd_diff)
     _add_tool_parsers(sub)
     return parser
 
@@ -117,7 +142,8 @@ def cmd_train(args) -> int:
     try:
         config = distributed.on_main(load_config, args.config, args.overrides)
         return run_training(config, resume=args.resume, overwrite=args.overwrite, stop_at_step=args.stop_at_step,
-                            allow_partial=args.allow_partial)
+                            allow_partial=args.allow_partial, allow_change=args.allow_change,
+                            adopt_checkpoint=args.adopt)
     finally:
         distributed.teardown()
 

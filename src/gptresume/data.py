@@ -51,7 +51,24 @@ class PackedBlockCollator:
         import torch
 
         ids = torch.tensor([ex["input_ids"] for ex in examples], dtype=torch.long)
+        if SAMPLE_LOG_ENV in os.environ:
+            log_batch_samples(ids, os.environ[SAMPLE_LOG_ENV])
         return {"input_ids": ids, "labels": ids.clone()}
+
+
+# For tests and debugging data order: with GPTRESUME_SAMPLE_LOG=PATH every collated batch appends one JSON line
+# (the sample_id of each row) to PATH.rankN. Identifies samples by content, so it works for any sampler.
+SAMPLE_LOG_ENV = "GPTRESUME_SAMPLE_LOG"
+
+
+def sample_id(row) -> str:
+    return hashlib.sha256(np.asarray(row, dtype=np.int32).tobytes()).hexdigest()[:12]
+
+
+def log_batch_samples(ids, path: str) -> None:
+    rank = os.environ.get("RANK", "0")
+    with open(f"{path}.rank{rank}", "a") as f:
+        f.write(json.dumps([sample_id(row) for row in ids.numpy()]) + "\n")
 
 
 # ---------------------------------------------------------------- sources

@@ -17,38 +17,32 @@ from gptresume.checkpoint import (
     list_checkpoints,
     missing_state,
     newest_valid,
+    read_resume_state,
     read_trainer_state,
     verify_checkpoint,
 )
+from gptresume.changes import (
+    BATCH,
+    DATA,
+    OPTIMIZER,
+    SCHEDULE,
+    Change,
+    allow_keys,
+    apply_allowed,
+    config_changes,
+    format_changes,
+    refusal_hint,
+    train_value,
+)
+from gptresume.adopt import adoptable_checkpoint
 from gptresume.config import Config
 from gptresume.errors import UsageError
+from gptresume.sampling import Geometry, map_position
+from gptresume.schedule import SchedulePlan
 
 log = logging.getLogger(__name__)
 
 RESUME_MODES = ("auto", "never", "must")
-
-# Fields that change what is logged, evaluated or kept, never what is trained: applied on resume and noted.
-FREE_KEYS = {
-    "train.output_dir", "train.logging_steps", "train.logging_strategy", "train.logging_first_step",
-    "train.eval_steps", "train.eval_strategy", "train.eval_delay", "train.eval_on_start",
-    "train.per_device_eval_batch_size", "train.eval_accumulation_steps", "train.save_steps",
-    "train.save_strategy", "train.report_to", "train.run_name", "train.project", "train.disable_tqdm",
-    "train.log_level", "train.log_level_replica", "train.dataloader_num_workers",
-    "train.dataloader_pin_memory", "train.dataloader_persistent_workers", "train.dataloader_prefetch_factor",
-    "train.skip_memory_metrics", "data.num_proc",
-}
-FREE_PREFIXES = ("checkpoint.",)
-
-
-@dataclass
-class Change:
-    key: str
-    old: object
-    new: object
-
-    @property
-    def free(self) -> bool:
-        return self.key in FREE_KEYS or self.key.startswith(FREE_PREFIXES)
 
 
 @dataclass
@@ -57,47 +51,54 @@ class ResumePlan:
     skipped: list[CheckpointInfo] = field(default_factory=list)
     overwrite: bool = False
     changes: list[Change] = field(default_factory=list)
+    adopt: bool = False
+    resume_state: dict = field(default_factory=dict)  # RESUME_STATE_NAME of the checkpoint (schedule, stream)
+    allowed: set[str] = field(default_factory=set)  # fields accepted with --allow-change
 
     @property
     def step(self) -> int:
         return self.checkpoint.step if self.checkpoint else 0
 
-    def is_complete(self) -> bool:
-        """The newest checkpoint already reached max_steps under an unchanged config."""
-        if self.checkpoint is None or any(not c.free for c in self.changes):
+    @property
+    def old_config(self) -> dict:
+        return (self.checkpoint.manifest or {}).get("config", {}) if self.checkpoint else {}
+
+    @property
+    def old_world_size(self) -> int:
+        return int((self.checkpoint.manifest or {}).get("world_size") or 1) if self.checkpoint else 1
+
+    def changed(self, kind: str) -> list[Change]:
+        return [c for c in self.changes if c.kind == kind]
+
+    def optimizer_values(self) -> dict[str, tuple]:
+        """Allowed optimizer changes, by TrainingArguments name: (old, new)."""
+        return {c.key.removeprefix("train."): (c.old, c.new) for c in self.changed(OPTIMIZER) if c.allowed}
+
+    def schedule_replanned(self) -> bool:
+        return any(c.allowed for c in self.changed(SCHEDULE))
+
+    def schedule_plan(self) -> SchedulePlan | None:
+        """The re-planned schedule an earlier changed resume left in the checkpoint, to be continued."""
+        saved = self.resume_state.get("schedule_plan")
+        return SchedulePlan.from_dict(saved) if saved else None
+
+    def is_complete(self, config: Config) -> bool:
+        """The checkpoint already reached the max_steps the (unchanged or allowed) config asks for."""
+        if self.checkpoint is None or any(c.refused for c in self.changes):
             return False
         state = read_trainer_state(self.checkpoint.path)
-        return state.get("max_steps", 0) > 0 and state["global_step"] >= state["max_steps"]
+        max_steps = config.train.get("max_steps") or state.get("max_steps", 0)
+        return max_steps > 0 and state["global_step"] >= max_steps
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k != "from_scratch":
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def config_changes(old: dict, new: dict) -> list[Change]:
-    a, b = _flatten(old), _flatten(new)
-    return [Change(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-
-
-def format_changes(changes: list[Change]) -> str:
-    rows = [("field", "checkpoint", "now", "")] + [
-        (c.key, repr(c.old), repr(c.new), "ok (does not change training)" if c.free else "REFUSED")
-        for c in changes]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join("  " + "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows)
-
-
-def plan_resume(config: Config, mode: str, overwrite: bool = False, allow_partial: bool = False) -> ResumePlan:
-    """Decide where training starts. Reads the run directory only; changes nothing."""
+def plan_resume(config: Config, mode: str, overwrite: bool = False, allow_partial: bool = False,
+                allow_change: list[str] | None = None, adopt: bool = False, world_size: int = 1) -> ResumePlan:
+    """Decide where training starts and check the config against the checkpoint's. Reads the run directory
+    only; changes nothing. Data changes are judged later, by `check_data` (they need the data fingerprint)."""
     run_dir = config.run_dir
     existing = list_checkpoints(run_dir)
+    if adopt and mode in RESUME_MODES:
+        raise UsageError("--adopt needs --resume PATH: the checkpoint directory written by a plain Trainer script")
     if mode == "never":
         if existing and not overwrite:
             raise UsageError(
@@ -112,13 +113,90 @@ def plan_resume(config: Config, mode: str, overwrite: bool = False, allow_partia
             why = "; ".join(describe_skip(s) for s in skipped) or "it has no checkpoint-N directory"
             raise UsageError(f"--resume must: no valid checkpoint in {run_dir} ({why})")
         plan = ResumePlan(checkpoint=info, skipped=skipped)
+    elif adopt and not (Path(mode) / MANIFEST_NAME).is_file():
+        plan = ResumePlan(checkpoint=adoptable_checkpoint(Path(mode), config), adopt=True)
     else:
         plan = ResumePlan(checkpoint=_explicit_checkpoint(Path(mode)))
-    if plan.checkpoint is not None:
-        plan.changes = config_changes(plan.checkpoint.manifest["config"], config.to_dict())
-        refuse_changes(plan)
-        check_complete_state(plan.checkpoint, allow_partial)
+    if plan.checkpoint is None:
+        return plan
+    check_complete_state(plan.checkpoint, allow_partial)
+    if plan.adopt:
+        return plan
+    plan.resume_state = read_resume_state(plan.checkpoint.path)
+    plan.changes = config_changes(plan.old_config, config.to_dict(), plan.old_world_size, world_size)
+    plan.allowed = allow_keys(allow_change or [], {c.key for c in plan.changes})
+    apply_allowed(plan.changes, plan.allowed)
+    _check_max_steps(plan, config)
+    refused = [c for c in plan.changes if c.refused and c.kind != DATA]  # data: judged with the fingerprint
+    if refused:
+        raise UsageError(_refusal(plan))
     return plan
+
+
+def _check_max_steps(plan: ResumePlan, config: Config) -> None:
+    new = config.train.get("max_steps")
+    if plan.changed(SCHEDULE) and new and 0 < new < plan.step:
+        raise UsageError(f"train.max_steps={new} ends before {plan.checkpoint.path} (step {plan.step}); give a "
+                         "max_steps beyond it, or resume an earlier checkpoint with --resume PATH")
+
+
+def _refusal(plan: ResumePlan) -> str:
+    return (f"the config differs from the one {plan.checkpoint.path} was trained with:\n"
+            f"{format_changes(plan.changes)}\n{refusal_hint(plan.changes)}")
+
+
+def check_data(plan: ResumePlan, data_fingerprint: str) -> None:
+    """Refuse changed training data unless --allow-change data; a changed data.* field with the same packed
+    tokens (e.g. a moved file) is harmless and only noted."""
+    if plan.checkpoint is None or plan.adopt:
+        return
+    saved = plan.checkpoint.manifest.get("data_fingerprint")
+    if saved and saved != data_fingerprint:
+        if not any(c.key == "data" for c in plan.changes):
+            plan.changes.append(Change("data", saved, data_fingerprint, DATA,
+                                       allowed="data" in plan.allowed,
+                                       note="the packed training tokens differ"))
+    else:
+        for c in plan.changed(DATA):
+            c.allowed, c.note = True, "same packed tokens"
+    if any(c.refused for c in plan.changes):
+        raise UsageError(f"the training data differs from the data {plan.checkpoint.path} was trained on "
+                         f"(data fingerprint {saved} then, {data_fingerprint} now).\n" + _refusal(plan))
+
+
+def data_stream(plan: ResumePlan, config: Config, train_samples: int, world_size: int) -> dict | None:
+    """The stream offset for a resume whose global batch or data changed (or whose checkpoint already runs on
+    one); None when Trainer's own sampler and step-based skip are exact."""
+    if plan.checkpoint is None or plan.adopt:
+        return None
+    saved = plan.resume_state.get("stream")
+    data_changed = any(c.key == "data" and c.allowed for c in plan.changes)
+    batch_changed = any(c.kind == BATCH and c.allowed and not c.note.startswith("same") for c in plan.changes)
+    if not (saved or data_changed or batch_changed):
+        return None
+    old_n = (saved or {}).get("samples") or plan.checkpoint.manifest.get("train_samples") or train_samples
+    old = _geometry(plan.old_config, plan.old_world_size)
+    position = old.position(plan.step, old_n, (saved or {}).get("offset", 0))
+    if old_n != train_samples:
+        position = map_position(position, old_n, train_samples)
+    new = _geometry(config.to_dict(), world_size)
+    offset = new.offset_for(plan.step, train_samples, position)
+    log.info("Data position: sample %d of the stream (epoch %d, sample %d of %d); stream offset %d",
+             position, position // train_samples, position % train_samples, train_samples, offset)
+    return {"offset": offset, "samples": train_samples}
+
+
+def _geometry(config: dict, world_size: int) -> Geometry:
+    return Geometry(int(train_value(config, "per_device_train_batch_size")),
+                    int(train_value(config, "gradient_accumulation_steps")), int(world_size))
+
+
+def report_changes(plan: ResumePlan) -> None:
+    if plan.changes:
+        log.info("Config changes since %s:\n%s", plan.checkpoint.name, format_changes(plan.changes))
+    if any(c.kind == DATA and c.key == "data" for c in plan.changes):
+        log.warning("Training continues on changed data at the same sample offset of the current epoch "
+                    "(--allow-change data): the run is no longer comparable to an uninterrupted one.")
 
 
 def check_complete_state(info: CheckpointInfo, allow_partial: bool) -> None:
@@ -140,34 +218,13 @@ def _explicit_checkpoint(path: Path) -> CheckpointInfo:
     if not CHECKPOINT_RE.match(path.name) and not (path / MANIFEST_NAME).is_file():
         raise UsageError(f"--resume {path}: not a checkpoint-N directory")
     info = verify_checkpoint(path)
+    if not (path / MANIFEST_NAME).is_file():
+        raise UsageError(f"--resume {path}: no {MANIFEST_NAME}: not written by gptresume, or its save never "
+                         "finished. If a plain Transformers script wrote it, add --adopt to check it and take it "
+                         "over")
     if not info.valid:
         raise UsageError(f"--resume {path}: not a valid checkpoint: " + "; ".join(info.faults))
     return info
-
-
-def refuse_changes(plan: ResumePlan) -> None:
-    if not plan.changes:
-        return
-    table = format_changes(plan.changes)
-    refused = [c for c in plan.changes if not c.free]
-    if refused:
-        raise UsageError(
-            f"the config differs from the one {plan.checkpoint.path} was trained with:\n{table}\n"
-            "Resuming with these changes would make the run differ from an uninterrupted one. Restore the "
-            f"original values (see {plan.checkpoint.path / MANIFEST_NAME}), or start a new run with another "
-            "train.output_dir.")
-    log.info("Config changes since %s (applied; they do not change training):\n%s", plan.checkpoint.name, table)
-
-
-def check_data_unchanged(plan: ResumePlan, data_fingerprint: str) -> None:
-    if plan.checkpoint is None:
-        return
-    saved = plan.checkpoint.manifest.get("data_fingerprint")
-    if saved and saved != data_fingerprint:
-        raise UsageError(
-            f"the training data differs from the data {plan.checkpoint.path} was trained on "
-            f"(data fingerprint {saved} then, {data_fingerprint} now): a file under data.source changed. "
-            "Restore the original data, or start a new run with another train.output_dir.")
 
 
 def clear_run(run_dir: Path) -> None:

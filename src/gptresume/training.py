@@ -18,17 +18,20 @@ import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from gptresume import distributed
-from gptresume.checkpoint import apply_retention, atomic_write_text, set_aside, write_manifest
+from gptresume.checkpoint import RESUME_STATE_NAME, apply_retention, atomic_write_text, set_aside, write_manifest
 from gptresume.config import Config, dump_config
 from gptresume.data import PackedBlockCollator, load_texts, prepare_data, save_to_cache
 from gptresume.errors import EXIT_OK, EXIT_STOPPED, UsageError
 from gptresume.modeling import TOKENIZER_DIR, build_model, check_model_source, load_tokenizer
 from gptresume.preemption import StopCallback, StopRequest, TimedSaveCallback
 from gptresume.reporting import use_run_tensorboard
-from gptresume.resume import ResumePlan, check_data_unchanged, clear_run, plan_resume
+from gptresume.adopt import adopt
+from gptresume.overrides import ResumeOverrides
+from gptresume.resume import ResumePlan, check_data, clear_run, data_stream, plan_resume, report_changes
+from gptresume.sampling import StreamSampler
 from gptresume.rundir import (  # noqa: F401 (re-exported: the names stay importable from here)
     CONFIG_NAME,
     FINAL_DIR,
@@ -50,11 +53,14 @@ SAMPLE_PROMPTS = ("The", "A list", "def")
 class CommitCallback(TrainerCallback):
     """Make Trainer's saves crash-safe: a fresh directory per save, the manifest written last, then retention."""
 
-    def __init__(self, config: Config, data_fingerprint: str):
+    def __init__(self, config: Config, data_fingerprint: str, train_samples: int | None = None,
+                 resume_state=lambda: None):
         self.config = config
         self.config_dict = config.to_dict()
         self.config_fingerprint = config.fingerprint()
         self.data_fingerprint = data_fingerprint
+        self.train_samples = train_samples
+        self.resume_state = resume_state  # () -> dict | None: what a changed resume decided, kept in each save
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps:
@@ -72,9 +78,12 @@ class CommitCallback(TrainerCallback):
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             t0 = time.perf_counter()
+            extra = self.resume_state()
+            if extra:
+                atomic_write_text(ckpt / RESUME_STATE_NAME, json.dumps(extra, indent=1, sort_keys=True))
             write_manifest(ckpt, step=state.global_step, epoch=state.epoch, config=self.config_dict,
                            config_fingerprint=self.config_fingerprint, data_fingerprint=self.data_fingerprint,
-                           world_size=args.world_size)
+                           world_size=args.world_size, train_samples=self.train_samples)
             deleted = apply_retention(Path(args.output_dir), self.config.checkpoint.keep_last, ckpt,
                                       self.config.checkpoint.keep_best)
             log.debug("Committed %s in %.3fs; removed %s", ckpt.name, time.perf_counter() - t0,
@@ -230,12 +239,14 @@ def append_history(run_dir: Path, event: str, **fields) -> None:
 # ---------------------------------------------------------------- the command
 
 
-def run_training(config: Config, resume: str = "auto", overwrite: bool = False,
-                 stop_at_step: int | None = None, allow_partial: bool = False) -> int:
+def run_training(config: Config, resume: str = "auto", overwrite: bool = False, stop_at_step: int | None = None,
+                 allow_partial: bool = False, allow_change: list[str] | None = None, adopt_checkpoint: bool = False
+                 ) -> int:
     run_dir = config.run_dir
     # With several processes, rank 0 decides and every rank follows (distributed.on_main): one plan, one verdict.
-    plan = distributed.on_main(plan_resume, config, resume, overwrite, allow_partial)
-    if plan.is_complete():
+    plan = distributed.on_main(plan_resume, config, resume, overwrite, allow_partial, allow_change,
+                               adopt_checkpoint, int(os.environ.get("WORLD_SIZE", "1")))
+    if plan.is_complete(config):
         return distributed.on_main(_report_complete, config, plan)
     ckpt = plan.checkpoint.path if plan.checkpoint else None
 
@@ -252,7 +263,7 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False,
             inputs.update(_load_inputs(config, plan, tokenizer_dir=ckpt or run_dir / TOKENIZER_DIR))
         tokenizer, data, model = inputs["tokenizer"], inputs["data"], inputs["model"]
         args = config.training_arguments(disable_tqdm=True, **distributed.training_defaults(config.train))
-        trainer, stop_cb = _make_trainer(config, args, model, tokenizer, data, stop_at_step)
+        trainer, stop_cb = _make_trainer(config, args, model, tokenizer, data, stop_at_step, plan)
         stop = stop_cb.request
         main = distributed.is_main()
         if plan.checkpoint and main:
@@ -294,15 +305,19 @@ def _load_inputs(config: Config, plan: ResumePlan, tokenizer_dir: Path | None = 
             texts = load_texts(config.data)
     tokenizer = load_tokenizer(config.model, texts, tokenizer_dir or ckpt)
     data = prepare_data(config.data, tokenizer, config.run_dir, texts)
-    check_data_unchanged(plan, data.fingerprint)
+    if tokenizer_dir is None:  # rank 0 judges the data; the others follow its verdict
+        check_data(plan, data.fingerprint)
     model = build_model(config.model, tokenizer, config.train.get("seed", 42), ckpt)
     return {"tokenizer": tokenizer, "data": data, "model": model}
 
 
 def _prepare_run_dir(config: Config, plan: ResumePlan, data, tokenizer) -> None:
     run_dir = config.run_dir
+    report_changes(plan)
     if plan.overwrite:
         clear_run(run_dir)
+    if plan.adopt:
+        adopt(plan.checkpoint, config, data.fingerprint, int(os.environ.get("WORLD_SIZE", "1")))
     save_to_cache(data, config.data, tokenizer, run_dir)
     if plan.checkpoint is None:
         tokenizer.save_pretrained(run_dir / TOKENIZER_DIR)
@@ -312,13 +327,16 @@ def _prepare_run_dir(config: Config, plan: ResumePlan, data, tokenizer) -> None:
         run_dir, "resume" if plan.checkpoint else "start",
         checkpoint=str(plan.checkpoint.path) if plan.checkpoint else None, step=plan.step,
         skipped={s.name: s.faults for s in plan.skipped},
-        changes=[{"key": c.key, "old": c.old, "new": c.new} for c in plan.changes],
+        changes=[{"key": c.key, "old": c.old, "new": c.new, "class": c.kind, "note": c.note} for c in plan.changes],
+        adopted=plan.adopt,
         config_fingerprint=config.fingerprint(), data_fingerprint=data.fingerprint, argv=sys.argv[1:])
 
 
-def _make_trainer(config: Config, args, model, tokenizer, data, stop_at_step: int | None = None):
-    from transformers import Trainer
+def _make_trainer(config: Config, args, model, tokenizer, data, stop_at_step: int | None = None,
+                  plan: ResumePlan | None = None):
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    plan = plan or ResumePlan()
 
     tokens_per_step = (args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
                        * data.block_size)
@@ -326,14 +344,45 @@ def _make_trainer(config: Config, args, model, tokenizer, data, stop_at_step: in
     callbacks = [stop_cb, MetricsCallback(config.run_dir / METRICS_NAME, tokens_per_step)]
     if config.checkpoint.every_minutes:
         callbacks.append(TimedSaveCallback(config.checkpoint.every_minutes))
-    callbacks.append(CommitCallback(config, data.fingerprint))  # last: sees every other save decision
-    trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
-                      data_collator=PackedBlockCollator(), processing_class=tokenizer, callbacks=callbacks)
+    stream = data_stream(plan, config, len(data.train), args.world_size)
+    overrides = ResumeOverrides(plan.step, plan.optimizer_values(), plan.schedule_replanned(),
+                                plan.schedule_plan(), decay_names=set())
+    callbacks.append(overrides)
+    commit = CommitCallback(config, data.fingerprint, len(data.train),
+                            lambda: _resume_state(overrides, stream))
+    callbacks.append(commit)  # last: sees every other save decision
+    seed = args.data_seed if args.data_seed is not None else args.seed
+    trainer = ResumableTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
+                               data_collator=PackedBlockCollator(), processing_class=tokenizer, callbacks=callbacks,
+                               stream=StreamSampler(len(data.train), seed, stream["offset"]) if stream else None)
+    overrides.decay_names = set(trainer.get_decay_parameter_names(model))
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     use_run_tensorboard(trainer, config.run_dir)  # report_to tensorboard: RUN_DIR/tensorboard, one curve across resumes
     trainer.add_callback(_progress_bar_class() if sys.stderr.isatty() else ProgressLines(tokens_per_step))
     return trainer, stop_cb
+
+
+def _resume_state(overrides: ResumeOverrides, stream: dict | None) -> dict | None:
+    """What each later checkpoint must carry so the next resume continues the same schedule and data stream."""
+    state = {}
+    if overrides.plan is not None:
+        state["schedule_plan"] = overrides.plan.to_dict()
+    if stream is not None:
+        state["stream"] = stream
+    return state or None
+
+
+class ResumableTrainer(Trainer):
+    """Trainer with one change: after a resume that changed the global batch or the data, the training sampler
+    is a `StreamSampler` positioned at the first untrained sample (sampling.py). Otherwise Trainer's own."""
+
+    def __init__(self, *args, stream: StreamSampler | None = None, **kwargs):
+        self._stream = stream
+        super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):  # checked with transformers 5.24
+        return self._stream if self._stream is not None else super()._get_train_sampler(train_dataset)
 
 
 def save_final(trainer, run_dir: Path) -> None:

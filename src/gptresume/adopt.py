@@ -1,0 +1,101 @@
+"""Adopting a checkpoint written by a plain Transformers script (no manifest): check what can be checked,
+then commit it with a manifest marked `adopted`, so that from here on it is an ordinary gptresume checkpoint.
+
+What cannot be checked: the config and data it was trained with. So exactness is promised only for the steps
+trained after the adoption; the warning says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from gptresume.checkpoint import (
+    OPTIMIZER_NAME,
+    SCHEDULER_NAME,
+    TRAINER_STATE_NAME,
+    CheckpointInfo,
+    write_manifest,
+)
+from gptresume.config import Config
+from gptresume.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+
+
+def adoptable_checkpoint(path: Path, config: Config) -> CheckpointInfo:
+    """Check a manifest-less checkpoint: trainer state, weights, model config, tokenizer and optimizer and
+    scheduler state all load. Writes nothing."""
+    where = f"--resume {path} --adopt"
+    if not path.is_dir():
+        raise UsageError(f"{where}: no such directory")
+    state = _load_json(path / TRAINER_STATE_NAME, where)
+    step = state.get("global_step")
+    if not isinstance(step, int) or step < 1:
+        raise UsageError(f"{where}: {TRAINER_STATE_NAME} has no global_step >= 1; this is not a Trainer checkpoint")
+    weights = [name for name in WEIGHT_FILES if (path / name).is_file()]
+    if not weights:
+        raise UsageError(f"{where}: no model weights (expected one of {', '.join(WEIGHT_FILES)})")
+    _load_json(path / "config.json", where)
+    _check_weights(path / weights[0], where)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UsageError(f"{where}: no tokenizer files in the checkpoint; save the tokenizer it was trained with "
+                         "into it (tokenizer.save_pretrained(path)), or pass processing_class=tokenizer to Trainer")
+    for name in (OPTIMIZER_NAME, SCHEDULER_NAME):
+        if (path / name).is_file():
+            _check_torch_file(path / name, where)
+    batch = state.get("train_batch_size")
+    per_device = config.train.get("per_device_train_batch_size", 8)
+    if batch and batch != per_device:
+        log.warning("%s was trained with a per-device batch of %s; the config says %s: the data position after "
+                    "the adoption is counted in the config's batches", path, batch, per_device)
+    return CheckpointInfo(path=path, step=step, manifest=None)
+
+
+def adopt(info: CheckpointInfo, config: Config, data_fingerprint: str, world_size: int) -> None:
+    """Commit the adopted checkpoint: hash every file, write a manifest marked adopted."""
+    state = _load_json(info.path / TRAINER_STATE_NAME, "adopt")
+    info.manifest = write_manifest(info.path, step=info.step, epoch=state.get("epoch"), config=config.to_dict(),
+                                   config_fingerprint=config.fingerprint(), data_fingerprint=data_fingerprint,
+                                   world_size=world_size, adopted=True)
+    log.warning("Adopted %s (step %d) with a manifest marked adopted. Its config and data are unknown, so "
+                "exactness cannot be promised for the steps before the adoption; resumes from here on are exact.",
+                info.path, info.step)
+
+
+def _load_json(path: Path, where: str) -> dict:
+    if not path.is_file():
+        raise UsageError(f"{where}: {path.name} is missing")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        raise UsageError(f"{where}: {path.name} is unreadable ({e})") from None
+
+
+def _check_weights(path: Path, where: str) -> None:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                if not list(f.keys()):
+                    raise ValueError("no tensors")
+        elif path.suffix == ".bin":
+            _check_torch_file(path, where)
+    except UsageError:
+        raise
+    except Exception as e:  # any failure to parse the file is a bad checkpoint, not a bug
+        raise UsageError(f"{where}: {path.name} does not load ({type(e).__name__}: {e})") from None
+
+
+def _check_torch_file(path: Path, where: str) -> None:
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign file
+        raise UsageError(f"{where}: {path.name} does not load ({type(e).__name__}: {str(e)[:200]})") from None

@@ -1,0 +1,222 @@
+"""What changed between the config a checkpoint was trained with and the config of a resume, and what each
+change means for the resumed run.
+
+Every changed field falls into one class. The class decides whether the resume needs `--allow-change` and
+how the change is applied:
+
+  free       logging / eval / save cadence, retention, workers: applied, noted
+  optimizer  learning rate, weight decay, Adam betas / eps, gradient clipping: with --allow-change, written into
+             the restored optimizer and scheduler so the very next step uses the new value
+  schedule   max_steps, epochs, warmup, scheduler type: with --allow-change, re-planned so the learning rate
+             is continuous at the resume step (schedule.py)
+  batch      per-device batch, accumulation, process count: the same global batch resumes without a flag
+             (same samples per step); a different one needs --allow-change and continues by samples consumed
+  data       the data source and its packed tokens: with --allow-change data, continues at the same sample
+             offset in the new data
+  never      block size, tokenizer, model architecture, seed: the checkpoint cannot continue under them
+  other      any other TrainingArguments field: with --allow-change KEY, handed to Trainer as it is
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from gptresume.errors import UsageError
+
+FREE, OPTIMIZER, SCHEDULE, BATCH, DATA, NEVER, OTHER = "free", "optimizer", "schedule", "batch", "data", "never", "other"
+ALLOWABLE_CLASSES = (OPTIMIZER, SCHEDULE, BATCH, DATA)
+
+# Fields that change what is logged, evaluated or kept, never what is trained.
+FREE_KEYS = {
+    "train.output_dir", "train.logging_steps", "train.logging_strategy", "train.logging_first_step",
+    "train.logging_dir", "train.eval_steps", "train.eval_strategy", "train.eval_delay", "train.eval_on_start",
+    "train.per_device_eval_batch_size", "train.eval_accumulation_steps", "train.save_steps",
+    "train.save_strategy", "train.report_to", "train.run_name", "train.project", "train.disable_tqdm",
+    "train.log_level", "train.log_level_replica", "train.dataloader_num_workers",
+    "train.dataloader_pin_memory", "train.dataloader_persistent_workers", "train.dataloader_prefetch_factor",
+    "train.skip_memory_metrics", "data.num_proc",
+}
+FREE_PREFIXES = ("checkpoint.",)
+
+# TrainingArguments field -> how the resumed optimizer gets it.
+OPTIMIZER_KEYS = {
+    "train.learning_rate": "param groups' lr and the scheduler's base learning rates",
+    "train.weight_decay": "weight_decay of the param groups that decay",
+    "train.adam_beta1": "betas[0] of every param group",
+    "train.adam_beta2": "betas[1] of every param group",
+    "train.adam_epsilon": "eps of every param group",
+    "train.max_grad_norm": "gradient clipping of the next steps",
+}
+SCHEDULE_KEYS = {"train.max_steps", "train.num_train_epochs", "train.warmup_steps", "train.warmup_ratio",
+                 "train.lr_scheduler_type", "train.lr_scheduler_kwargs"}
+BATCH_KEYS = {"train.per_device_train_batch_size", "train.gradient_accumulation_steps", "world_size"}
+DATA_KEYS = {"data.source", "data.text_column", "data.text_unit", "data.hub_config", "data.hub_split",
+             "data.validation_fraction", "data"}
+
+# Why these can never change under a checkpoint.
+NEVER_REASONS = {
+    "data.block_size": "the checkpoint's data position counts blocks of the old size; the packed samples would "
+                       "be different blocks (start a new run, fine-tuning from this one's final/ model)",
+    "model.": "the checkpoint's weights and optimizer state belong to the old model and tokenizer (start a new "
+              "run with model.name_or_path set to this run's final/ or an export to fine-tune from it)",
+    "train.seed": "the data order and dropout masks of the trained steps came from the old seed; the RNG "
+                  "state in the checkpoint continues that stream, a new seed cannot",
+    "train.data_seed": "the data order of the current epoch came from the old data_seed",
+}
+
+
+@dataclass
+class Change:
+    key: str
+    old: object
+    new: object
+    kind: str = OTHER
+    allowed: bool = False
+    note: str = ""
+
+    @property
+    def refused(self) -> bool:
+        return self.kind != FREE and not self.allowed
+
+
+def classify(key: str) -> str:
+    if key in FREE_KEYS or key.startswith(FREE_PREFIXES):
+        return FREE
+    if key in OPTIMIZER_KEYS:
+        return OPTIMIZER
+    if key in SCHEDULE_KEYS:
+        return SCHEDULE
+    if key in BATCH_KEYS:
+        return BATCH
+    if key in DATA_KEYS:
+        return DATA
+    if never_reason(key):
+        return NEVER
+    return OTHER
+
+
+def never_reason(key: str) -> str | None:
+    for prefix, reason in NEVER_REASONS.items():
+        if key == prefix or (prefix.endswith(".") and key.startswith(prefix)):
+            return reason
+    return None
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k not in ("from_scratch", "lr_scheduler_kwargs"):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def train_value(config: dict, name: str):
+    """A train.* value as Trainer sees it: the config's, else TrainingArguments' default."""
+    train = config.get("train", {})
+    if name in train and train[name] is not None:
+        return train[name]
+    from transformers import TrainingArguments
+
+    for f in dataclasses.fields(TrainingArguments):
+        if f.name == name:
+            return f.default
+    raise KeyError(name)
+
+
+def global_batch(config: dict, world_size: int) -> int:
+    return (int(train_value(config, "per_device_train_batch_size"))
+            * int(train_value(config, "gradient_accumulation_steps")) * int(world_size))
+
+
+def config_changes(old: dict, new: dict, old_world: int = 1, new_world: int = 1) -> list[Change]:
+    """Every differing field, classified. The process count is compared as the pseudo-field `world_size`."""
+    a, b = _flatten(old), _flatten(new)
+    changes = [Change(k, a.get(k), b.get(k), classify(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if old_world != new_world:
+        changes.append(Change("world_size", old_world, new_world, BATCH))
+    if any(c.kind == BATCH for c in changes):
+        old_batch, new_batch = global_batch(old, old_world), global_batch(new, new_world)
+        for c in changes:
+            if c.kind == BATCH and old_batch == new_batch:
+                c.allowed = True
+                c.note = f"same global batch ({new_batch}): same samples per step"
+            elif c.kind == BATCH:
+                c.note = f"global batch {old_batch} -> {new_batch}"
+    return changes
+
+
+def allow_keys(requested: list[str], known_keys: set[str]) -> set[str]:
+    """Expand --allow-change values (a field, its short name, or a class) into full field names.
+
+    Refuses names that are unknown or can never change, so a typo cannot silently allow nothing."""
+    allowed: set[str] = set()
+    groups = {OPTIMIZER: set(OPTIMIZER_KEYS), SCHEDULE: SCHEDULE_KEYS, BATCH: BATCH_KEYS, DATA: DATA_KEYS}
+    for item in requested:
+        name = item.strip()
+        if name in groups:
+            allowed |= groups[name]
+            continue
+        candidates = [name] if "." in name or name in ("world_size", "data") else [f"train.{name}", f"data.{name}"]
+        full = next((c for c in candidates if c in known_keys or classify(c) != OTHER), None)
+        if full is None:
+            raise UsageError(f"--allow-change {name}: no such config field; give a field such as learning_rate, "
+                             f"train.max_steps or data.source, or a class: {', '.join(ALLOWABLE_CLASSES)}")
+        reason = never_reason(full)
+        if reason:
+            raise UsageError(f"--allow-change {name}: {full} can never change on resume: {reason}")
+        allowed.add(full)
+    return allowed
+
+
+def apply_allowed(changes: list[Change], allowed: set[str]) -> None:
+    for c in changes:
+        if c.kind in (OPTIMIZER, SCHEDULE, BATCH, DATA, OTHER) and c.key in allowed:
+            c.allowed = True
+
+
+ACTIONS = {
+    FREE: "applied (does not change training)",
+    OPTIMIZER: "applied to the restored optimizer",
+    SCHEDULE: "schedule re-planned from the resume step",
+    BATCH: "continues by samples consumed",
+    DATA: "continues at the same sample offset",
+    OTHER: "applied as is (Trainer)",
+}
+
+
+def _action(c: Change) -> str:
+    if c.kind == NEVER:
+        return "NEVER: " + (never_reason(c.key) or "")
+    if c.refused:
+        text = f"REFUSED (--allow-change {'data' if c.kind == DATA else c.key.removeprefix('train.')})"
+    elif c.note.startswith("same"):
+        text = "ok"
+    else:
+        text = ACTIONS[c.kind]
+    return f"{text}; {c.note}" if c.note else text
+
+
+def format_changes(changes: list[Change]) -> str:
+    rows = [("field", "checkpoint", "now", "class", "on resume")] + [
+        (c.key, _short(c.old), _short(c.new), c.kind, _action(c)) for c in changes]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  " + "  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def refusal_hint(changes: list[Change]) -> str:
+    refused = [c for c in changes if c.refused]
+    if any(c.kind == NEVER for c in refused):
+        return ("Fields marked NEVER cannot change under this checkpoint: restore them, or start a new run with "
+                "another train.output_dir.")
+    flags = sorted({"data" if c.kind == DATA else c.key.removeprefix("train.") for c in refused})
+    return ("To resume with these changes, add " + " ".join(f"--allow-change {f}" for f in flags)
+            + "; to resume exactly, restore the original values.")
