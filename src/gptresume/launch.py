@@ -42,8 +42,9 @@ def exit_code(codes: list[int]) -> int:
     positive = {c for c in codes if c > 0}
     if len(positive) == 1:
         return positive.pop()
-    if not positive and codes:
-        return 128 + max(-c for c in codes)
+    if not positive and codes:  # only signals: the launcher's own SIGTERMs count last
+        killed = sorted({-c for c in codes}, key=lambda s: s == signal.SIGTERM)
+        return 128 + killed[0]
     return EXIT_CRASH
 
 

@@ -1,0 +1,221 @@
+"""Several processes: 2 ranks over gloo on CPU, started by real `torchrun` (torch.distributed.run),
+`python -m gptresume.launch` and `accelerate launch` subprocesses, compared with one uninterrupted 2-process run.
+
+Measured with torch 2.13: torchrun exits 1 whenever a worker exits non-zero (75 included), and on SIGTERM it
+forwards the signal, waits for the workers, then exits 1; `gptresume.launch` exits with the workers' code.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import (
+    assert_bitwise_equal,
+    child_env,
+    final_weights,
+    read_metrics,
+    train_losses,
+    write_config,
+)
+from gptresume.checkpoint import list_checkpoints, newest_valid, verify_checkpoint
+from gptresume.launch import exit_code
+
+MAX_STEPS = 12
+CORPUS_CHARS = 3600  # about 45 training blocks: with 2 ranks x 4 blocks an epoch is 6 steps, so runs cross one
+TIMEOUT = 180
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launcher(kind: str) -> list[str]:
+    port = str(free_port())
+    if kind == "accelerate":  # --multi_gpu is accelerate's name for "several processes through torchrun"
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", port]
+    module = {"torchrun": "torch.distributed.run", "gptresume.launch": "gptresume.launch"}[kind]
+    return [sys.executable, "-m", module, "--nproc_per_node", "2", "--master_port", port]
+
+
+def ddp_env(tmp):
+    return {**child_env(tmp), "OMP_NUM_THREADS": "1"}
+
+
+def train_cmd(kind, config, run_dir, *args):
+    return [*launcher(kind), "-m", "gptresume", "train", str(config), "--set", f"train.output_dir={run_dir}", *args]
+
+
+def run_ddp(kind, tmp, config, run_dir, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(train_cmd(kind, config, run_dir, *args), cwd=tmp, env=ddp_env(tmp), capture_output=True,
+                          text=True, timeout=TIMEOUT)
+
+
+def start_ddp(kind, tmp, config, run_dir, *args) -> subprocess.Popen:
+    return subprocess.Popen(train_cmd(kind, config, run_dir, *args), cwd=tmp, env=ddp_env(tmp),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_step(proc, run_dir, step: int) -> None:
+    deadline = time.time() + TIMEOUT
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "metrics.jsonl").exists() and any(r["step"] >= step for r in read_metrics(run_dir)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"training never reached step {step} (exit code {proc.poll()})")
+
+
+def assert_same_as_reference(run_dir, ref_dir):
+    steps = [r["step"] for r in read_metrics(run_dir) if "loss" in r]
+    assert steps == list(range(1, MAX_STEPS + 1))  # every step logged once, across the stop
+    assert train_losses(run_dir) == train_losses(ref_dir)  # exact float equality, every step
+    assert_bitwise_equal(final_weights(run_dir), final_weights(ref_dir))
+
+
+def assert_committed_by_two_ranks(ckpt):
+    assert verify_checkpoint(ckpt).valid
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    assert manifest["world_size"] == 2
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(manifest["files"])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted 2-process run under torchrun, shared by every test here."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    config = write_config(tmp, "ddp.yaml", corpus_chars=CORPUS_CHARS,
+                          train={"max_steps": MAX_STEPS, "save_steps": 4, "eval_steps": 6})
+    result = run_ddp("torchrun", tmp, config, tmp / "reference")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return tmp, config, tmp / "reference", result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_train_once_and_rank_zero_keeps_the_books(reference):
+    tmp, config, ref, out = reference
+    assert out.count("Starting a new run") == 1 and out.count("Training complete at step 12") == 1
+    assert out.count("Samples:") == 1 and "error" not in out.lower()
+    assert "find_unused_parameters" not in out  # gptresume turns it off for DDP unless the config asks
+    events = [json.loads(line)["event"] for line in (ref / "history.jsonl").read_text().splitlines()]
+    assert events == ["start", "complete"]
+    assert [r["step"] for r in read_metrics(ref) if "loss" in r] == list(range(1, MAX_STEPS + 1))
+    state = json.loads((ref / "checkpoint-12" / "trainer_state.json").read_text())
+    assert state["epoch"] > 1  # the run crossed an epoch boundary (the sampler reshuffles per epoch)
+    for ckpt in list_checkpoints(ref):
+        assert_committed_by_two_ranks(ckpt)
+    assert (ref / "final" / "model.safetensors").is_file()
+    assert not [p.name for p in ref.iterdir() if ".tmp" in p.name]
+
+
+@pytest.mark.slow
+def test_stop_at_step_then_sigterm_then_finish_under_torchrun(reference):
+    """One run in three commands, the same torchrun command each time: --stop-at-step 4, a resume stopped by
+    SIGTERM to torchrun (which forwards it to the workers), a resume to the end. Every stop: all ranks at the
+    same step, one checkpoint committed at it, workers exit 75, torchrun itself exits 1. The result equals
+    the uninterrupted run bit for bit."""
+    tmp, config, ref, _ = reference
+    run = tmp / "stopped"
+    stopped = run_ddp("torchrun", tmp, config, run, "--stop-at-step", "4")
+    out = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 1, out
+    assert "exitcode  : 75" in out and out.count("Re-run the same command to resume") == 1
+    info, _ = newest_valid(run)
+    assert info.step == 4
+    assert_committed_by_two_ranks(info.path)
+
+    proc = start_ddp("torchrun", tmp, config, run)
+    wait_for_step(proc, run, 6)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 1, out
+    assert "checkpoint-4" in out and out.count("SIGTERM received") == 1, out
+    assert out.count("Stopped (SIGTERM) at step") == 1
+    stopped_step = max(r["step"] for r in read_metrics(run))
+    info, skipped = newest_valid(run)
+    assert 6 <= info.step == stopped_step < MAX_STEPS and not skipped  # at the interrupted step
+    assert_committed_by_two_ranks(info.path)
+    assert [p.name for p in run.iterdir() if p.name.startswith(f"checkpoint-{stopped_step}")] == [info.name]
+
+    resumed = run_ddp("torchrun", tmp, config, run)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert resumed.stdout.count("Resuming from") == 1 and f"checkpoint-{stopped_step}" in resumed.stdout
+    assert_same_as_reference(run, ref)
+    events = [json.loads(line)["event"] for line in (run / "history.jsonl").read_text().splitlines()]
+    assert events == ["start", "stopped", "resume", "stopped", "resume", "complete"]
+
+
+@pytest.mark.slow
+def test_gptresume_launch_passes_the_workers_exit_code(reference):
+    """SIGTERM to `python -m gptresume.launch` (torchrun's options): forwarded, committed, exit 75; a re-run that
+    is refused exits 2 with one message, and no rank is left waiting for another."""
+    tmp, config, ref, _ = reference
+    run = tmp / "launch"
+    proc = start_ddp("gptresume.launch", tmp, config, run)
+    wait_for_step(proc, run, 3)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 75, out
+    assert out.count("Stopped (SIGTERM) at step") == 1
+    info, _ = newest_valid(run)
+    assert info.step == max(r["step"] for r in read_metrics(run))
+    assert_committed_by_two_ranks(info.path)
+
+    t0 = time.time()
+    refused = run_ddp("gptresume.launch", tmp, config, run, "--set", "train.learning_rate=1.0")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.count("error: ") == 1 and "learning_rate" in refused.stderr
+    assert "Traceback" not in refused.stderr and time.time() - t0 < 60
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_rank_ends_the_job_and_a_rerun_resumes_exactly(reference):
+    import psutil
+
+    tmp, config, ref, _ = reference
+    run = tmp / "killed"
+    proc = start_ddp("torchrun", tmp, config, run, "--set", "train.save_steps=2")
+    wait_for_step(proc, run, 5)
+    workers = {int(p.environ().get("RANK", -1)): p for p in psutil.Process(proc.pid).children()}
+    assert set(workers) == {0, 1}
+    workers[1].kill()
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 1, out  # torchrun saw a failed worker and ended the other one
+    assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in workers.values())
+    info, _ = newest_valid(run)
+    assert info is not None and info.step >= 2
+    assert_committed_by_two_ranks(info.path)
+    resumed = run_ddp("torchrun", tmp, config, run, "--set", "train.save_steps=2")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"Resuming from {info.path}" in resumed.stdout
+    assert_same_as_reference(run, ref)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_trains_the_same_two_process_run(reference):
+    tmp, config, ref, _ = reference
+    run = tmp / "accelerate"
+    result = run_ddp("accelerate", tmp, config, run, "--stop-at-step", "3")
+    out = result.stdout + result.stderr
+    assert result.returncode == 1 and out.count("Stopped (--stop-at-step 3)") == 1, out  # accelerate: 75 -> 1
+    assert_committed_by_two_ranks(run / "checkpoint-3")
+    ref_losses = train_losses(ref)
+    assert train_losses(run) == {s: ref_losses[s] for s in (1, 2, 3)}  # same ranks, same batches, same losses
+
+
+@pytest.mark.parametrize("codes, expected", [
+    ([75, 75], 75), ([75, -15], 75), ([2, -15], 2), ([2, 2], 2), ([130, -15], 130),
+    ([75, 1], 1), ([1, -15], 1), ([-9, -15], 137),
+])
+def test_launch_exit_code_is_the_workers(codes, expected):
+    assert exit_code(codes) == expected
+
