@@ -198,10 +198,17 @@ def describe_skip(info: CheckpointInfo) -> str:
     return f"skipping {info.path}: " + "; ".join(info.faults)
 
 
+# Sharded trainers keep optimizer state elsewhere (transformers 5.24, accelerate 1.15): FSDP writes optimizer.bin
+# (full state dict) or optimizer_0/ (sharded); DeepSpeed keeps optimizer and its own scheduler in global_stepN/.
+SHARDED_OPTIMIZER_RE = re.compile(r"^(optimizer\.bin|optimizer_\d+|global_step\d+)$")
+DEEPSPEED_STATE_RE = re.compile(r"^global_step\d+$")
+
 # What each piece of training state restores, for the warning when it is missing.
 STATE_PIECES = {
-    "optimizer": ("Adam moments start from zero (a loss spike, a different trajectory)", lambda n: n == OPTIMIZER_NAME),
-    "scheduler": ("the learning-rate schedule restarts from its first step", lambda n: n == SCHEDULER_NAME),
+    "optimizer": ("Adam moments start from zero (a loss spike, a different trajectory)",
+                  lambda n: n == OPTIMIZER_NAME or SHARDED_OPTIMIZER_RE.match(n)),
+    "scheduler": ("the learning-rate schedule restarts from its first step",
+                  lambda n: n == SCHEDULER_NAME or DEEPSPEED_STATE_RE.match(n)),
     "RNG state": ("dropout masks and sampling differ from an uninterrupted run", RNG_STATE_PATTERN.match),
     "trainer state": ("the step counter and data position restart at zero", lambda n: n == TRAINER_STATE_NAME),
 }
@@ -210,7 +217,14 @@ STATE_PIECES = {
 def missing_state(ckpt: Path) -> dict[str, str]:
     """Pieces of training state absent from a checkpoint (e.g. save_only_model), with what each changes."""
     names = [p.name for p in Path(ckpt).iterdir()]
-    return {piece: effect for piece, (effect, present) in STATE_PIECES.items() if not any(present(n) for n in names)}
+    missing = {piece: effect for piece, (effect, present) in STATE_PIECES.items() if not any(present(n) for n in names)}
+    manifest, _ = read_manifest(Path(ckpt))
+    ranks = int((manifest or {}).get("world_size") or 1)
+    absent = [f"rng_state_{r}.pth" for r in range(ranks) if ranks > 1 and f"rng_state_{r}.pth" not in names]
+    if absent and "RNG state" not in missing:  # several processes: one RNG file per rank
+        missing["RNG state"] = (f"{', '.join(absent)} absent (saved by {ranks} processes): those ranks' dropout "
+                                "masks differ from an uninterrupted run")
+    return missing
 
 
 def best_eval_step(ckpt: Path) -> int | None:

@@ -152,3 +152,23 @@ def training_defaults(train: dict) -> dict:
     that does not fails with DDP's own message, and `train.ddp_find_unused_parameters: true` brings it back.
     """
     return {} if "ddp_find_unused_parameters" in train else {"ddp_find_unused_parameters": False}
+
+
+def warn_if_not_sharded(trainer, train: dict) -> None:
+    """accelerate 1.15 turns FSDP on only for accelerators (AcceleratorState keeps the FSDP plugin for MULTI_GPU,
+    MULTI_XPU, MULTI_NPU, ... but not MULTI_CPU): on CPU a `train.fsdp` config silently trains as plain DDP."""
+    if train.get("fsdp") and not getattr(trainer, "is_fsdp_enabled", False) and is_main():
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "train.fsdp is set, but FSDP is not active (accelerate enables it only on GPUs and other "
+            "accelerators): this run trains as DDP, every rank holding the whole model and optimizer")
+
+
+def whole_model(trainer, final_dir):
+    """A model rank 0 can run alone: under FSDP the trained one is sharded, so reload the saved final/."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(final_dir))
+    return trainer.model

@@ -264,6 +264,7 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
         tokenizer, data, model = inputs["tokenizer"], inputs["data"], inputs["model"]
         args = config.training_arguments(disable_tqdm=True, **distributed.training_defaults(config.train))
         trainer, stop_cb = _make_trainer(config, args, model, tokenizer, data, stop_at_step, plan)
+        distributed.warn_if_not_sharded(trainer, config.train)
         stop = stop_cb.request
         main = distributed.is_main()
         if plan.checkpoint and main:
@@ -287,7 +288,7 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
         if main:
             append_history(run_dir, "complete", step=step)
             print(f"Training complete at step {step}; model and tokenizer in {run_dir / FINAL_DIR}", flush=True)
-            print_samples(trainer.model, tokenizer)
+            print_samples(distributed.whole_model(trainer, run_dir / FINAL_DIR), tokenizer)
     return EXIT_OK
 
 
