@@ -219,3 +219,59 @@ def test_accelerate_launch_trains_the_same_two_process_run(reference):
 def test_launch_exit_code_is_the_workers(codes, expected):
     assert exit_code(codes) == expected
 
+
+
+def _fake_checkpoint(path, names, world_size=1):
+    from gptresume.checkpoint import write_manifest
+
+    path.mkdir(parents=True)
+    for name in names:
+        if name.endswith("/"):
+            (path / name).mkdir()
+            (path / name / "shard.distcp").write_bytes(b"x")
+        else:
+            (path / name).write_bytes(b"x")
+    write_manifest(path, step=1, epoch=0.1, config={}, config_fingerprint="f", data_fingerprint=None,
+                   world_size=world_size)
+    return path
+
+
+@pytest.mark.parametrize("layout", [
+    ["optimizer.bin", "pytorch_model_fsdp.bin", "scheduler.pt"],  # FSDP, full state dict
+    ["optimizer_0/", "pytorch_model_fsdp_0/", "scheduler.pt"],  # FSDP, sharded state dict
+    ["global_step4/", "latest", "scheduler.pt"],  # DeepSpeed ZeRO with Trainer's scheduler
+    ["global_step4/", "latest"],  # DeepSpeed ZeRO with its own scheduler
+], ids=["fsdp-full", "fsdp-sharded", "deepspeed", "deepspeed-own-scheduler"])
+def test_sharded_checkpoints_hold_complete_training_state(tmp_path, layout):
+    from gptresume.checkpoint import missing_state
+
+    names = ["model.safetensors", "trainer_state.json", "rng_state_0.pth", "rng_state_1.pth", *layout]
+    assert missing_state(_fake_checkpoint(tmp_path / "checkpoint-4", names, world_size=2)) == {}
+
+
+def test_a_missing_rank_rng_file_is_missing_state(tmp_path):
+    from gptresume.checkpoint import missing_state
+
+    names = ["model.safetensors", "trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state_0.pth"]
+    missing = missing_state(_fake_checkpoint(tmp_path / "checkpoint-4", names, world_size=2))
+    assert list(missing) == ["RNG state"] and "rng_state_1.pth" in missing["RNG state"]
+    assert missing_state(_fake_checkpoint(tmp_path / "checkpoint-5", names, world_size=1)) == {}
+
+
+def test_sharded_example_configs():
+    """examples/fsdp.yaml is what Trainer needs for FSDP2; examples/deepspeed-zero2.yaml points at the ZeRO-2 JSON
+    (loading it needs DeepSpeed, which is not installed here: the refusal names it)."""
+    import importlib.util
+
+    from conftest import ROOT
+    from gptresume.config import load_config
+    from gptresume.errors import ConfigError
+
+    args = load_config(ROOT / "examples" / "fsdp.yaml").training_arguments()
+    assert args.fsdp_plugin_args["fsdp_version"] == 2
+    assert args.fsdp_plugin_args["transformer_cls_names_to_wrap"] == "GPT2Block"
+    zero = json.loads((ROOT / "examples" / "deepspeed-zero2.json").read_text())
+    assert zero["zero_optimization"]["stage"] == 2
+    if importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(ConfigError, match="deepspeed"):
+            load_config(ROOT / "examples" / "deepspeed-zero2.yaml")

@@ -305,6 +305,8 @@ def _build_train(raw: dict):
         hints = typing.get_type_hints(TrainingArguments)
     except Exception:  # some HF annotations do not resolve; then only HF's own validation applies
         hints = {}
+    # transformers 5.24 annotates `fsdp` as `str | None`, yet documents `fsdp=True` (a string is deprecated)
+    hints.pop("fsdp", None)
     train = dict(TRAIN_DEFAULTS)
     for key, value in raw.items():
         if key in FORBIDDEN_TRAIN_KEYS:
