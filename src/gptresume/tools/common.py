@@ -114,12 +114,16 @@ def load_tokenizer_for(source: ModelSource, command: str):
 
 
 def load_model_for(source: ModelSource, command: str):
+    """The model in eval mode, in float32, on the GPU when there is one."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(source.model_dir))
+        model = AutoModelForCausalLM.from_pretrained(str(source.model_dir), dtype=torch.float32)
     except (OSError, ValueError) as e:
         raise UsageError(f"{command}: could not load a causal LM from {source.model_dir}: {e}") from None
+    if torch.cuda.is_available():
+        model.to("cuda")
     model.eval()
     return model
 

@@ -53,7 +53,7 @@ def generate(path, options: GenerateOptions) -> tuple[list[str], ModelSource]:
     source = resolve_model(path, "generate")
     tokenizer = load_tokenizer_for(source, "generate")
     model = load_model_for(source, "generate")
-    enc = tokenizer(options.prompt, return_tensors="pt")
+    enc = tokenizer(options.prompt, return_tensors="pt").to(model.device)
     n_prompt = enc["input_ids"].shape[1]
     if n_prompt == 0:
         raise UsageError("generate: --prompt is empty after tokenization; give some text")

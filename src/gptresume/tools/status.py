@@ -83,8 +83,8 @@ def collect_status(run_dir: str | Path) -> RunStatus:
         complete_reason = f"{chosen.path.name} reached max_steps {max_steps}; " + (
             f"{FINAL_DIR}/ holds the final model" if has_final else f"{FINAL_DIR}/ is written by the next `train`")
     else:
-        at = f"newest valid checkpoint at step {global_step}" if chosen else "no valid checkpoint"
-        complete_reason = f"{at} of max_steps {max_steps or '?'}"
+        complete_reason = (f"newest valid checkpoint at step {global_step} of max_steps {max_steps or '?'}" if chosen
+                           else f"no valid checkpoint yet, max_steps {max_steps or '?'}")
         if has_final:
             complete_reason += f"; {FINAL_DIR}/ exists, but `train` would train " + (
                 "the remaining steps again" if chosen else "from the start")
