@@ -8,6 +8,7 @@ forwards the signal, waits for the workers, then exits 1; `gptresume.launch` exi
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -275,3 +276,51 @@ def test_sharded_example_configs():
     if importlib.util.find_spec("deepspeed") is None:
         with pytest.raises(ConfigError, match="deepspeed"):
             load_config(ROOT / "examples" / "deepspeed-zero2.yaml")
+
+
+FAKE_RUN = """#!/bin/sh
+n=$(cat count 2>/dev/null || echo 0); n=$((n + 1)); echo $n > count
+code=$(echo $CODES | cut -d' ' -f$n)
+if [ "$code" = kill ]; then kill -9 $$; fi
+exit $code
+"""
+
+
+@pytest.mark.parametrize("codes, exit_status, runs", [
+    ("75 75 0", 0, 3), ("75 kill 0", 0, 3), ("75 2 0", 2, 2), ("1 0", 1, 1), ("130 0", 130, 1),
+])
+def test_retry_script_reruns_after_a_stop_or_a_kill_only(tmp_path, codes, exit_status, runs):
+    from conftest import ROOT
+
+    (tmp_path / "run.sh").write_text(FAKE_RUN)
+    (tmp_path / "run.sh").chmod(0o755)
+    result = subprocess.run([str(ROOT / "examples" / "retry.sh"), "./run.sh"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "CODES": codes, "RETRY_DELAY": "0"})
+    assert result.returncode == exit_status, result.stderr
+    assert int((tmp_path / "count").read_text()) == runs
+
+
+def test_retry_script_passes_sigterm_on_and_stops(tmp_path):
+    from conftest import ROOT
+
+    (tmp_path / "run.sh").write_text("#!/bin/bash\ntrap 'kill $s; sleep 0.5; echo saved; exit 75' TERM\n"
+                                     "sleep 30 & s=$!\necho started > started\nwait $s\n")
+    (tmp_path / "run.sh").chmod(0o755)
+    proc = subprocess.Popen([str(ROOT / "examples" / "retry.sh"), "./run.sh"], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "RETRY_DELAY": "0"})
+    deadline = time.time() + 30
+    while not (tmp_path / "started").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 75 and "saved" in out and "not running again" in out, out
+
+
+def test_slurm_script_requeues_on_75_and_passes_usr1_on():
+    from conftest import ROOT
+
+    script = (ROOT / "examples" / "slurm.sbatch").read_text()
+    assert subprocess.run(["bash", "-n", str(ROOT / "examples" / "slurm.sbatch")]).returncode == 0
+    assert "#SBATCH --signal=B:USR1@120" in script and "#SBATCH --requeue" in script
+    assert 'if [ "$code" -eq 75 ]; then\n    scontrol requeue "$SLURM_JOB_ID"' in script
+    assert "python -m gptresume.launch" in script and 'kill -USR1 "$srun_pid"' in script
