@@ -211,8 +211,14 @@ def test_plain_trainer_checkpoint_is_adopted_and_training_continues(tmp_path):
     ckpt = tmp_path / "plain" / "checkpoint-6"
     refused = run_ok(tmp_path, "train", config, "--resume", ckpt, code=2)
     assert "--adopt" in refused.stderr and not (ckpt / "manifest.json").exists()
-    result = run_ok(tmp_path, "train", config, "--resume", ckpt, "--adopt")
+    # the script trained 6 steps (no warmup) to lr 0; the config asks for 12 with warmup: a schedule change
+    refused = run_ok(tmp_path, "train", config, "--resume", ckpt, "--adopt", code=2)
+    assert "train.max_steps" in refused.stderr and "--allow-change max_steps" in refused.stderr
+    assert not (ckpt / "manifest.json").exists()
+    result = run_ok(tmp_path, "train", config, "--resume", ckpt, "--adopt", "--allow-change", "schedule")
     assert "exactness cannot be promised for the steps before the adoption" in result.stderr
+    lrs = learning_rates(tmp_path / "run")
+    assert lrs[7] > 0 and lrs[8] == pytest.approx(3e-3)  # warmed up again (2 steps), not trained at lr 0
     manifest = json.loads((ckpt / "manifest.json").read_text())
     assert manifest["adopted"] is True and manifest["step"] == 6 and "optimizer.pt" in manifest["files"]
     assert sorted(train_losses(tmp_path / "run")) == list(range(7, 13))

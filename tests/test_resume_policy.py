@@ -17,16 +17,30 @@ def stopped_run(tmp_path_factory):
     return tmp, config
 
 
-@pytest.mark.parametrize("override, key", [
-    ("train.learning_rate=1e-2", "train.learning_rate"),
-    ("train.max_steps=16", "train.max_steps"),
-    ("train.per_device_train_batch_size=8", "train.per_device_train_batch_size"),
-    ("model.from_scratch.n_layer=3", "model.from_scratch"),
+@pytest.mark.parametrize("override, key, verdict", [
+    ("train.learning_rate=1e-2", "train.learning_rate", "REFUSED (--allow-change learning_rate)"),
+    ("train.max_steps=16", "train.max_steps", "REFUSED (--allow-change max_steps)"),
+    ("train.per_device_train_batch_size=8", "train.per_device_train_batch_size", "global batch 4 -> 8"),
+    ("train.optim=sgd", "train.optim", "REFUSED (--allow-change optim)"),
+    ("model.from_scratch.n_layer=3", "model.from_scratch", "NEVER: the checkpoint's weights"),
+    ("train.seed=8", "train.seed", "NEVER: the data order"),
+    ("data.block_size=16", "data.block_size", "NEVER: the checkpoint's data position"),
 ])
-def test_changes_that_alter_training_are_refused_with_a_table(stopped_run, override, key):
+def test_changes_that_alter_training_are_refused_with_a_table(stopped_run, override, key, verdict):
     tmp, config = stopped_run
     before = snapshot(tmp / "run")
-    assert_refused(run_cli(tmp, "train", config, "--set", override), "differs from the one", key, "REFUSED")
+    assert_refused(run_cli(tmp, "train", config, "--set", override), "differs from the one", key, verdict)
+    assert snapshot(tmp / "run") == before
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("learnin_rate", "no such config field"),
+    ("seed", "train.seed can never change on resume"),
+])
+def test_allow_change_rejects_unknown_and_never_fields(stopped_run, flag, message):
+    tmp, config = stopped_run
+    before = snapshot(tmp / "run")
+    assert_refused(run_cli(tmp, "train", config, "--allow-change", flag), message)
     assert snapshot(tmp / "run") == before
 
 

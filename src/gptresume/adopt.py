@@ -11,6 +11,7 @@ import json
 import logging
 from pathlib import Path
 
+from gptresume.changes import OPTIMIZER_KEYS, SCHEDULE_KEYS, train_value
 from gptresume.checkpoint import (
     OPTIMIZER_NAME,
     SCHEDULER_NAME,
@@ -23,6 +24,7 @@ from gptresume.errors import UsageError
 
 log = logging.getLogger(__name__)
 
+TRAINING_ARGS_NAME = "training_args.bin"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 
@@ -48,12 +50,39 @@ def adoptable_checkpoint(path: Path, config: Config) -> CheckpointInfo:
     for name in (OPTIMIZER_NAME, SCHEDULER_NAME):
         if (path / name).is_file():
             _check_torch_file(path / name, where)
-    batch = state.get("train_batch_size")
-    per_device = config.train.get("per_device_train_batch_size", 8)
-    if batch and batch != per_device:
-        log.warning("%s was trained with a per-device batch of %s; the config says %s: the data position after "
-                    "the adoption is counted in the config's batches", path, batch, per_device)
     return CheckpointInfo(path=path, step=step, manifest=None)
+
+
+# TrainingArguments fields compared with the adopting config: those that change what the next steps train.
+COMPARED_FIELDS = (*(k.removeprefix("train.") for k in OPTIMIZER_KEYS), *(k.removeprefix("train.") for k in SCHEDULE_KEYS),
+                   "per_device_train_batch_size", "gradient_accumulation_steps", "seed")
+
+
+def trained_with(path: Path, config: Config) -> tuple[dict, dict] | None:
+    """(old, new) train settings for the fields the plain script's training_args.bin records, so an adoption
+    goes through the same change policy as any resume. None when the file is absent or unreadable."""
+    import dataclasses
+
+    import torch
+    from transformers import TrainingArguments
+
+    args_file = path / TRAINING_ARGS_NAME
+    if not args_file.is_file():
+        return None
+    try:  # a pickle: loaded only on --adopt, for a checkpoint the user names as their own
+        saved = torch.load(args_file, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 (any unreadable pickle: fall back to no comparison, with a warning)
+        log.warning("%s: could not read %s (%s): the settings it was trained with are unknown", path,
+                    TRAINING_ARGS_NAME, e)
+        return None
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    old, new = {}, {}
+    for name in COMPARED_FIELDS:
+        if name in names and hasattr(saved, name):
+            value = getattr(saved, name)
+            old[name] = getattr(value, "value", value)
+            new[name] = train_value(config.to_dict(), name)
+    return {"train": old}, {"train": new}
 
 
 def adopt(info: CheckpointInfo, config: Config, data_fingerprint: str, world_size: int) -> None:

@@ -123,7 +123,7 @@ def train_value(config: dict, name: str):
 
     for f in dataclasses.fields(TrainingArguments):
         if f.name == name:
-            return f.default
+            return f.default_factory() if f.default is dataclasses.MISSING else f.default
     raise KeyError(name)
 
 
@@ -161,7 +161,7 @@ def allow_keys(requested: list[str], known_keys: set[str]) -> set[str]:
             allowed |= groups[name]
             continue
         candidates = [name] if "." in name or name in ("world_size", "data") else [f"train.{name}", f"data.{name}"]
-        full = next((c for c in candidates if c in known_keys or classify(c) != OTHER), None)
+        full = next((c for c in candidates if c in known_keys or classify(c) != OTHER or _is_train_field(c)), None)
         if full is None:
             raise UsageError(f"--allow-change {name}: no such config field; give a field such as learning_rate, "
                              f"train.max_steps or data.source, or a class: {', '.join(ALLOWABLE_CLASSES)}")
@@ -170,6 +170,14 @@ def allow_keys(requested: list[str], known_keys: set[str]) -> set[str]:
             raise UsageError(f"--allow-change {name}: {full} can never change on resume: {reason}")
         allowed.add(full)
     return allowed
+
+
+def _is_train_field(key: str) -> bool:
+    if not key.startswith("train."):
+        return False
+    from transformers import TrainingArguments
+
+    return any(f.name == key.removeprefix("train.") for f in dataclasses.fields(TrainingArguments))
 
 
 def apply_allowed(changes: list[Change], allowed: set[str]) -> None:

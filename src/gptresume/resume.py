@@ -34,11 +34,11 @@ from gptresume.changes import (
     refusal_hint,
     train_value,
 )
-from gptresume.adopt import adoptable_checkpoint
+from gptresume.adopt import adoptable_checkpoint, trained_with
 from gptresume.config import Config
 from gptresume.errors import UsageError
 from gptresume.sampling import Geometry, map_position
-from gptresume.schedule import SchedulePlan
+from gptresume.schedule import SHAPES, SchedulePlan
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class ResumePlan:
     adopt: bool = False
     resume_state: dict = field(default_factory=dict)  # RESUME_STATE_NAME of the checkpoint (schedule, stream)
     allowed: set[str] = field(default_factory=set)  # fields accepted with --allow-change
+    adopted_config: dict = field(default_factory=dict)  # --adopt: the settings training_args.bin records
 
     @property
     def step(self) -> int:
@@ -61,7 +62,9 @@ class ResumePlan:
 
     @property
     def old_config(self) -> dict:
-        return (self.checkpoint.manifest or {}).get("config", {}) if self.checkpoint else {}
+        if self.checkpoint is None:
+            return {}
+        return (self.checkpoint.manifest or {}).get("config") or self.adopted_config
 
     @property
     def old_world_size(self) -> int:
@@ -121,19 +124,29 @@ def plan_resume(config: Config, mode: str, overwrite: bool = False, allow_partia
         return plan
     check_complete_state(plan.checkpoint, allow_partial)
     if plan.adopt:
-        return plan
-    plan.resume_state = read_resume_state(plan.checkpoint.path)
-    plan.changes = config_changes(plan.old_config, config.to_dict(), plan.old_world_size, world_size)
+        compared = trained_with(plan.checkpoint.path, config)
+        if compared is None:
+            return plan
+        plan.adopted_config, new = compared
+        plan.changes = config_changes(plan.adopted_config, new)
+    else:
+        plan.resume_state = read_resume_state(plan.checkpoint.path)
+        plan.changes = config_changes(plan.old_config, config.to_dict(), plan.old_world_size, world_size)
     plan.allowed = allow_keys(allow_change or [], {c.key for c in plan.changes})
     apply_allowed(plan.changes, plan.allowed)
-    _check_max_steps(plan, config)
+    _check_schedule(plan, config)
     refused = [c for c in plan.changes if c.refused and c.kind != DATA]  # data: judged with the fingerprint
     if refused:
         raise UsageError(_refusal(plan))
     return plan
 
 
-def _check_max_steps(plan: ResumePlan, config: Config) -> None:
+def _check_schedule(plan: ResumePlan, config: Config) -> None:
+    kind = train_value(config.to_dict(), "lr_scheduler_type")
+    kind = str(getattr(kind, "value", kind))
+    if any(c.allowed for c in plan.changed(SCHEDULE)) and kind not in SHAPES:
+        raise UsageError(f"train.lr_scheduler_type={kind!r}: a changed schedule is re-planned for "
+                         f"{', '.join(SHAPES)} only; choose one of them, or start a new run")
     new = config.train.get("max_steps")
     if plan.changed(SCHEDULE) and new and 0 < new < plan.step:
         raise UsageError(f"train.max_steps={new} ends before {plan.checkpoint.path} (step {plan.step}); give a "
