@@ -29,6 +29,7 @@ from gptresume.modeling import TOKENIZER_DIR, build_model, check_model_source, l
 from gptresume.preemption import StopCallback, StopRequest, TimedSaveCallback
 from gptresume.reporting import use_run_tensorboard
 from gptresume.adopt import adopt
+from gptresume.async_save import AsyncSaveMixin, BackgroundSaver, finishing_saves
 from gptresume.overrides import ResumeOverrides
 from gptresume.resume import ResumePlan, check_data, clear_run, data_stream, plan_resume, report_changes
 from gptresume.sampling import StreamSampler
@@ -74,21 +75,36 @@ class CommitCallback(TrainerCallback):
         return control
 
     def on_save(self, args, state, control, **kwargs):
+        if self.deferred_step == state.global_step:  # an asynchronous save: its writer thread commits it
+            return
         _barrier()  # every rank's files are on disk before the manifest commits them
         if state.is_world_process_zero:
-            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            self.commit_later(args, state, deferred=False)()
+        _barrier()
+
+    deferred_step: int | None = None
+
+    def commit_later(self, args, state, deferred: bool = True):
+        """What the commit needs, captured now (at the save's step); returns the commit itself: write the
+        manifest once every file is on disk, then apply retention. async_save.py runs it in its writer thread."""
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        step, epoch, world_size, extra = state.global_step, state.epoch, args.world_size, self.resume_state()
+        if deferred:
+            self.deferred_step = step
+
+        def commit():
             t0 = time.perf_counter()
-            extra = self.resume_state()
             if extra:
                 atomic_write_text(ckpt / RESUME_STATE_NAME, json.dumps(extra, indent=1, sort_keys=True))
-            write_manifest(ckpt, step=state.global_step, epoch=state.epoch, config=self.config_dict,
+            write_manifest(ckpt, step=step, epoch=epoch, config=self.config_dict,
                            config_fingerprint=self.config_fingerprint, data_fingerprint=self.data_fingerprint,
-                           world_size=args.world_size, train_samples=self.train_samples)
+                           world_size=world_size, train_samples=self.train_samples)
             deleted = apply_retention(Path(args.output_dir), self.config.checkpoint.keep_last, ckpt,
                                       self.config.checkpoint.keep_best)
             log.debug("Committed %s in %.3fs; removed %s", ckpt.name, time.perf_counter() - t0,
                       [p.name for p in deleted])
-        _barrier()
+
+        return commit
 
 
 class MetricsCallback(TrainerCallback):
@@ -274,7 +290,8 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
             print(f"Starting a new run in {run_dir}", flush=True)
         stop.install()
         try:
-            trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+            with finishing_saves(trainer):  # an asynchronous save in flight is committed before we go on
+                trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
         finally:
             stop.uninstall()
         step = trainer.state.global_step
@@ -357,6 +374,8 @@ def _make_trainer(config: Config, args, model, tokenizer, data, stop_at_step: in
                                data_collator=PackedBlockCollator(), processing_class=tokenizer, callbacks=callbacks,
                                stream=StreamSampler(len(data.train), seed, stream["offset"]) if stream else None)
     overrides.decay_names = set(trainer.get_decay_parameter_names(model))
+    if config.checkpoint.async_save:
+        trainer.async_saver, trainer.async_commit = BackgroundSaver(), commit
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     use_run_tensorboard(trainer, config.run_dir)  # report_to tensorboard: RUN_DIR/tensorboard, one curve across resumes
@@ -374,9 +393,10 @@ def _resume_state(overrides: ResumeOverrides, stream: dict | None) -> dict | Non
     return state or None
 
 
-class ResumableTrainer(Trainer):
-    """Trainer with one change: after a resume that changed the global batch or the data, the training sampler
-    is a `StreamSampler` positioned at the first untrained sample (sampling.py). Otherwise Trainer's own."""
+class ResumableTrainer(AsyncSaveMixin, Trainer):
+    """Trainer with two changes: after a resume that changed the global batch or the data, the training sampler
+    is a `StreamSampler` positioned at the first untrained sample (sampling.py), otherwise Trainer's own; and
+    with checkpoint.async_save, checkpoints are written in a background thread (async_save.py)."""
 
     def __init__(self, *args, stream: StreamSampler | None = None, **kwargs):
         self._stream = stream
@@ -437,6 +457,6 @@ def _report_complete(config: Config, plan: ResumePlan) -> int:
             tokenizer.save_pretrained(tmp)
             os.replace(tmp, final)
     print(f"Run complete: {run_dir} reached step {plan.step} ({plan.checkpoint.path.name}); nothing to train. "
-          f"The model is in {final}. To start over: --resume never --overwrite; to train longer, start a new "
-          "run (changing train.max_steps on resume is refused for now).", flush=True)
+          f"The model is in {final}. To train longer: --set train.max_steps=N --allow-change max_steps (the "
+          "schedule is re-planned); to start over: --resume never --overwrite.", flush=True)
     return EXIT_OK
