@@ -75,14 +75,18 @@ def setup() -> None:
         PartialState()
 
 
+# The other ranks wait at most this long for rank 0's decision: preparing a large corpus (tokenizing, packing)
+# can take far longer than the 30-minute default of a process group.
+CONTROL_TIMEOUT_S = 24 * 3600
+
+
 def _control_group():
-    """A gloo group for small control messages (pickled objects), whatever the training backend is."""
+    """A gloo group for decisions and barriers (pickled objects), whatever the training backend is."""
     global _CONTROL_GROUP
-    dist = _dist()
-    if dist.get_backend() == "gloo":
-        return None  # the default group
     if _CONTROL_GROUP is None:
-        _CONTROL_GROUP = dist.new_group(backend="gloo")
+        from datetime import timedelta
+
+        _CONTROL_GROUP = _dist().new_group(backend="gloo", timeout=timedelta(seconds=CONTROL_TIMEOUT_S))
     return _CONTROL_GROUP
 
 
