@@ -53,10 +53,10 @@ def child_env(tmp_path: Path) -> dict:
     return env
 
 
-def run_cli(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python -m gptresume ARGS` in a child process, as a user would."""
+def run_cli(tmp_path: Path, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m gptresume ARGS` in a child process, as a user would (`env`: extra variables)."""
     return subprocess.run([sys.executable, "-m", "gptresume", *map(str, args)], cwd=tmp_path,
-                          env=child_env(tmp_path), capture_output=True, text=True, timeout=timeout)
+                          env={**child_env(tmp_path), **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
 def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> None:

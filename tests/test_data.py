@@ -36,7 +36,25 @@ def test_packing_concatenates_documents_with_eos_and_cuts_exact_blocks(tokenizer
 def test_collator_trains_on_eos_tokens(tokenizer):
     eos = tokenizer.eos_token_id
     batch = PackedBlockCollator()([{"input_ids": [5, eos, 7]}, {"input_ids": [eos, 8, 9]}])
-    assert batch["labels"].tolist() == [[5, eos, 7], [eos, 8, 9]]  # not masked to -100
+    # EOS is trained on (not masked); only the first position, which the model never predicts, is -100
+    assert batch["labels"].tolist() == [[-100, eos, 7], [-100, 8, 9]]
+    assert batch["input_ids"].tolist() == [[5, eos, 7], [eos, 8, 9]]
+
+
+def test_loss_with_trainers_item_count_is_the_mean_per_predicted_token():
+    """Trainer divides the summed loss by num_items_in_batch = labels != -100 (GPT-2, transformers 5.24)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=8, vocab_size=50)).eval()
+    ids = torch.randint(0, 50, (3, 8))
+    batch = PackedBlockCollator()([{"input_ids": row} for row in ids.tolist()])
+    with torch.no_grad():
+        loss = model(**batch, num_items_in_batch=batch["labels"].ne(-100).sum()).loss
+        logits = model(input_ids=ids).logits
+    per_token = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 50), ids[:, 1:].reshape(-1))
+    assert loss.item() == pytest.approx(per_token.item(), rel=1e-6)
     assert batch["input_ids"].dtype.is_floating_point is False and "attention_mask" not in batch
 
 

@@ -4,13 +4,11 @@ step; a different global batch continues by samples consumed; changed data conti
 Trainer checkpoint is adopted; `gptresume diff` prints the table."""
 
 import json
-import math
-import os
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, child_env, read_metrics, run_cli, train_losses, write_config
+from conftest import child_env, read_metrics, run_cli, train_losses, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -25,11 +23,7 @@ def make_config(tmp, name="config.yaml", **train):
 
 
 def run_ok(tmp, *args, code=0, env=None):
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "-m", "gptresume", *map(str, args)], cwd=tmp,
-                            env={**child_env(tmp), **(env or {})}, capture_output=True, text=True, timeout=300)
+    result = run_cli(tmp, *args, env=env)
     assert result.returncode == code, result.stdout + result.stderr
     return result
 

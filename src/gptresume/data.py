@@ -41,9 +41,16 @@ class PreparedData:
     block_size: int
 
 
+IGNORE_INDEX = -100
+
+
 class PackedBlockCollator:
     """Stack fixed-length blocks; labels are the inputs (the model shifts them), EOS separators included.
 
+    The first label of each block is -100. The model never predicts it (labels are shifted), so the loss is
+    unchanged, but Trainer counts `num_items_in_batch` as the labels != -100: for GPT-2 (no `loss_type`,
+    transformers 5.24) it would otherwise count every position and report the per-token loss times
+    (block_size - 1) / block_size. With the mask, train and eval losses are the true mean per predicted token.
     `DataCollatorForLanguageModeling` is not used on purpose: with pad = eos it masks every EOS to -100.
     """
 
@@ -53,7 +60,9 @@ class PackedBlockCollator:
         ids = torch.tensor([ex["input_ids"] for ex in examples], dtype=torch.long)
         if SAMPLE_LOG_ENV in os.environ:
             log_batch_samples(ids, os.environ[SAMPLE_LOG_ENV])
-        return {"input_ids": ids, "labels": ids.clone()}
+        labels = ids.clone()
+        labels[:, 0] = IGNORE_INDEX
+        return {"input_ids": ids, "labels": labels}
 
 
 # For tests and debugging data order: with GPTRESUME_SAMPLE_LOG=PATH every collated batch appends one JSON line

@@ -22,7 +22,7 @@ import yaml
 
 from gptresume.checkpoint import newest_valid
 from gptresume.config import DataConfig
-from gptresume.data import CACHE_META_NAME, DATA_CACHE_DIR, load_texts, pack, prepare_data
+from gptresume.data import CACHE_META_NAME, DATA_CACHE_DIR, PackedBlockCollator, load_texts, pack, prepare_data
 from gptresume.errors import UsageError
 from gptresume.rundir import CONFIG_NAME, read_history
 from gptresume.tools.common import ModelSource, context_length, load_model_for, load_tokenizer_for, resolve_model
@@ -38,7 +38,7 @@ class EvalResult:
     """eval_loss as Trainer computes and logs it."""
     perplexity: float
     token_loss: float
-    """Mean cross-entropy per predicted token (differs from `loss` for GPT-2 in transformers 5.24, see below)."""
+    """Mean cross-entropy over all predicted tokens (`loss` is the mean of per-batch means, as Trainer logs it)."""
     token_perplexity: float
     blocks: int
     block_size: int
@@ -91,11 +91,11 @@ def mean_eval_loss(model, blocks, batch_size: int) -> tuple[float, float]:
     """(eval_loss exactly as Trainer.evaluation_loop computes it, mean cross-entropy per predicted token) for
     packed blocks (no padding, labels = inputs).
 
-    Trainer (transformers 5.24) passes `num_items_in_batch` to the model, counting `labels[..., 1:]` only when
-    the model's `loss_type` maps to ForCausalLMLoss. GPT2LMHeadModel's loss_type is None (its class name does not
-    contain "ForCausalLM"), so Trainer divides each batch's summed loss by every label position, B*T, not by the
-    B*(T-1) predicted tokens: its train and eval losses are the per-token loss times (T-1)/T. The first value
-    reproduces that (it is what the run logged); the second is the per-token mean.
+    Trainer (transformers 5.24) passes `num_items_in_batch` to the model: the count of labels != -100 (of
+    `labels[..., 1:]` when the model's `loss_type` maps to ForCausalLMLoss; GPT-2 has none). The training collator
+    sets each block's first label to -100 (data.PackedBlockCollator), so both counts are the predicted tokens and
+    the loss is the mean cross-entropy per predicted token. The first value repeats Trainer's computation (what
+    the run logged: the mean of per-batch losses); the second is the mean over all predicted tokens.
     """
     import numpy as np
     import torch
@@ -113,9 +113,10 @@ def mean_eval_loss(model, blocks, batch_size: int) -> tuple[float, float]:
         for start in range(0, len(ids_all), batch_size):
             ids = torch.as_tensor(np.asarray(ids_all[start:start + batch_size]), dtype=torch.long, device=device)
             predicted = int(ids[..., 1:].ne(-100).sum())
-            divisor = ids[..., 1:].ne(-100).sum() if counts_shifted else ids.ne(-100).sum()
+            labels = PackedBlockCollator()([{"input_ids": row} for row in ids.tolist()])["labels"].to(device)
+            divisor = labels[..., 1:].ne(-100).sum() if counts_shifted else labels.ne(-100).sum()
             kwargs = {"num_items_in_batch": divisor} if accepts_kwargs else {}
-            loss = model(input_ids=ids, labels=ids.clone(), **kwargs).loss.detach().mean()
+            loss = model(input_ids=ids, labels=labels, **kwargs).loss.detach().mean()
             per_example.append(loss.repeat(ids.shape[0]).float().cpu())  # as Trainer: each example, its batch's loss
             batch_sum = float(loss) * (int(divisor) if accepts_kwargs else predicted)
             token_sum, token_count = token_sum + batch_sum, token_count + predicted
