@@ -53,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.run import parse_args, run
 
     args = parse_args(argv if argv is not None else sys.argv[1:])
-    # torchrun's agent handles only the signals listed here (it ends the workers on them); ours are forwarded
-    handled = [s.strip() for s in (args.signals_to_handle or "").split(",") if s.strip()]
-    args.signals_to_handle = ",".join(s for s in handled if s not in FORWARDED) or "SIGHUP"
+    # torchrun's agent handles only the signals listed here (it ends the workers on them); ours are forwarded.
+    # (--signals-to-handle is checked with torch 2.13; a torch without it handles SIGTERM and SIGINT itself.)
+    if hasattr(args, "signals_to_handle"):
+        handled = [s.strip() for s in (args.signals_to_handle or "").split(",") if s.strip()]
+        args.signals_to_handle = ",".join(s for s in handled if s not in FORWARDED) or "SIGHUP"
     for name in FORWARDED:
         signal.signal(getattr(signal, name), _forward)
     try:
