@@ -23,6 +23,11 @@ def test_cpu_copy_keeps_shared_tensors_shared_and_detaches_from_the_original():
     assert torch.equal(out["view"], w[1:]) and out["n"] == 3 and out["nested"][1] == (1.5, None)
     w.add_(1)  # training goes on: the copy keeps the values of the save instant
     assert torch.equal(out["a"] + 1, w) and torch.equal(out["nested"][0]["t"], torch.arange(3))
+    last = {}
+    first = cpu_copy(state, last)
+    again = cpu_copy(state, {}, pool=last)  # the next save copies into the last save's buffers
+    assert again["a"].untyped_storage().data_ptr() == first["a"].untyped_storage().data_ptr()
+    assert torch.equal(again["a"], w) and torch.equal(again["view"], w[1:])
 
 
 def _tiny_trainer(out_dir, saver):

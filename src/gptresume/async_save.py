@@ -36,30 +36,38 @@ TEST_WRITE_DELAY_ENV = "GPTRESUME_TEST_ASYNC_WRITE_DELAY"
 # ---------------------------------------------------------------- state copies
 
 
-def cpu_copy(obj, memo: dict | None = None):
+def cpu_copy(obj, memo: dict | None = None, pool: dict | None = None):
     """Deep copy of a state structure (dicts, lists, tuples, tensors, plain values) with every tensor copied
     into CPU memory. Tensors that share storage in `obj` share storage in the copy (tied weights stay tied, which
-    `save_pretrained` relies on to drop the alias)."""
+    `save_pretrained` relies on to drop the alias).
+
+    `memo` collects the copied storages; passed back as `pool` on the next save (when no write uses them any
+    more), a storage of the same tensor is copied into in place: about 3x faster than fresh memory, which the
+    kernel must first map page by page."""
     import torch
 
     memo = {} if memo is None else memo
     if isinstance(obj, torch.Tensor):
         t = obj.detach()
         storage = t.untyped_storage()
-        key = (t.device, storage.data_ptr())
+        key = (str(t.device), storage.data_ptr(), storage.nbytes())
         copied = memo.get(key)
         if copied is None:
-            copied = storage.clone() if t.device.type == "cpu" else storage.cpu()
+            copied = pool.pop(key, None) if pool else None
+            if copied is not None:
+                copied.copy_(storage)
+            else:
+                copied = storage.clone() if t.device.type == "cpu" else storage.cpu()
             memo[key] = copied
         out = torch.empty(0, dtype=t.dtype)
         out.set_(copied, t.storage_offset(), t.size(), t.stride())
         return out
     if type(obj) in (dict, OrderedDict):
-        return type(obj)((k, cpu_copy(v, memo)) for k, v in obj.items())
+        return type(obj)((k, cpu_copy(v, memo, pool)) for k, v in obj.items())
     if isinstance(obj, list):
-        return [cpu_copy(v, memo) for v in obj]
+        return [cpu_copy(v, memo, pool) for v in obj]
     if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(cpu_copy(v, memo) for v in obj)
+        return tuple(cpu_copy(v, memo, pool) for v in obj)
     return copy.deepcopy(obj)
 
 
@@ -72,6 +80,8 @@ class BackgroundSaver:
     def __init__(self):
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.staging: dict = {}
+        """The CPU copies of the last save, reused by the next (`cpu_copy` pool) once that save is done."""
         self.history: list[dict] = []
         """Per committed save: step, blocked_s (training paused), write_s, commit_s, total_s."""
 
@@ -206,12 +216,13 @@ class AsyncSaveMixin:
             best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
             if os.path.exists(best):
                 self.state.best_model_checkpoint = best
-        model_state = cpu_copy(self.model.state_dict())
+        memo, pool = {}, self.async_saver.staging  # no write is in flight: the last save's copies are free
+        model_state = cpu_copy(self.model.state_dict(), memo, pool)
         optimizer_state = scheduler_state = None
         if not self.args.save_only_model:
-            optimizer_state = cpu_copy(self.optimizer.state_dict())
+            optimizer_state = cpu_copy(self.optimizer.state_dict(), memo, pool)
             with warnings.catch_warnings(record=True) as caught:
-                scheduler_state = cpu_copy(self.lr_scheduler.state_dict())
+                scheduler_state = cpu_copy(self.lr_scheduler.state_dict(), memo, pool)
             reissue_pt_warnings(caught)
             self._save_scaler(output_dir)
             self._save_rng_state(output_dir)
@@ -224,6 +235,7 @@ class AsyncSaveMixin:
                 else:
                     self.state.stateful_callbacks[name] = cb.state()
             self.state.save_to_json(os.path.join(output_dir, TRAINER_STATE_NAME))
+        self.async_saver.staging = memo
         return output_dir, model_state, optimizer_state, scheduler_state
 
     def _write_snapshot(self, output_dir, step, model_state, optimizer_state, scheduler_state) -> None:
