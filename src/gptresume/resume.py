@@ -201,7 +201,8 @@ def data_stream(plan: ResumePlan, config: Config, train_samples: int, world_size
 
 def _geometry(config: dict, world_size: int) -> Geometry:
     return Geometry(int(train_value(config, "per_device_train_batch_size")),
-                    int(train_value(config, "gradient_accumulation_steps")), int(world_size))
+                    int(train_value(config, "gradient_accumulation_steps")), int(world_size),
+                    bool(train_value(config, "dataloader_drop_last")))
 
 
 def report_changes(plan: ResumePlan) -> None:

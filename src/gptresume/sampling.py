@@ -13,8 +13,10 @@ the stopped run had not trained on. The offset is saved in every later checkpoin
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch.utils.data import Sampler
 
@@ -26,6 +28,7 @@ class Geometry:
     per_device: int
     accumulation: int
     world_size: int
+    drop_last: bool = False
 
     @property
     def global_batch(self) -> int:
@@ -33,7 +36,10 @@ class Geometry:
 
     def steps_per_epoch(self, n: int) -> int:
         """Trainer's num_update_steps_per_epoch (transformers 5.24, drop_last off, accelerate's even batches)."""
-        batches = math.ceil(math.ceil(n / self.per_device) / self.world_size)
+        if self.drop_last:  # whole batches only, and whole sets of one batch per process
+            batches = (n // self.per_device) // self.world_size
+        else:  # accelerate pads the last set of batches with samples from the epoch's start
+            batches = math.ceil(math.ceil(n / self.per_device) / self.world_size)
         return max(1, math.ceil(batches / self.accumulation))
 
     def position(self, step: int, n: int, offset: int = 0) -> int:
@@ -84,3 +90,32 @@ class StreamSampler(Sampler[int]):
             # Positions before the stream's start exist only to be skipped by Trainer, never trained on.
             yield self._perm(data_epoch)[i] if p >= 0 else 0
         self.epoch += 1
+
+
+# ---------------------------------------------------------------- RNG state across process counts
+
+DERIVED = "<derived>"
+
+
+def rng_file_name(world_size: int, rank: int) -> str:
+    """The file Trainer reads for this rank (transformers 5.24 `_load_rng_state`)."""
+    return "rng_state.pth" if world_size <= 1 else f"rng_state_{rank}.pth"
+
+
+def rng_source(checkpoint: Path, world_size: int, rank: int) -> Path | None:
+    """Which RNG file rank `rank` of `world_size` restores from `checkpoint`: its own when present, else the
+    checkpoint's rank of the same number, else DERIVED (a rank the checkpoint did not have). None: no RNG files."""
+    own = checkpoint / rng_file_name(world_size, rank)
+    if own.is_file():
+        return own
+    saved = sorted(p.name for p in checkpoint.glob("rng_state*.pth"))
+    if not saved:
+        return None
+    if saved == ["rng_state.pth"]:  # written by one process: it was rank 0
+        return checkpoint / saved[0] if rank == 0 else Path(DERIVED)
+    same_rank = checkpoint / f"rng_state_{rank}.pth"
+    return same_rank if same_rank.is_file() else Path(DERIVED)
+
+
+def derived_seed(seed: int, step: int, rank: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()[:4], "little")

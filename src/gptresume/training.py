@@ -32,7 +32,7 @@ from gptresume.adopt import adopt
 from gptresume.async_save import AsyncSaveMixin, BackgroundSaver, finishing_saves
 from gptresume.overrides import ResumeOverrides
 from gptresume.resume import ResumePlan, check_data, clear_run, data_stream, plan_resume, report_changes
-from gptresume.sampling import StreamSampler
+from gptresume.sampling import DERIVED, StreamSampler, derived_seed, rng_file_name, rng_source
 from gptresume.rundir import (  # noqa: F401 (re-exported: the names stay importable from here)
     CONFIG_NAME,
     FINAL_DIR,
@@ -404,6 +404,30 @@ class ResumableTrainer(AsyncSaveMixin, Trainer):
 
     def _get_train_sampler(self, train_dataset=None):  # checked with transformers 5.24
         return self._stream if self._stream is not None else super()._get_train_sampler(train_dataset)
+
+    def _load_rng_state(self, checkpoint):  # checked with transformers 5.24 (Trainer skips a missing file)
+        """Resuming on another number of processes: rank r takes the RNG file of the checkpoint's rank r, and a
+        rank the checkpoint did not have gets generators seeded from (seed, step, rank), so every rank's random
+        stream is defined and a repeated resume is reproducible. Same process count: Trainer's own code."""
+        if checkpoint is None:
+            return super()._load_rng_state(checkpoint)
+        source = rng_source(Path(checkpoint), self.args.world_size, self.args.process_index)
+        if source is None or source == Path(checkpoint) / rng_file_name(self.args.world_size, self.args.process_index):
+            return super()._load_rng_state(checkpoint)
+        if source.name == DERIVED:
+            from transformers import set_seed
+
+            seed = derived_seed(self.args.seed, self.state.global_step, self.args.process_index)
+            log.warning("Rank %d has no RNG state in %s (written by fewer processes): seeded with %d",
+                     self.args.process_index, checkpoint, seed)
+            set_seed(seed)
+            return None
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:  # Trainer's loader, pointed at the mapped file
+            os.symlink(source, Path(tmp) / rng_file_name(self.args.world_size, self.args.process_index))
+            log.info("Rank %d restores the RNG state of %s", self.args.process_index, source.name)
+            return super()._load_rng_state(tmp)
 
 
 def save_final(trainer, run_dir: Path) -> None:
