@@ -155,23 +155,32 @@ def load_workload(a):
     return config, tokenizer, data, model
 
 
+def train_settings(a, config) -> dict:
+    """config.train; with --out-of-the-box every performance knob at its TrainingArguments default (but those
+    given with --set)."""
+    train = dict(config.train)
+    if a.out_of_the_box:
+        given = {kv.split("=", 1)[0].removeprefix("train.") for kv in a.set}
+        for k in PERF_KEYS:
+            if k not in given:
+                train.pop(k, None)
+    return train
+
+
 def collate(examples):
     import torch
 
     ids = torch.tensor([ex["input_ids"] for ex in examples], dtype=torch.long)
-    return {"input_ids": ids, "labels": ids.clone()}
+    labels = ids.clone()
+    labels[:, 0] = -100  # as gptresume's PackedBlockCollator: never predicted, so the loss is the per-token mean
+    return {"input_ids": ids, "labels": labels}
 
 
 def run_trainer(a, clock: Clock) -> None:
     from transformers import Trainer, TrainingArguments
 
     config, tokenizer, data, model = load_workload(a)
-    train = dict(config.train)
-    if a.out_of_the_box:  # every performance knob at its TrainingArguments default, but those given with --set
-        given = {kv.split("=", 1)[0].removeprefix("train.") for kv in a.set}
-        for k in PERF_KEYS:
-            if k not in given:
-                train.pop(k, None)
+    train = train_settings(a, config)
     attn = a.attn
     model.set_attn_implementation(attn)
     train["output_dir"] = a.output_dir
@@ -193,7 +202,7 @@ def run_minimal(a, clock: Clock) -> None:
     from transformers import TrainingArguments, get_scheduler
 
     config, tokenizer, data, model = load_workload(a)
-    args = TrainingArguments(**{**config.train, "output_dir": a.output_dir})
+    args = TrainingArguments(**{**train_settings(a, config), "output_dir": a.output_dir})
     torch.manual_seed(args.seed)
     model.set_attn_implementation(a.attn)
     model.train()
@@ -357,7 +366,8 @@ def main() -> None:
     t.add_argument("--output-dir", required=True, help="run directory (gptresume) / Trainer output_dir")
     t.add_argument("--data-from", help="a run directory whose data-cache holds the packed blocks (trainer, minimal)")
     t.add_argument("--attn", default="sdpa", help="attention implementation (trainer, minimal)")
-    t.add_argument("--out-of-the-box", action="store_true", help="trainer: performance fields at their defaults")
+    t.add_argument("--out-of-the-box", action="store_true",
+                   help="trainer, minimal: performance fields at their TrainingArguments defaults")
     t.add_argument("--exit-after-steps", type=int, help="write the result and exit after this many steps")
     t.add_argument("--exit-at-step", type=int, help="write the result and exit at this global step")
     t.add_argument("--save-timing", action="store_true", help="gptresume: time every part of every save")
