@@ -2,7 +2,7 @@
 
 Writes bench/results.json (every raw measurement) and bench/RESULTS.md (the tables and the targets, met or not).
 Every measurement runs in a fresh process (bench/worker.py); peers alternate within each repetition (the order
-rotates) and each figure is the median over the repetitions (5; `--quick`: 1, with fewer steps, for a smoke run).
+rotates and reverses) and each figure is the median over the repetitions (5; `--quick`: 1, with fewer steps).
 
 Sections (`--only` runs some of them; the machine description is always written):
   peak        torch.matmul on large square matrices, fp32 and bf16: the peak MFU is measured against
@@ -139,8 +139,10 @@ def median(xs):
 
 
 def rotated(items: list, k: int) -> list:
+    """Repetition k's order: rotated by k, and reversed on odd k, so no peer always follows the same one."""
     k %= len(items)
-    return items[k:] + items[:k]
+    out = items[k:] + items[:k]
+    return out[::-1] if k % 2 else out
 
 
 # ---------------------------------------------------------------- machine
@@ -539,7 +541,7 @@ def render(results: dict) -> str:
         + ".",
         "",
         f"Each figure is the median of {plan['reps']} runs, each in a fresh process; peers alternate within each "
-        "repetition (the order rotates).",
+        "repetition (the order rotates and reverses).",
         "",
     ]
     tg = results.get("targets", {})
