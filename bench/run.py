@@ -439,7 +439,7 @@ def section_goodput(r: Runner, plan: Plan, configs: dict, tpls: dict, demo_rate:
         cmd = [sys.executable, "-m", "gptresume", "train", str(configs["demo"]), "--set",
                f"train.output_dir={run}", "--set", f"train.max_steps={steps}", "--set",
                f"train.save_steps={save_steps}", "--set", f"train.eval_steps={save_steps}"]
-        t0 = time.time()
+        t0, load_before = time.time(), loadavg()
         starts, codes, stalled, newest = 0, [], 0, -1
         logf = open(r.work / f"goodput-{kind}.log", "w")
         while True:
@@ -463,7 +463,8 @@ def section_goodput(r: Runner, plan: Plan, configs: dict, tpls: dict, demo_rate:
                 break
         wall = time.time() - t0
         logf.close()
-        row = {"wall_s": wall, "starts": starts, "exit_codes": codes, "load": loadavg(), "finished": code == 0}
+        row = {"wall_s": wall, "starts": starts, "exit_codes": codes, "load_before": load_before, "load": loadavg(),
+               "finished": code == 0}
         if code == 0:
             from safetensors.torch import load_file
 
@@ -624,9 +625,11 @@ def render(results: dict) -> str:
                   f"The demo config, {gp['max_steps']} steps, a checkpoint every {gp['save_steps']} steps; "
                   f"interrupted {gp['interval_s']:.0f} s after each start and re-run at once (single runs, not "
                   "medians: each takes minutes).", "",
-                  "| run | wall s | starts | goodput | final weights equal uninterrupted |", "|---|---:|---:|---:|---|"]
+                  "| run | wall s | starts | goodput | load before / after | final weights equal uninterrupted |",
+                  "|---|---:|---:|---:|---|---|"]
         for kind, g in gp["runs"].items():
             lines.append(f"| {kind} | {g['wall_s']:.1f} | {g['starts']} | {fmt(g.get('goodput', 1.0), '.3f')} | "
+                         f"{g['load_before']:.1f} / {g['load']:.1f} | "
                          f"{'–' if g.get('exact', 0) is None or kind == 'uninterrupted' else ('yes' if g['exact'] else '**no**')} |")
         lines.append("")
     return "\n".join(lines)
