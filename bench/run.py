@@ -71,10 +71,10 @@ class Plan:
     ckpt_demo_every: int = 5
     ckpt_demo_saves: int = 5
     ckpt_gpt2_batch: int = 1
-    ckpt_gpt2_every: int = 4
+    ckpt_gpt2_every: int = 3
     ckpt_gpt2_saves: int = 2
     long_position: int = 50_000
-    goodput_seconds: float = 110.0  # uninterrupted length of the goodput run (steps set from the measured rate)
+    goodput_seconds: float = 100.0  # uninterrupted length of the goodput run (steps set from the measured rate)
     goodput_interval: float = 60.0
     goodput_save_steps: int | None = None  # None: the demo config's save_steps
     matmul_n: int = 3072
