@@ -62,19 +62,19 @@ TARGETS = {
 @dataclass
 class Plan:
     reps: int = 5
-    demo_warmup: int = 4
-    demo_steps: int = 12
+    demo_warmup: int = 3
+    demo_steps: int = 10
     gpt2_batch: int = 2
     gpt2_warmup: int = 2
-    gpt2_steps: int = 3
+    gpt2_steps: int = 2
     compile_variants: bool = True
     ckpt_demo_every: int = 5
     ckpt_demo_saves: int = 5
     ckpt_gpt2_batch: int = 1
-    ckpt_gpt2_every: int = 3
+    ckpt_gpt2_every: int = 2
     ckpt_gpt2_saves: int = 2
     long_position: int = 50_000
-    goodput_seconds: float = 100.0  # uninterrupted length of the goodput run (steps set from the measured rate)
+    goodput_seconds: float = 130.0  # uninterrupted length of the goodput run (steps set from the measured rate)
     goodput_interval: float = 60.0
     goodput_save_steps: int | None = None  # None: the demo config's save_steps
     matmul_n: int = 3072
@@ -296,6 +296,10 @@ def section_throughput(r: Runner, plan: Plan, configs: dict, tpls: dict) -> dict
                 res = r.worker(*args)
                 tps = throughput_of(res, warm)
                 rows[p["name"]]["runs"].append(tps)
+                if "callback_s" in res:  # per step, over the steps after the first
+                    n = max(1, len(res["step_ends"]) - 1)
+                    step_s = (res["step_ends"][-1][1] - res["step_ends"][0][1]) / n
+                    rows[p["name"]].setdefault("callback_share", []).append(res["callback_s"] / n / step_s)
                 rows[p["name"]]["settings"] = res.get("settings")
                 rows[p["name"]].setdefault("load", []).append(res["load"])
                 facts = {k: res[k] for k in ("params", "params_no_wpe", "flops_per_token", "tokens_per_step")}
@@ -583,6 +587,10 @@ def render(results: dict) -> str:
                                              s.get("attn", ""), "compile" if s.get("torch_compile") else ""] if x)
                 lines.append(f"| {name} | {desc} | {fmt(row['tokens_per_s'], ',.0f')} | "
                              f"{fmt(ratio(row['tokens_per_s'], ref), '.3f')} | {fmt(mfu and mfu * 100, '.1f')}% |")
+            shares = w["peers"].get("gptresume train", {}).get("callback_share")
+            if shares:
+                lines += ["", f"All callbacks of the gptresume run (gptresume's and Trainer's own) took "
+                              f"{median(shares) * 100:.2f}% of each step: what gptresume adds to Trainer's loop."]
             lines.append("")
     ck = results.get("checkpoint")
     if ck:

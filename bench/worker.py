@@ -267,6 +267,25 @@ def run_gptresume(a, clock: Clock) -> None:
 
     transformers.Trainer.train = train
 
+    # gptresume's per-step cost on top of Trainer's loop is its callbacks: time every per-step event (Trainer's
+    # own callbacks included) after the first step.
+    from transformers.trainer_callback import CallbackHandler
+
+    original_event = CallbackHandler.call_event
+    per_step = ("on_step_begin", "on_pre_optimizer_step", "on_optimizer_step", "on_step_end", "on_log",
+                "on_substep_end")
+    clock.extra["callback_s"] = 0.0
+
+    def call_event(self, event, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return original_event(self, event, *args, **kwargs)
+        finally:
+            if event in per_step and len(clock.step_ends) >= 1:
+                clock.extra["callback_s"] += time.perf_counter() - t
+
+    CallbackHandler.call_event = call_event
+
     saves: dict[int, dict] = {}
     lock = threading.Lock()
 
@@ -353,7 +372,7 @@ def main() -> None:
     m = sub.add_parser("matmul")
     m.add_argument("--dtype", choices=("fp32", "bf16"), required=True)
     m.add_argument("--n", type=int, default=4096)
-    m.add_argument("--iters", type=int, default=5)
+    m.add_argument("--iters", type=int, default=3)
     m.add_argument("--out", required=True)
     s = sub.add_parser("setup-tokenizers")
     s.add_argument("--work", required=True)
