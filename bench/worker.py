@@ -363,6 +363,18 @@ def run_gptresume(a, clock: Clock) -> None:
 
 def cmd_train(a) -> None:
     clock = Clock(a.out, exit_after_steps=a.exit_after_steps, exit_at_step=a.exit_at_step)
+    # The CPU allocator setting `gptresume train` applies itself (allocator.py): "default" turns it off for the
+    # gptresume peer, "kept" applies it to the other two; without --allocator each peer runs as it ships.
+    import platform
+
+    kept = platform.libc_ver()[0] == "glibc" and (a.allocator == "kept" or (a.peer == "gptresume" and not a.allocator))
+    if a.allocator == "default":
+        os.environ["GPTRESUME_MALLOC"] = "system"
+    elif a.allocator == "kept" and a.peer != "gptresume":
+        from gptresume.allocator import keep_freed_memory
+
+        keep_freed_memory()
+    clock.extra["allocator"] = "kept memory" if kept else "glibc defaults"
     {"gptresume": run_gptresume, "trainer": run_trainer, "minimal": run_minimal}[a.peer](a, clock)
 
 
@@ -385,6 +397,8 @@ def main() -> None:
     t.add_argument("--output-dir", required=True, help="run directory (gptresume) / Trainer output_dir")
     t.add_argument("--data-from", help="a run directory whose data-cache holds the packed blocks (trainer, minimal)")
     t.add_argument("--attn", default="sdpa", help="attention implementation (trainer, minimal)")
+    t.add_argument("--allocator", choices=("default", "kept"),
+                   help="glibc's default malloc settings, or gptresume's (freed memory kept); default: as shipped")
     t.add_argument("--out-of-the-box", action="store_true",
                    help="trainer, minimal: performance fields at their TrainingArguments defaults")
     t.add_argument("--exit-after-steps", type=int, help="write the result and exit after this many steps")

@@ -137,7 +137,9 @@ def cmd_train(args) -> int:
     if args.stop_at_step is not None and args.stop_at_step < 1:
         raise UsageError("--stop-at-step: must be at least 1")
     from gptresume import distributed
+    from gptresume.allocator import keep_freed_memory
 
+    keep_freed_memory()  # CPU steps 1.1-1.3x faster, same numbers (allocator.py)
     distributed.setup()  # several processes: rank 0 loads and checks the config, every rank gets its verdict
     try:
         config = distributed.on_main(load_config, args.config, args.overrides)
@@ -310,8 +312,10 @@ def cmd_generate(args) -> int:
 def cmd_eval(args) -> int:
     import json
 
+    from gptresume.allocator import keep_freed_memory
     from gptresume.tools.evaluate import evaluate
 
+    keep_freed_memory()
     result = evaluate(args.path, data_files=args.data, batch_size=args.batch_size, block_size=args.block_size,
                       text_unit=args.text_unit)
     if args.json:
