@@ -249,7 +249,7 @@ def run_gptresume(a, clock: Clock) -> None:
 
     import transformers
 
-    from gptresume import async_save, checkpoint, cli, training
+    from gptresume import async_save, callbacks, checkpoint, cli, training
 
     original_train = transformers.Trainer.train
 
@@ -297,7 +297,7 @@ def run_gptresume(a, clock: Clock) -> None:
 
     if a.save_timing:
         original_save = async_save.AsyncSaveMixin._save_checkpoint
-        original_on_save = training.CommitCallback.on_save
+        original_on_save = callbacks.CommitCallback.on_save
         original_hash = checkpoint.hash_file
 
         def save_checkpoint(self, model, trial):
@@ -329,7 +329,7 @@ def run_gptresume(a, clock: Clock) -> None:
             return size, digest
 
         async_save.AsyncSaveMixin._save_checkpoint = save_checkpoint
-        training.CommitCallback.on_save = on_save
+        callbacks.CommitCallback.on_save = on_save
         checkpoint.hash_file = hash_file
 
     original_finishing = training.finishing_saves

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import math
 import os
 import shutil
 import socket
@@ -18,10 +17,11 @@ import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 
 from gptresume import distributed
-from gptresume.checkpoint import RESUME_STATE_NAME, apply_retention, atomic_write_text, set_aside, write_manifest
+from gptresume.callbacks import CommitCallback, MetricsCallback, ProgressLines, progress_bar_class
+from gptresume.checkpoint import atomic_write_text
 from gptresume.config import Config, dump_config
 from gptresume.data import PackedBlockCollator, load_texts, prepare_data, save_to_cache
 from gptresume.errors import EXIT_OK, EXIT_STOPPED, UsageError
@@ -46,164 +46,6 @@ log = logging.getLogger(__name__)
 
 RUN_FILES = (CONFIG_NAME, METRICS_NAME, HISTORY_NAME, FINAL_DIR, TOKENIZER_DIR, TENSORBOARD_DIR)
 SAMPLE_PROMPTS = ("The", "A list", "def")
-
-
-# ---------------------------------------------------------------- callbacks
-
-
-class CommitCallback(TrainerCallback):
-    """Make Trainer's saves crash-safe: a fresh directory per save, the manifest written last, then retention."""
-
-    def __init__(self, config: Config, data_fingerprint: str, train_samples: int | None = None,
-                 resume_state=lambda: None):
-        self.config = config
-        self.config_dict = config.to_dict()
-        self.config_fingerprint = config.fingerprint()
-        self.data_fingerprint = data_fingerprint
-        self.train_samples = train_samples
-        self.resume_state = resume_state  # () -> dict | None: what a changed resume decided, kept in each save
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= state.max_steps:
-            control.should_save = True  # always keep the final state, so the run can be extended later
-        if control.should_save and state.is_world_process_zero:
-            stale = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if stale.exists():  # left by an earlier attempt at this step (crashed save, or another timeline)
-                log.warning("Moved %s aside to %s before saving the same step again", stale, set_aside(stale))
-        if control.should_save:  # the same on every rank (stop and timed saves are agreed across ranks)
-            _barrier()  # no rank writes its RNG file into the old directory before rank 0 has moved it aside
-        return control
-
-    def on_save(self, args, state, control, **kwargs):
-        if self.deferred_step == state.global_step:  # an asynchronous save: its writer thread commits it
-            return
-        _barrier()  # every rank's files are on disk before the manifest commits them
-        if state.is_world_process_zero:
-            self.commit_later(args, state, deferred=False)()
-        _barrier()
-
-    deferred_step: int | None = None
-
-    def commit_later(self, args, state, deferred: bool = True):
-        """What the commit needs, captured now (at the save's step); returns the commit itself: write the
-        manifest once every file is on disk, then apply retention. async_save.py runs it in its writer thread."""
-        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        step, epoch, world_size, extra = state.global_step, state.epoch, args.world_size, self.resume_state()
-        if deferred:
-            self.deferred_step = step
-
-        def commit():
-            t0 = time.perf_counter()
-            if extra:
-                atomic_write_text(ckpt / RESUME_STATE_NAME, json.dumps(extra, indent=1, sort_keys=True))
-            write_manifest(ckpt, step=step, epoch=epoch, config=self.config_dict,
-                           config_fingerprint=self.config_fingerprint, data_fingerprint=self.data_fingerprint,
-                           world_size=world_size, train_samples=self.train_samples)
-            deleted = apply_retention(Path(args.output_dir), self.config.checkpoint.keep_last, ckpt,
-                                      self.config.checkpoint.keep_best)
-            log.debug("Committed %s in %.3fs; removed %s", ckpt.name, time.perf_counter() - t0,
-                      [p.name for p in deleted])
-
-        return commit
-
-
-class MetricsCallback(TrainerCallback):
-    """One JSON line per logged step in RUN_DIR/metrics.jsonl; tokens/s counts training time only."""
-
-    def __init__(self, path: Path, tokens_per_step: int):
-        self.path = path
-        self.tokens_per_step = tokens_per_step
-        self.train_seconds = 0.0
-        self.steps = 0
-        self._t = None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._t = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self._t is not None:
-            self.train_seconds += time.perf_counter() - self._t
-            self.steps += 1
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        row = {"step": state.global_step, "epoch": state.epoch}
-        if "loss" in logs:
-            row.update(loss=logs["loss"], learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"))
-            if self.train_seconds > 0:
-                row["tokens_per_s"] = round(self.steps * self.tokens_per_step / self.train_seconds, 1)
-            self.train_seconds, self.steps = 0.0, 0
-        elif "eval_loss" in logs:
-            row.update(eval_loss=logs["eval_loss"], eval_perplexity=_perplexity(logs["eval_loss"]))
-        else:
-            return
-        row["time"] = round(time.time(), 3)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-
-
-class ProgressLines(TrainerCallback):
-    """A progress line every ~5% of the run and at each evaluation (for logs and non-interactive output)."""
-
-    def __init__(self, tokens_per_step: int):
-        self.tokens_per_step = tokens_per_step
-        self.every = 1
-        self.start = None
-        self.start_step = 0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.every = max(1, state.max_steps // 20)
-        self.start, self.start_step = time.perf_counter(), state.global_step
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        step, total = state.global_step, state.max_steps
-        if "loss" in logs and (step % self.every == 0 or step == total):
-            elapsed = time.perf_counter() - self.start
-            done = step - self.start_step
-            rate = done / elapsed if elapsed > 0 else 0.0
-            eta = (total - step) / rate if rate > 0 else 0.0
-            print(f"step {step:>6}/{total} | loss {logs['loss']:.4f} | lr {logs.get('learning_rate', 0):.2e} | "
-                  f"{rate * self.tokens_per_step:,.0f} tok/s | eta {_duration(eta)}", flush=True)
-        elif "eval_loss" in logs:
-            print(f"step {step:>6}/{total} | eval loss {logs['eval_loss']:.4f} | "
-                  f"perplexity {_perplexity(logs['eval_loss']):.2f}", flush=True)
-
-
-def _progress_bar_class():
-    from transformers.trainer_callback import ProgressCallback
-
-    class QuietProgressBar(ProgressCallback):
-        """Trainer's tqdm bar, with the latest loss in the bar instead of a printed dict per log."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero and self.training_bar is not None and logs:
-                if "loss" in logs:
-                    self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}",
-                                                  lr=f"{logs.get('learning_rate', 0):.2e}", refresh=False)
-                elif "eval_loss" in logs:
-                    self.training_bar.write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}, "
-                                            f"perplexity {_perplexity(logs['eval_loss']):.2f}")
-
-    return QuietProgressBar
-
-
-def _perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 50 else float("inf")
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 # ---------------------------------------------------------------- run directory files
@@ -379,7 +221,7 @@ def _make_trainer(config: Config, args, model, tokenizer, data, stop_at_step: in
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     use_run_tensorboard(trainer, config.run_dir)  # report_to tensorboard: RUN_DIR/tensorboard, one curve across resumes
-    trainer.add_callback(_progress_bar_class() if sys.stderr.isatty() else ProgressLines(tokens_per_step))
+    trainer.add_callback(progress_bar_class() if sys.stderr.isatty() else ProgressLines(tokens_per_step))
     return trainer, stop_cb
 
 
