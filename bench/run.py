@@ -627,6 +627,15 @@ def render(results: dict) -> str:
                              f"{fmt(s['hash_s'], '.3f')} | {fmt(s['fsync_s'], '.3f')} | "
                              f"{fmt(ratio(s['copy_s'], sync_total) if mode == 'async' else None, '.3f')} | "
                              f"{fmt(s['train_window_s'], '.1f')} |")
+        def copies(w, first: bool):
+            return median([median([sv["blocked_s"] - sv.get("waited_s", 0.0) for sv in run["saves"]][
+                slice(0, 1) if first else slice(1, None)] or [None]) for run in w["runs"]["async"]])
+
+        lines += ["", "Asynchronous copy, first save of a run (into fresh memory, which the kernel maps page by "
+                      "page) / later saves (into the previous save's buffers): " + ", ".join(
+                          f"{k} {fmt(copies(w, True), '.3f')} s / {fmt(copies(w, False), '.3f')} s "
+                          f"({fmt(ratio(copies(w, False), w['summary']['sync']['total_s']), '.3f')} of a "
+                          f"synchronous save)" for k, w in ck.items()) + "."]
         lines += ["", "Hashing as a share of the synchronous save: " + ", ".join(
             f"{k} {fmt(ratio(w['summary']['sync']['hash_s'], w['summary']['sync']['total_s']) * 100 if ratio(w['summary']['sync']['hash_s'], w['summary']['sync']['total_s']) else None, '.0f')}%"
             for k, w in ck.items()) + ".", ""]
@@ -670,7 +679,15 @@ def main() -> int:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--reps", type=int, help="repetitions per figure (default 5; --quick 1)")
     p.add_argument("--workloads", nargs="+", choices=("demo", "gpt2"), help="throughput/checkpoint: only these models")
+    p.add_argument("--render-only", action="store_true",
+                   help="measure nothing: rewrite RESULTS.md (and the targets) from the results.json in --out")
     a = p.parse_args()
+    if a.render_only:
+        results = json.loads((Path(a.out) / "results.json").read_text())
+        results["targets"] = targets(results)
+        (Path(a.out) / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        (Path(a.out) / "RESULTS.md").write_text(render(results) + "\n")
+        return 0
     plan = QUICK if a.quick else FULL
     if a.no_compile:
         plan.compile_variants = False

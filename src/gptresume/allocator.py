@@ -1,11 +1,12 @@
 """Keep freed CPU tensor memory for reuse instead of handing it back to the OS after every step.
 
-glibc serves every allocation above its mmap threshold (at most 32 MB) with a fresh mmap and returns it with munmap
-on free. A training step allocates and frees the same large tensors each time (GPT-2's logits alone are
-batch x block x vocab floats: 33 MB for the demo, 51 MB for GPT-2 124M at batch 2 x 128), so every step pays for
-zero-filling those pages again: measured here, 2.7 million page faults in 70 demo steps, and the plain Trainer
-about 15% slower than the same step in a hand-written loop. With mmap off and the heap never trimmed, freed chunks
-are reused: 15x fewer page faults, peak memory the same, steps 1.1-1.3x faster (bench/RESULTS.md).
+glibc serves every allocation above its mmap threshold (128 KB, rising to at most 32 MB) with a fresh mmap and
+returns it with munmap on free. A training step allocates and frees the same large tensors each time (GPT-2's
+logits alone are batch x block x vocab floats: 33 MB for the demo, 51 MB for GPT-2 124M at batch 2 x 128), so
+every step pays for zero-filling those pages again: measured here, 2.7 million page faults in 70 demo steps of a
+plain Trainer, which ran about 15% slower than the same steps in a hand-written loop. With mmap off and the heap
+never trimmed, freed chunks are reused: 15x fewer page faults, the same peak memory, and steps 1.2x (demo) to
+1.6x (GPT-2 124M shape) faster than the plain Trainer's (bench/RESULTS.md).
 
 The allocator never changes what is computed (PyTorch aligns every CPU tensor to 64 bytes either way), so resumes
 stay bitwise exact; tests/test_allocator.py checks the losses with and without it. This is the fix PyTorch's CPU

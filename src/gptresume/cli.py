@@ -139,7 +139,7 @@ def cmd_train(args) -> int:
     from gptresume import distributed
     from gptresume.allocator import keep_freed_memory
 
-    keep_freed_memory()  # CPU steps 1.1-1.3x faster, same numbers (allocator.py)
+    keep_freed_memory()  # faster CPU steps, the same numbers (allocator.py)
     distributed.setup()  # several processes: rank 0 loads and checks the config, every rank gets its verdict
     try:
         config = distributed.on_main(load_config, args.config, args.overrides)
