@@ -30,8 +30,20 @@ def run(tmp_path_factory):
     assert f"checkpoint-{RESUMED_FROM}" in second.stdout
     metrics = read_metrics(run_dir)
     return SimpleNamespace(tmp=tmp, dir=run_dir, config=config, metrics=metrics,
+                           outputs=[first.stdout + first.stderr, second.stdout + second.stderr],
                            eval_loss={r["step"]: r["eval_loss"] for r in metrics if "eval_loss" in r},
                            loss={r["step"]: r["loss"] for r in metrics if "loss" in r})
+
+
+@pytest.mark.slow
+def test_training_output_carries_none_of_the_known_spurious_warnings(run):
+    """Transformers' warnings that are wrong for gptresume's runs (cli.NOISE says why) are dropped; a resume and an
+    evaluation happened, so each had its chance to appear."""
+    from gptresume.cli import NOISE
+
+    assert run.eval_loss and "Resuming from" in run.outputs[1]
+    for out in run.outputs:
+        assert "step " in out and not [n for n in NOISE if n in out], out
 
 
 # ---------------------------------------------------------------- status

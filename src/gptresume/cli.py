@@ -360,8 +360,11 @@ def _setup_logging(verbose: bool) -> None:
 
 # Messages that are wrong or irrelevant for what gptresume does (checked with transformers 5.24, torch 2.13):
 # the lm_head of GPT-2 is tied to the input embedding, so it is never in a checkpoint and Trainer's "missing
-# keys" warning on resume is spurious; pin_memory has no effect on CPU; GPT2Config's loss_type=None is the default.
-NOISE = ("missing keys in the checkpoint model loaded: ['lm_head.weight']", "`loss_type=None` was set in the config")
+# keys" warning on resume is spurious; pin_memory has no effect on CPU; GPT2Config's loss_type=None is the default;
+# packed training and eval blocks are never padded (the EOS token that is also GPT-2's pad id separates documents),
+# so the advice to pass an attention_mask does not apply.
+NOISE = ("missing keys in the checkpoint model loaded: ['lm_head.weight']", "`loss_type=None` was set in the config",
+         "We strongly recommend passing in an `attention_mask` since your input_ids may be padded")
 
 
 class _DropNoise(logging.Filter):
