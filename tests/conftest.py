@@ -105,3 +105,40 @@ def snapshot(path: Path) -> dict:
 @pytest.fixture
 def tiny_config(tmp_path):
     return write_config(tmp_path)
+
+
+# ---------------------------------------------------------------- several processes, sample order
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launcher(kind: str) -> list[str]:
+    """The command that starts 2 local processes: torchrun, gptresume.launch or `accelerate launch`."""
+    port = str(free_port())
+    if kind == "accelerate":  # --multi_gpu is accelerate's name for "several processes through torchrun"
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", port]
+    module = {"torchrun": "torch.distributed.run", "gptresume.launch": "gptresume.launch"}[kind]
+    return [sys.executable, "-m", module, "--nproc_per_node", "2", "--master_port", port]
+
+
+def ddp_env(tmp):
+    return {**child_env(tmp), "OMP_NUM_THREADS": "1"}
+
+
+def split_ids(run_dir: Path) -> tuple[list[str], set]:
+    """The sample ids (data.sample_id) of a run's cached training blocks, in order, and of its validation blocks."""
+    import datasets
+
+    from gptresume.data import sample_id
+
+    (cache,) = (run_dir / "data-cache").iterdir()
+    dd = datasets.load_from_disk(str(cache))
+    return ([sample_id(r) for r in dd["train"]["input_ids"]], {sample_id(r) for r in dd["validation"]["input_ids"]})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,8 +18,9 @@ import pytest
 
 from conftest import (
     assert_bitwise_equal,
-    child_env,
+    ddp_env,
     final_weights,
+    launcher,
     read_metrics,
     train_losses,
     write_config,
@@ -31,26 +31,6 @@ from gptresume.launch import exit_code
 MAX_STEPS = 12
 CORPUS_CHARS = 3600  # about 45 training blocks: with 2 ranks x 4 blocks an epoch is 6 steps, so runs cross one
 TIMEOUT = 180
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launcher(kind: str) -> list[str]:
-    port = str(free_port())
-    if kind == "accelerate":  # --multi_gpu is accelerate's name for "several processes through torchrun"
-        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", port]
-    module = {"torchrun": "torch.distributed.run", "gptresume.launch": "gptresume.launch"}[kind]
-    return [sys.executable, "-m", module, "--nproc_per_node", "2", "--master_port", port]
-
-
-def ddp_env(tmp):
-    return {**child_env(tmp), "OMP_NUM_THREADS": "1"}
 
 
 def train_cmd(kind, config, run_dir, *args):

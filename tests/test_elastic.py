@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_metrics, run_cli, train_losses, write_config
-from test_distributed import ddp_env, launcher
-from test_resume_changes import split_ids
+from conftest import ddp_env, launcher, read_metrics, run_cli, split_ids, train_losses, write_config
 
 pytestmark = pytest.mark.slow
 

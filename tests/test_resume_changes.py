@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import child_env, read_metrics, run_cli, train_losses, write_config
+from conftest import child_env, read_metrics, run_cli, split_ids, train_losses, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -94,16 +94,6 @@ def trained_samples(log_path: Path, batches: int, validation_ids: set) -> list[s
     rows = [b for b in rows if not set(b) <= validation_ids]
     assert len(rows) >= batches
     return sum(rows[:batches], [])
-
-
-def split_ids(run_dir: Path) -> tuple[list[str], set]:
-    import datasets
-
-    from gptresume.data import sample_id
-
-    (cache,) = (run_dir / "data-cache").iterdir()
-    dd = datasets.load_from_disk(str(cache))
-    return ([sample_id(r) for r in dd["train"]["input_ids"]], {sample_id(r) for r in dd["validation"]["input_ids"]})
 
 
 def test_same_global_batch_split_differently_feeds_the_same_samples(tmp_path):
