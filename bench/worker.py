@@ -58,7 +58,9 @@ class Clock:
             self.finish(exit_code=0)
 
     def finish(self, exit_code: int | None = None, **extra) -> None:
-        self.extra.update(extra)
+        from gptresume import allocator
+
+        self.extra.update(extra, allocator="kept memory" if allocator.applied() else "glibc defaults")
         write_json(self.out, {"step_ends": self.step_ends, "events": self.events, **self.extra})
         if exit_code is not None:
             sys.stdout.flush()
@@ -365,16 +367,12 @@ def cmd_train(a) -> None:
     clock = Clock(a.out, exit_after_steps=a.exit_after_steps, exit_at_step=a.exit_at_step)
     # The CPU allocator setting `gptresume train` applies itself (allocator.py): "default" turns it off for the
     # gptresume peer, "kept" applies it to the other two; without --allocator each peer runs as it ships.
-    import platform
-
-    kept = platform.libc_ver()[0] == "glibc" and (a.allocator == "kept" or (a.peer == "gptresume" and not a.allocator))
     if a.allocator == "default":
         os.environ["GPTRESUME_MALLOC"] = "system"
     elif a.allocator == "kept" and a.peer != "gptresume":
         from gptresume.allocator import keep_freed_memory
 
         keep_freed_memory()
-    clock.extra["allocator"] = "kept memory" if kept else "glibc defaults"
     {"gptresume": run_gptresume, "trainer": run_trainer, "minimal": run_minimal}[a.peer](a, clock)
 
 

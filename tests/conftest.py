@@ -59,6 +59,21 @@ def run_cli(tmp_path: Path, *args: str, timeout: float = 300, env: dict | None =
                           env={**child_env(tmp_path), **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
+def train_on_a_small_disk(tmp_path: Path, config: Path, run_dir: Path, checkpoint: Path) -> subprocess.CompletedProcess:
+    """Resume RUN_DIR with a file size limit (RLIMIT_FSIZE: EFBIG, standing in for a full disk) just above the
+    size of CHECKPOINT's model.safetensors: the next save's optimizer.pt, which is larger, fails part-way."""
+    import resource
+
+    limit = (checkpoint / "model.safetensors").stat().st_size + 4096
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-m", "gptresume", "train", str(config), "--set",
+                           f"train.output_dir={run_dir}"], cwd=tmp_path, env=child_env(tmp_path),
+                          preexec_fn=small_disk, capture_output=True, text=True, timeout=300)
+
+
 def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> None:
     """Exit 2 with exactly one error message containing every fragment, and no traceback."""
     assert result.returncode == 2, result.stdout + result.stderr

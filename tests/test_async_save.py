@@ -7,7 +7,15 @@ import time
 
 import pytest
 
-from conftest import assert_bitwise_equal, final_weights, run_cli, start_cli, train_losses, write_config
+from conftest import (
+    assert_bitwise_equal,
+    final_weights,
+    run_cli,
+    start_cli,
+    train_losses,
+    train_on_a_small_disk,
+    write_config,
+)
 from gptresume.async_save import TEST_WRITE_DELAY_ENV, AsyncSaveMixin, BackgroundSaver, cpu_copy
 from gptresume.checkpoint import MANIFEST_NAME, newest_valid, verify_checkpoint
 
@@ -156,25 +164,12 @@ def test_kill_9_during_a_background_write_keeps_the_previous_checkpoint(referenc
 def test_a_failed_background_write_exits_with_the_disk_message_and_keeps_the_last_checkpoint(reference):
     """A write error in the writer thread (RLIMIT_FSIZE standing in for a full disk) reaches the training thread:
     exit 1 with the storage message, no traceback, and the last committed checkpoint stays the newest valid."""
-    import resource
-    import subprocess
-    import sys
-
-    from conftest import child_env
-
     tmp, ref = reference
     config = _config(tmp, "async.yaml", async_save=True)
     run = tmp / "async-full-disk"
     first = run_cli(tmp, "train", config, "--set", f"train.output_dir={run}", "--stop-at-step", "5")
     assert first.returncode == 75, first.stdout + first.stderr
-    limit = (run / "checkpoint-5" / "model.safetensors").stat().st_size + 4096  # optimizer.pt is larger
-
-    def small_disk():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    failed = subprocess.run([sys.executable, "-m", "gptresume", "train", str(config), "--set",
-                             f"train.output_dir={run}"], cwd=tmp, env=child_env(tmp), preexec_fn=small_disk,
-                            capture_output=True, text=True, timeout=300)
+    failed = train_on_a_small_disk(tmp, config, run, run / "checkpoint-5")
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "error: could not write to disk" in failed.stderr and "Traceback" not in failed.stderr
     info, skipped = newest_valid(run)

@@ -17,6 +17,7 @@ from conftest import (
     run_cli,
     start_cli,
     train_losses,
+    train_on_a_small_disk,
     write_config,
 )
 from gptresume.checkpoint import newest_valid, verify_checkpoint
@@ -190,23 +191,10 @@ def test_resume_never_refuses_then_overwrite_starts_over(reference1):
 def test_write_failure_during_a_save_keeps_earlier_checkpoints(reference1):
     """A save that fails part-way (RLIMIT_FSIZE gives EFBIG, standing in for a full disk) exits with a clear
     message and no traceback; the committed checkpoints stay valid, and a re-run finishes exactly."""
-    import resource
-    import subprocess
-    import sys
-
-    from conftest import child_env
-
     tmp, config, ref = reference1
     run = tmp / "full-disk"
     assert run_elsewhere(tmp, config, "full-disk", "--stop-at-step", "7").returncode == 75
-    limit = (run / "checkpoint-7" / "model.safetensors").stat().st_size + 4096  # optimizer.pt is larger
-
-    def small_disk():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    failed = subprocess.run([sys.executable, "-m", "gptresume", "train", str(config), "--set",
-                             f"train.output_dir={run}"], cwd=tmp, env=child_env(tmp), preexec_fn=small_disk,
-                            capture_output=True, text=True, timeout=300)
+    failed = train_on_a_small_disk(tmp, config, run, run / "checkpoint-7")
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "error: could not write to disk" in failed.stderr and "re-run the same command" in failed.stderr
     assert "Traceback" not in failed.stderr

@@ -28,10 +28,17 @@ ENV = "GPTRESUME_MALLOC"
 M_TRIM_THRESHOLD = -1  # from glibc's malloc.h
 M_MMAP_MAX = -4
 NEVER_TRIM = 2**31 - 1  # mallopt takes an int
+_applied = False
+
+
+def applied() -> bool:
+    """Whether this process keeps freed memory (for reports such as the benchmark's)."""
+    return _applied
 
 
 def keep_freed_memory() -> bool:
     """Turn off glibc's mmap for large blocks and heap trimming in this process; True if applied."""
+    global _applied
     if os.environ.get(ENV, "").strip().lower() == "system":
         log.info("%s=system: glibc's default allocator settings are kept", ENV)
         return False
@@ -39,10 +46,10 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        applied = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM) == 1
+        _applied = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM) == 1
     except (OSError, AttributeError):
         return False
-    if applied:
+    if _applied:
         log.info("CPU allocator: freed memory is kept for reuse (glibc mmap and trimming off; %s=system to "
                  "keep the defaults)", ENV)
-    return applied
+    return _applied

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
 
+from gptresume import distributed
 from gptresume.checkpoint import RESUME_STATE_NAME, apply_retention, atomic_write_text, set_aside, write_manifest
 from gptresume.config import Config
+from gptresume.rundir import perplexity
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +38,16 @@ class CommitCallback(TrainerCallback):
             if stale.exists():  # left by an earlier attempt at this step (crashed save, or another timeline)
                 log.warning("Moved %s aside to %s before saving the same step again", stale, set_aside(stale))
         if control.should_save:  # the same on every rank (stop and timed saves are agreed across ranks)
-            _barrier()  # no rank writes its RNG file into the old directory before rank 0 has moved it aside
+            distributed.barrier()  # no rank writes its RNG file into the old checkpoint before rank 0 moved it aside
         return control
 
     def on_save(self, args, state, control, **kwargs):
         if self.deferred_step == state.global_step:  # an asynchronous save: its writer thread commits it
             return
-        _barrier()  # every rank's files are on disk before the manifest commits them
+        distributed.barrier()  # every rank's files are on disk before the manifest commits them
         if state.is_world_process_zero:
             self.commit_later(args, state, deferred=False)()
-        _barrier()
+        distributed.barrier()
 
     deferred_step: int | None = None
 
@@ -101,7 +102,7 @@ class MetricsCallback(TrainerCallback):
                 row["tokens_per_s"] = round(self.steps * self.tokens_per_step / self.train_seconds, 1)
             self.train_seconds, self.steps = 0.0, 0
         elif "eval_loss" in logs:
-            row.update(eval_loss=logs["eval_loss"], eval_perplexity=_perplexity(logs["eval_loss"]))
+            row.update(eval_loss=logs["eval_loss"], eval_perplexity=perplexity(logs["eval_loss"]))
         else:
             return
         row["time"] = round(time.time(), 3)
@@ -135,7 +136,7 @@ class ProgressLines(TrainerCallback):
                   f"{rate * self.tokens_per_step:,.0f} tok/s | eta {_duration(eta)}", flush=True)
         elif "eval_loss" in logs:
             print(f"step {step:>6}/{total} | eval loss {logs['eval_loss']:.4f} | "
-                  f"perplexity {_perplexity(logs['eval_loss']):.2f}", flush=True)
+                  f"perplexity {perplexity(logs['eval_loss']):.2f}", flush=True)
 
 
 def progress_bar_class():
@@ -151,22 +152,11 @@ def progress_bar_class():
                                                   lr=f"{logs.get('learning_rate', 0):.2e}", refresh=False)
                 elif "eval_loss" in logs:
                     self.training_bar.write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}, "
-                                            f"perplexity {_perplexity(logs['eval_loss']):.2f}")
+                                            f"perplexity {perplexity(logs['eval_loss']):.2f}")
 
     return QuietProgressBar
-
-
-def _perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 50 else float("inf")
 
 
 def _duration(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     return f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()

@@ -7,6 +7,7 @@ Nothing here imports the training path (transformers.Trainer); the tools read ru
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 CONFIG_NAME = "config.yaml"
@@ -15,6 +16,11 @@ HISTORY_NAME = "history.jsonl"
 FINAL_DIR = "final"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_NAME = ".lock"
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), as metrics.jsonl's eval_perplexity and the tools report it (inf instead of an overflow)."""
+    return math.exp(loss) if loss < 50 else float("inf")
 
 
 def read_jsonl(path: Path) -> list[dict]:

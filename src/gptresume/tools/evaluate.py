@@ -14,7 +14,6 @@ import dataclasses
 import inspect
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from gptresume.checkpoint import newest_valid
 from gptresume.config import DataConfig
 from gptresume.data import CACHE_META_NAME, DATA_CACHE_DIR, PackedBlockCollator, load_texts, pack, prepare_data
 from gptresume.errors import UsageError
-from gptresume.rundir import CONFIG_NAME, read_history
+from gptresume.rundir import CONFIG_NAME, perplexity, read_history
 from gptresume.tools.common import ModelSource, context_length, load_model_for, load_tokenizer_for, resolve_model
 
 log = logging.getLogger(__name__)
@@ -78,13 +77,9 @@ def evaluate(path, data_files: list[str] | None = None, batch_size: int | None =
         raise UsageError(f"eval: blocks of {size} tokens do not fit the model's context of {room} positions; "
                          f"pass --block-size {room} or less")
     loss, token_loss = mean_eval_loss(model, blocks, batch_size)
-    return EvalResult(loss=loss, perplexity=_perplexity(loss), token_loss=token_loss,
-                      token_perplexity=_perplexity(token_loss), blocks=len(blocks), block_size=size, data=what,
+    return EvalResult(loss=loss, perplexity=perplexity(loss), token_loss=token_loss,
+                      token_perplexity=perplexity(token_loss), blocks=len(blocks), block_size=size, data=what,
                       model=source.label)
-
-
-def _perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 50 else float("inf")
 
 
 def mean_eval_loss(model, blocks, batch_size: int) -> tuple[float, float]:
