@@ -20,12 +20,13 @@ STOP, RESUMED_FROM, MAX_STEPS = 6, 4, 12
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tools")
     config = write_config(tmp, train={"report_to": "tensorboard"})
-    first = run_cli(tmp, "train", config, "--stop-at-step", STOP)
+    # CI=true makes Transformers' log records also reach the root handler; the two runs cover both paths
+    first = run_cli(tmp, "train", config, "--stop-at-step", STOP, env={"CI": "true"})
     assert first.returncode == 75, first.stdout + first.stderr
     run_dir = tmp / "run"
     with open(run_dir / f"checkpoint-{STOP}" / "model.safetensors", "r+b") as f:
         f.truncate(100)  # a damaged newest checkpoint: the resume takes checkpoint-4 and skips it
-    second = run_cli(tmp, "train", config)
+    second = run_cli(tmp, "train", config, env={"CI": "false"})
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"checkpoint-{RESUMED_FROM}" in second.stdout
     metrics = read_metrics(run_dir)

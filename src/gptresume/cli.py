@@ -379,7 +379,11 @@ def _quiet_known_noise(interactive: bool) -> None:
     from transformers.utils import logging as hf_logging
 
     warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator.*")
-    for handler in hf_logging.get_logger().handlers:
+    # With CI=true (set by most CI systems) Transformers also propagates its records to the root logger, which
+    # would print each warning twice; its own handler is enough. Filters go on handlers, not loggers: a logger's
+    # filter never sees the records of its children.
+    hf_logging.disable_propagation()
+    for handler in hf_logging.get_logger().handlers + logging.getLogger().handlers:
         handler.addFilter(_DropNoise())
     if not interactive:  # progress bars in logs and pipes are noise; our progress lines remain
         import datasets
