@@ -670,6 +670,14 @@ def render(results: dict) -> str:
 # ---------------------------------------------------------------- main
 
 
+def write_results(out: Path, results: dict) -> None:
+    """Judge the targets, then write OUT/results.json (raw) and OUT/RESULTS.md (rendered)."""
+    results["targets"] = targets(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "RESULTS.md").write_text(render(results) + "\n")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="one repetition, fewer steps: a smoke run (minutes)")
@@ -683,10 +691,7 @@ def main() -> int:
                    help="measure nothing: rewrite RESULTS.md (and the targets) from the results.json in --out")
     a = p.parse_args()
     if a.render_only:
-        results = json.loads((Path(a.out) / "results.json").read_text())
-        results["targets"] = targets(results)
-        (Path(a.out) / "results.json").write_text(json.dumps(results, indent=1, default=str))
-        (Path(a.out) / "RESULTS.md").write_text(render(results) + "\n")
+        write_results(Path(a.out), json.loads((Path(a.out) / "results.json").read_text()))
         return 0
     plan = QUICK if a.quick else FULL
     if a.no_compile:
@@ -732,11 +737,8 @@ def main() -> int:
     finally:
         results["wall_s"] = time.time() - t0
         results["load_at_end"] = loadavg()
-        results["targets"] = targets(results)
         out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-        (out / "RESULTS.md").write_text(render(results) + "\n")
+        write_results(out, results)
         log(f"wrote {out / 'RESULTS.md'} and {out / 'results.json'} ({results['wall_s'] / 60:.1f} min)")
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -29,6 +29,7 @@ class CommitCallback(TrainerCallback):
         self.data_fingerprint = data_fingerprint
         self.train_samples = train_samples
         self.resume_state = resume_state  # () -> dict | None: what a changed resume decided, kept in each save
+        self.deferred_step: int | None = None  # the step whose commit an asynchronous save's writer will run
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps:
@@ -48,8 +49,6 @@ class CommitCallback(TrainerCallback):
         if state.is_world_process_zero:
             self.commit_later(args, state, deferred=False)()
         distributed.barrier()
-
-    deferred_step: int | None = None
 
     def commit_later(self, args, state, deferred: bool = True):
         """What the commit needs, captured now (at the save's step); returns the commit itself: write the
