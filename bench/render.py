@@ -1,0 +1,152 @@
+"""bench/RESULTS.md from results.json: markdown only, no measuring and no child process, so `--render-only`
+rewrites the report from stored numbers and a wording change never needs a 30-minute re-run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from common import median, ratio
+from targets import targets
+
+
+def fmt(x, spec=".2f"):
+    """A figure for a table cell; a missing one shows as a dash."""
+    return "–" if x is None else format(x, spec)
+
+
+def render(results: dict) -> str:
+    """The markdown report: machine, targets, then one part per section that results holds."""
+    m = results["machine"]
+    plan = results["plan"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `make bench` (bench/run.py{' --quick' if results['quick'] else ''}) on {m['time']}; "
+        f"took {results['wall_s'] / 60:.1f} min. Raw numbers: bench/results.json.",
+        "",
+        f"**Machine**: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
+        f"{m['memory_gb']} GB RAM, {'GPU' if m['gpu'] else 'no GPU'}; ISA: {', '.join(m['isa'])}. "
+        f"Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, accelerate {m['accelerate']}.",
+        f"Load average (1 min) at start {m['load_at_start']:.2f}, at end {results.get('load_at_end', float('nan')):.2f}"
+        + (" — **measured on a busy machine: timings are noisy**" if max(m["load_at_start"],
+                                                                        results.get("load_at_end", 0)) > 0.5 else "")
+        + ".",
+        "",
+        f"Each figure is the median of {plan['reps']} runs, each in a fresh process; peers alternate within each "
+        "repetition (the order rotates and reverses).",
+        "",
+    ]
+    tg = results.get("targets", {})
+    if tg:
+        lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+        for name, t in tg.items():
+            v = t["value"]
+            shown = "–" if v is None else f"{v * 100:.2f}%" if name == "own_code" else f"{v:.3f}"
+            lines.append(f"| {t['what']} | {shown} | {'met' if t['met'] else '**not met**'} |")
+        lines.append("")
+    pk = results.get("peak")
+    if pk:
+        lines += ["## Peak matmul", "",
+                  f"torch.matmul of two {pk['n']}x{pk['n']} matrices: fp32 {fmt(pk['gflops']['fp32'], '.1f')} GFLOP/s, "
+                  f"bf16 {fmt(pk['gflops']['bf16'], '.1f')} GFLOP/s (the MFU denominators).", ""]
+    th = results.get("throughput")
+    if th:
+        lines += ["## Training throughput", ""]
+        for workload, w in th.items():
+            f = w["facts"]
+            title = ("Demo model (examples/demo.yaml: 4 layers x 256, batch 8 x 128)" if workload == "demo" else
+                     f"GPT-2 124M-shaped (12 layers x 768, vocab 50257, random init, batch "
+                     f"{plan['gpt2_batch']} x 128)")
+            lines += [f"### {title}", "",
+                      f"{f.get('params', 0) / 1e6:.1f}M parameters; {f.get('flops_per_token', 0) / 1e6:.0f} MFLOP "
+                      f"per token (6N + 12LdT); steady state over steps {w['warmup_steps'] + 1}-"
+                      f"{w['warmup_steps'] + w['measured_steps']} (first {w['warmup_steps']} skipped).", "",
+                      "*kept memory*: glibc's malloc keeps freed memory for reuse instead of unmapping it "
+                      "(src/gptresume/allocator.py); `gptresume train` does this itself, the plain Trainer and the "
+                      "minimal loop run with glibc's defaults unless the row says otherwise.", "",
+                      *(["Rows starting with + are Trainer out of the box with one setting changed. "
+                         "gptresume train, plain Trainer and the minimal loop use the demo preset "
+                         "(examples/demo.yaml).", ""] if workload == "demo" else []),
+                      "| run | settings | tokens/s | vs plain Trainer | MFU |", "|---|---|---:|---:|---:|"]
+            ref = w["peers"].get("plain Trainer", {}).get("tokens_per_s")
+            for name, row in w["peers"].items():
+                s = row.get("settings") or {}
+                peak = (pk or {}).get("gflops", {}).get("bf16" if s.get("bf16") else "fp32")
+                mfu = ratio((row["tokens_per_s"] or 0) * f.get("flops_per_token", 0) / 1e9, peak)
+                desc = ", ".join(x for x in ["bf16" if s.get("bf16") else "fp32", s.get("optim", ""),
+                                             s.get("attn", ""), "compile" if s.get("torch_compile") else "",
+                                             "kept memory" if s.get("allocator") == "kept memory" else ""] if x)
+                lines.append(f"| {name} | {desc} | {fmt(row['tokens_per_s'], ',.0f')} | "
+                             f"{fmt(ratio(row['tokens_per_s'], ref), '.3f')} | {fmt(mfu and mfu * 100, '.1f')}% |")
+            shares = w["peers"].get("gptresume train", {}).get("callback_share")
+            if shares:
+                lines += ["", f"All callbacks of the gptresume run (gptresume's and Trainer's own) took "
+                              f"{median(shares) * 100:.2f}% of each step: what gptresume adds to Trainer's loop."]
+            lines.append("")
+    ck = results.get("checkpoint")
+    if ck:
+        lines += ["## Checkpoint cost", "",
+                  "Per save (median over the saves of a run, then over runs). *Paused*: training blocked "
+                  "(synchronous: the whole save; asynchronous: copying the state to CPU memory, plus *waited*: "
+                  "waiting for the previous save when saves come faster than the background write). *Total*: "
+                  "until the manifest is committed. *Window*: first step end to last save committed (what the "
+                  "saves cost the run as a whole: on a CPU-bound machine the writer thread competes with training "
+                  "for the same cores).",
+                  "", "| model | mode | size MB | paused s | of which waited s | total s | hashing s | fsync s | "
+                      "copy / sync save | window s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for workload, w in ck.items():
+            sync_total = w["summary"]["sync"]["total_s"]
+            for mode in ("sync", "async"):
+                s = w["summary"][mode]
+                lines.append(f"| {workload} | {mode} | {fmt((s['bytes'] or 0) / 1e6, '.0f')} | "
+                             f"{fmt(s['blocked_s'], '.3f')} | {fmt(s['waited_s'], '.3f')} | {fmt(s['total_s'], '.3f')} | "
+                             f"{fmt(s['hash_s'], '.3f')} | {fmt(s['fsync_s'], '.3f')} | "
+                             f"{fmt(ratio(s['copy_s'], sync_total) if mode == 'async' else None, '.3f')} | "
+                             f"{fmt(s['train_window_s'], '.1f')} |")
+        def copies(w, first: bool):
+            return median([median([sv["blocked_s"] - sv.get("waited_s", 0.0) for sv in run["saves"]][
+                slice(0, 1) if first else slice(1, None)] or [None]) for run in w["runs"]["async"]])
+
+        lines += ["", "Asynchronous copy, first save of a run (into fresh memory, which the kernel maps page by "
+                      "page) / later saves (into the previous save's buffers): " + ", ".join(
+                          f"{k} {fmt(copies(w, True), '.3f')} s / {fmt(copies(w, False), '.3f')} s "
+                          f"({fmt(ratio(copies(w, False), w['summary']['sync']['total_s']), '.3f')} of a "
+                          f"synchronous save)" for k, w in ck.items()) + "."]
+        lines += ["", "Hashing as a share of the synchronous save: " + ", ".join(
+            f"{k} {fmt(ratio(w['summary']['sync']['hash_s'], w['summary']['sync']['total_s']) * 100 if ratio(w['summary']['sync']['hash_s'], w['summary']['sync']['total_s']) else None, '.0f')}%"
+            for k, w in ck.items()) + ".", ""]
+    rs = results.get("resume")
+    if rs:
+        lines += ["## Resume latency", "",
+                  f"A tiny model on a packed dataset of {rs['blocks']:,} random blocks of {rs['block_size']} tokens "
+                  f"(one epoch = {rs['blocks'] // rs['batch']:,} batches of {rs['batch']}). Process start to the end of "
+                  "the first (resumed) step.", "",
+                  "| start | to first step s | of which: start to train() s | train() to first step s |",
+                  "|---|---:|---:|---:|"]
+        for kind, s in rs["summary"].items():
+            lines.append(f"| {kind} | {fmt(s['start_to_first_step_s'])} | {fmt(s['start_to_train_call_s'])} | "
+                         f"{fmt(s['train_call_to_first_step_s'])} |")
+        lines.append("")
+    gp = results.get("goodput")
+    if gp:
+        lines += ["## Goodput under preemption", "",
+                  f"The demo config, {gp['max_steps']} steps, a checkpoint every {gp['save_steps']} steps; "
+                  f"interrupted {gp['interval_s']:.0f} s after each start and re-run at once (single runs, not "
+                  "medians: each takes minutes).", "",
+                  "| run | wall s | starts | goodput | load before / after | final weights equal uninterrupted |",
+                  "|---|---:|---:|---:|---|---|"]
+        for kind, g in gp["runs"].items():
+            lines.append(f"| {kind} | {g['wall_s']:.1f} | {g['starts']} | {fmt(g.get('goodput', 1.0), '.3f')} | "
+                         f"{g['load_before']:.1f} / {g['load']:.1f} | "
+                         f"{'–' if g.get('exact', 0) is None or kind == 'uninterrupted' else ('yes' if g['exact'] else '**no**')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(out: Path, results: dict) -> None:
+    """Judge the targets, then write OUT/results.json (raw) and OUT/RESULTS.md (rendered)."""
+    results["targets"] = targets(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "RESULTS.md").write_text(render(results) + "\n")

@@ -1,0 +1,52 @@
+"""The targets the bench is judged by (issue 7) and the verdicts: results in, verdicts out, nothing measured.
+
+Kept apart from the measuring so `--render-only` can re-judge an old results.json when a target changes."""
+
+from __future__ import annotations
+
+from common import median, ratio
+
+# name -> what is promised; the thresholds sit with each measured value in targets()
+TARGETS = {
+    "vs_trainer": "gptresume train >= 0.99x plain Trainer throughput (same training settings, each as it ships)",
+    "own_code": "gptresume's code in the training loop costs under 1% of each step (all callbacks, timed per step; "
+                "signal handlers and the manifest cost nothing between saves)",
+    "vs_minimal": "gptresume train >= 0.95x the minimal PyTorch loop (same training settings, each as it ships)",
+    "preset": "demo preset (gptresume train) >= 1.25x plain Trainer out of the box",
+    "async_block": "async save pauses training <= 10% of the synchronous save time (worst model; the copy, "
+                   "without waits for a previous save still being written)",
+    "resume_late": "resume latency at batch 50,000 within 10% of batch 10",
+    "goodput": "goodput >= 0.9 with SIGTERM every 60 s (demo model)",
+}
+
+
+def targets(results: dict) -> dict:
+    """name -> {what, value, limit, met} for every target whose section is in RESULTS (the others are left out)."""
+    t = {}
+    th = results.get("throughput", {})
+    demo = th.get("demo", {}).get("peers", {})
+    if demo:
+        g = demo["gptresume train"]["tokens_per_s"]
+        t["vs_trainer"] = ratio(g, demo["plain Trainer"]["tokens_per_s"]), 0.99
+        shares = demo["gptresume train"].get("callback_share")
+        t["own_code"] = (median(shares) if shares else None), 0.01
+        t["vs_minimal"] = ratio(g, demo["minimal loop"]["tokens_per_s"]), 0.95
+        t["preset"] = ratio(g, demo["Trainer out of the box"]["tokens_per_s"]), 1.25
+    ck = results.get("checkpoint", {})
+    if ck:
+        worst = max(ratio(w["summary"]["async"]["copy_s"], w["summary"]["sync"]["blocked_s"]) or 0
+                    for w in ck.values())
+        t["async_block"] = worst, 0.10
+    rs = results.get("resume", {}).get("summary")
+    if rs:
+        keys = list(rs)
+        t["resume_late"] = ratio(rs[keys[2]]["start_to_first_step_s"], rs[keys[1]]["start_to_first_step_s"]), 1.10
+    gp = results.get("goodput", {}).get("runs", {}).get("SIGTERM")
+    if gp:
+        t["goodput"] = gp["goodput"], 0.90
+    out = {}
+    for name, (value, limit) in t.items():
+        lower_is_better = name in ("async_block", "resume_late", "own_code")
+        met = value is not None and (value <= limit if lower_is_better else value >= limit)
+        out[name] = {"what": TARGETS[name], "value": value, "limit": limit, "met": met}
+    return out
