@@ -17,9 +17,15 @@ def fmt(x, spec=".2f"):
 
 def render(results: dict) -> str:
     """The markdown report: machine, targets, then one part per section that results holds."""
+    parts = (_header, _targets, _peak, _throughput, _checkpoint, _resume, _goodput)
+    return "\n".join(line for part in parts for line in part(results))
+
+
+def _header(results: dict) -> list[str]:
+    """Where and when it ran, on what machine, how busy, and how each figure was taken."""
     m = results["machine"]
     plan = results["plan"]
-    lines = [
+    return [
         "# Benchmark results",
         "",
         f"Written by `make bench` (bench/run.py{' --quick' if results['quick'] else ''}) on {m['time']}; "
@@ -37,111 +43,148 @@ def render(results: dict) -> str:
         "repetition (the order rotates and reverses).",
         "",
     ]
-    tg = results.get("targets", {})
-    if tg:
-        lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
-        for name, t in tg.items():
-            v = t["value"]
-            shown = "–" if v is None else f"{v * 100:.2f}%" if name == "own_code" else f"{v:.3f}"
-            lines.append(f"| {t['what']} | {shown} | {'met' if t['met'] else '**not met**'} |")
-        lines.append("")
-    pk = results.get("peak")
-    if pk:
-        lines += ["## Peak matmul", "",
-                  f"torch.matmul of two {pk['n']}x{pk['n']} matrices: fp32 {fmt(pk['gflops']['fp32'], '.1f')} GFLOP/s, "
-                  f"bf16 {fmt(pk['gflops']['bf16'], '.1f')} GFLOP/s (the MFU denominators).", ""]
-    th = results.get("throughput")
-    if th:
-        lines += ["## Training throughput", ""]
-        for workload, w in th.items():
-            f = w["facts"]
-            title = ("Demo model (examples/demo.yaml: 4 layers x 256, batch 8 x 128)" if workload == "demo" else
-                     f"GPT-2 124M-shaped (12 layers x 768, vocab 50257, random init, batch "
-                     f"{plan['gpt2_batch']} x 128)")
-            lines += [f"### {title}", "",
-                      f"{f.get('params', 0) / 1e6:.1f}M parameters; {f.get('flops_per_token', 0) / 1e6:.0f} MFLOP "
-                      f"per token (6N + 12LdT); steady state over steps {w['warmup_steps'] + 1}-"
-                      f"{w['warmup_steps'] + w['measured_steps']} (first {w['warmup_steps']} skipped).", "",
-                      "*kept memory*: glibc's malloc keeps freed memory for reuse instead of unmapping it "
-                      "(src/gptresume/allocator.py); `gptresume train` does this itself, the plain Trainer and the "
-                      "minimal loop run with glibc's defaults unless the row says otherwise.", "",
-                      *(["Rows starting with + are Trainer out of the box with one setting changed. "
-                         "gptresume train, plain Trainer and the minimal loop use the demo preset "
-                         "(examples/demo.yaml).", ""] if workload == "demo" else []),
-                      "| run | settings | tokens/s | vs plain Trainer | MFU |", "|---|---|---:|---:|---:|"]
-            ref = w["peers"].get("plain Trainer", {}).get("tokens_per_s")
-            for name, row in w["peers"].items():
-                s = row.get("settings") or {}
-                peak = (pk or {}).get("gflops", {}).get("bf16" if s.get("bf16") else "fp32")
-                mfu = ratio((row["tokens_per_s"] or 0) * f.get("flops_per_token", 0) / 1e9, peak)
-                desc = ", ".join(x for x in ["bf16" if s.get("bf16") else "fp32", s.get("optim", ""),
-                                             s.get("attn", ""), "compile" if s.get("torch_compile") else "",
-                                             "kept memory" if s.get("allocator") == "kept memory" else ""] if x)
-                lines.append(f"| {name} | {desc} | {fmt(row['tokens_per_s'], ',.0f')} | "
-                             f"{fmt(ratio(row['tokens_per_s'], ref), '.3f')} | {fmt(mfu and mfu * 100, '.1f')}% |")
-            shares = w["peers"].get("gptresume train", {}).get("callback_share")
-            if shares:
-                lines += ["", f"All callbacks of the gptresume run (gptresume's and Trainer's own) took "
-                              f"{median(shares) * 100:.2f}% of each step: what gptresume adds to Trainer's loop."]
-            lines.append("")
-    ck = results.get("checkpoint")
-    if ck:
-        lines += ["## Checkpoint cost", "",
-                  "Per save (median over the saves of a run, then over runs). *Paused*: training blocked "
-                  "(synchronous: the whole save; asynchronous: copying the state to CPU memory, plus *waited*: "
-                  "waiting for the previous save when saves come faster than the background write). *Total*: "
-                  "until the manifest is committed. *Window*: first step end to last save committed (what the "
-                  "saves cost the run as a whole: on a CPU-bound machine the writer thread competes with training "
-                  "for the same cores).",
-                  "", "| model | mode | size MB | paused s | of which waited s | total s | hashing s | fsync s | "
-                      "copy / sync save | window s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for workload, w in ck.items():
-            sync_total = w["summary"]["sync"]["total_s"]
-            for mode in ("sync", "async"):
-                s = w["summary"][mode]
-                lines.append(f"| {workload} | {mode} | {fmt((s['bytes'] or 0) / 1e6, '.0f')} | "
-                             f"{fmt(s['blocked_s'], '.3f')} | {fmt(s['waited_s'], '.3f')} | {fmt(s['total_s'], '.3f')} | "
-                             f"{fmt(s['hash_s'], '.3f')} | {fmt(s['fsync_s'], '.3f')} | "
-                             f"{fmt(ratio(s['copy_s'], sync_total) if mode == 'async' else None, '.3f')} | "
-                             f"{fmt(s['train_window_s'], '.1f')} |")
-        def copies(w, first: bool):
-            return median([median([sv["blocked_s"] - sv.get("waited_s", 0.0) for sv in run["saves"]][
-                slice(0, 1) if first else slice(1, None)] or [None]) for run in w["runs"]["async"]])
 
-        lines += ["", "Asynchronous copy, first save of a run (into fresh memory, which the kernel maps page by "
-                      "page) / later saves (into the previous save's buffers): " + ", ".join(
-                          f"{k} {fmt(copies(w, True), '.3f')} s / {fmt(copies(w, False), '.3f')} s "
-                          f"({fmt(ratio(copies(w, False), w['summary']['sync']['total_s']), '.3f')} of a "
-                          f"synchronous save)" for k, w in ck.items()) + "."]
-        lines += ["", "Hashing as a share of the synchronous save: " + ", ".join(
-            f"{k} {fmt(ratio(w['summary']['sync']['hash_s'], w['summary']['sync']['total_s']) * 100 if ratio(w['summary']['sync']['hash_s'], w['summary']['sync']['total_s']) else None, '.0f')}%"
-            for k, w in ck.items()) + ".", ""]
+
+def _targets(results: dict) -> list[str]:
+    """Each target, its measured value and whether it is met."""
+    tg = results.get("targets", {})
+    if not tg:
+        return []
+    lines = ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for name, t in tg.items():
+        v = t["value"]
+        shown = "–" if v is None else f"{v * 100:.2f}%" if name == "own_code" else f"{v:.3f}"
+        lines.append(f"| {t['what']} | {shown} | {'met' if t['met'] else '**not met**'} |")
+    lines.append("")
+    return lines
+
+
+def _peak(results: dict) -> list[str]:
+    """The matmul GFLOP/s the MFU column divides by."""
+    pk = results.get("peak")
+    if not pk:
+        return []
+    return ["## Peak matmul", "",
+            f"torch.matmul of two {pk['n']}x{pk['n']} matrices: fp32 {fmt(pk['gflops']['fp32'], '.1f')} GFLOP/s, "
+            f"bf16 {fmt(pk['gflops']['bf16'], '.1f')} GFLOP/s (the MFU denominators).", ""]
+
+
+def _throughput(results: dict) -> list[str]:
+    """One table per model: every peer's tokens/s, against plain Trainer, and MFU."""
+    th = results.get("throughput")
+    if not th:
+        return []
+    plan = results["plan"]
+    pk = results.get("peak")
+    lines = ["## Training throughput", ""]
+    for workload, w in th.items():
+        f = w["facts"]
+        title = ("Demo model (examples/demo.yaml: 4 layers x 256, batch 8 x 128)" if workload == "demo" else
+                 f"GPT-2 124M-shaped (12 layers x 768, vocab 50257, random init, batch "
+                 f"{plan['gpt2_batch']} x 128)")
+        lines += [f"### {title}", "",
+                  f"{f.get('params', 0) / 1e6:.1f}M parameters; {f.get('flops_per_token', 0) / 1e6:.0f} MFLOP "
+                  f"per token (6N + 12LdT); steady state over steps {w['warmup_steps'] + 1}-"
+                  f"{w['warmup_steps'] + w['measured_steps']} (first {w['warmup_steps']} skipped).", "",
+                  "*kept memory*: glibc's malloc keeps freed memory for reuse instead of unmapping it "
+                  "(src/gptresume/allocator.py); `gptresume train` does this itself, the plain Trainer and the "
+                  "minimal loop run with glibc's defaults unless the row says otherwise.", "",
+                  *(["Rows starting with + are Trainer out of the box with one setting changed. "
+                     "gptresume train, plain Trainer and the minimal loop use the demo preset "
+                     "(examples/demo.yaml).", ""] if workload == "demo" else []),
+                  "| run | settings | tokens/s | vs plain Trainer | MFU |", "|---|---|---:|---:|---:|"]
+        ref = w["peers"].get("plain Trainer", {}).get("tokens_per_s")
+        for name, row in w["peers"].items():
+            s = row.get("settings") or {}
+            peak = (pk or {}).get("gflops", {}).get("bf16" if s.get("bf16") else "fp32")
+            mfu = ratio((row["tokens_per_s"] or 0) * f.get("flops_per_token", 0) / 1e9, peak)
+            desc = ", ".join(x for x in ["bf16" if s.get("bf16") else "fp32", s.get("optim", ""),
+                                         s.get("attn", ""), "compile" if s.get("torch_compile") else "",
+                                         "kept memory" if s.get("allocator") == "kept memory" else ""] if x)
+            lines.append(f"| {name} | {desc} | {fmt(row['tokens_per_s'], ',.0f')} | "
+                         f"{fmt(ratio(row['tokens_per_s'], ref), '.3f')} | {fmt(mfu and mfu * 100, '.1f')}% |")
+        shares = w["peers"].get("gptresume train", {}).get("callback_share")
+        if shares:
+            lines += ["", f"All callbacks of the gptresume run (gptresume's and Trainer's own) took "
+                          f"{median(shares) * 100:.2f}% of each step: what gptresume adds to Trainer's loop."]
+        lines.append("")
+    return lines
+
+
+def _checkpoint(results: dict) -> list[str]:
+    """Per model and mode: what a save pauses and costs, then the first vs later async copies and hashing."""
+    ck = results.get("checkpoint")
+    if not ck:
+        return []
+    lines = ["## Checkpoint cost", "",
+             "Per save (median over the saves of a run, then over runs). *Paused*: training blocked "
+             "(synchronous: the whole save; asynchronous: copying the state to CPU memory, plus *waited*: "
+             "waiting for the previous save when saves come faster than the background write). *Total*: "
+             "until the manifest is committed. *Window*: first step end to last save committed (what the "
+             "saves cost the run as a whole: on a CPU-bound machine the writer thread competes with training "
+             "for the same cores).",
+             "", "| model | mode | size MB | paused s | of which waited s | total s | hashing s | fsync s | "
+                 "copy / sync save | window s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for workload, w in ck.items():
+        sync_total = w["summary"]["sync"]["total_s"]
+        for mode in ("sync", "async"):
+            s = w["summary"][mode]
+            lines.append(f"| {workload} | {mode} | {fmt((s['bytes'] or 0) / 1e6, '.0f')} | "
+                         f"{fmt(s['blocked_s'], '.3f')} | {fmt(s['waited_s'], '.3f')} | {fmt(s['total_s'], '.3f')} | "
+                         f"{fmt(s['hash_s'], '.3f')} | {fmt(s['fsync_s'], '.3f')} | "
+                         f"{fmt(ratio(s['copy_s'], sync_total) if mode == 'async' else None, '.3f')} | "
+                         f"{fmt(s['train_window_s'], '.1f')} |")
+
+    def copies(w, first: bool):
+        return median([median([sv["blocked_s"] - sv.get("waited_s", 0.0) for sv in run["saves"]][
+            slice(0, 1) if first else slice(1, None)] or [None]) for run in w["runs"]["async"]])
+
+    lines += ["", "Asynchronous copy, first save of a run (into fresh memory, which the kernel maps page by "
+                  "page) / later saves (into the previous save's buffers): " + ", ".join(
+                      f"{k} {fmt(copies(w, True), '.3f')} s / {fmt(copies(w, False), '.3f')} s "
+                      f"({fmt(ratio(copies(w, False), w['summary']['sync']['total_s']), '.3f')} of a "
+                      f"synchronous save)" for k, w in ck.items()) + "."]
+    lines += ["", "Hashing as a share of the synchronous save: " + ", ".join(
+        f"{k} {fmt(ratio(w['summary']['sync']['hash_s'], w['summary']['sync']['total_s']) * 100 if ratio(w['summary']['sync']['hash_s'], w['summary']['sync']['total_s']) else None, '.0f')}%"
+        for k, w in ck.items()) + ".", ""]
+    return lines
+
+
+def _resume(results: dict) -> list[str]:
+    """Start to first step for a fresh start and the two resume positions."""
     rs = results.get("resume")
-    if rs:
-        lines += ["## Resume latency", "",
-                  f"A tiny model on a packed dataset of {rs['blocks']:,} random blocks of {rs['block_size']} tokens "
-                  f"(one epoch = {rs['blocks'] // rs['batch']:,} batches of {rs['batch']}). Process start to the end of "
-                  "the first (resumed) step.", "",
-                  "| start | to first step s | of which: start to train() s | train() to first step s |",
-                  "|---|---:|---:|---:|"]
-        for kind, s in rs["summary"].items():
-            lines.append(f"| {kind} | {fmt(s['start_to_first_step_s'])} | {fmt(s['start_to_train_call_s'])} | "
-                         f"{fmt(s['train_call_to_first_step_s'])} |")
-        lines.append("")
+    if not rs:
+        return []
+    lines = ["## Resume latency", "",
+             f"A tiny model on a packed dataset of {rs['blocks']:,} random blocks of {rs['block_size']} tokens "
+             f"(one epoch = {rs['blocks'] // rs['batch']:,} batches of {rs['batch']}). Process start to the end of "
+             "the first (resumed) step.", "",
+             "| start | to first step s | of which: start to train() s | train() to first step s |",
+             "|---|---:|---:|---:|"]
+    for kind, s in rs["summary"].items():
+        lines.append(f"| {kind} | {fmt(s['start_to_first_step_s'])} | {fmt(s['start_to_train_call_s'])} | "
+                     f"{fmt(s['train_call_to_first_step_s'])} |")
+    lines.append("")
+    return lines
+
+
+def _goodput(results: dict) -> list[str]:
+    """The interrupted runs against the uninterrupted one."""
     gp = results.get("goodput")
-    if gp:
-        lines += ["## Goodput under preemption", "",
-                  f"The demo config, {gp['max_steps']} steps, a checkpoint every {gp['save_steps']} steps; "
-                  f"interrupted {gp['interval_s']:.0f} s after each start and re-run at once (single runs, not "
-                  "medians: each takes minutes).", "",
-                  "| run | wall s | starts | goodput | load before / after | final weights equal uninterrupted |",
-                  "|---|---:|---:|---:|---|---|"]
-        for kind, g in gp["runs"].items():
-            lines.append(f"| {kind} | {g['wall_s']:.1f} | {g['starts']} | {fmt(g.get('goodput', 1.0), '.3f')} | "
-                         f"{g['load_before']:.1f} / {g['load']:.1f} | "
-                         f"{'–' if g.get('exact', 0) is None or kind == 'uninterrupted' else ('yes' if g['exact'] else '**no**')} |")
-        lines.append("")
-    return "\n".join(lines)
+    if not gp:
+        return []
+    lines = ["## Goodput under preemption", "",
+             f"The demo config, {gp['max_steps']} steps, a checkpoint every {gp['save_steps']} steps; "
+             f"interrupted {gp['interval_s']:.0f} s after each start and re-run at once (single runs, not "
+             "medians: each takes minutes).", "",
+             "| run | wall s | starts | goodput | load before / after | final weights equal uninterrupted |",
+             "|---|---:|---:|---:|---|---|"]
+    for kind, g in gp["runs"].items():
+        lines.append(f"| {kind} | {g['wall_s']:.1f} | {g['starts']} | {fmt(g.get('goodput', 1.0), '.3f')} | "
+                     f"{g['load_before']:.1f} / {g['load']:.1f} | "
+                     f"{'–' if g.get('exact', 0) is None or kind == 'uninterrupted' else ('yes' if g['exact'] else '**no**')} |")
+    lines.append("")
+    return lines
 
 
 def write_results(out: Path, results: dict) -> None:
