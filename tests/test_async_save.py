@@ -16,7 +16,8 @@ from conftest import (
     train_on_a_small_disk,
     write_config,
 )
-from gptresume.async_save import TEST_WRITE_DELAY_ENV, AsyncSaveMixin, BackgroundSaver, cpu_copy
+from gptresume.checkpoint.async_save import TEST_WRITE_DELAY_ENV, BackgroundSaver, cpu_copy
+from gptresume.training.trainer import ResumableTrainerMixin
 from gptresume.checkpoint import MANIFEST_NAME, newest_valid, verify_checkpoint
 
 
@@ -47,7 +48,7 @@ def _tiny_trainer(out_dir, saver):
     from gptresume.data import PackedBlockCollator
     from gptresume.modeling import train_tokenizer
 
-    class T(AsyncSaveMixin, Trainer):
+    class T(ResumableTrainerMixin, Trainer):
         pass
 
     tok = train_tokenizer(corpus_texts(3), 300)

@@ -111,7 +111,7 @@ PRIVATE: tuple[Private, ...] = (
     P("transformers.integrations.TensorBoardCallback.on_train_begin", "ordering", TRAINER, "the writer opens in "
       "on_train_begin, after the override has read the resume step",
       source=("if self.tb_writer is None", "self._init_summary_writer(args)")),
-    P("transformers.trainer_callback.ProgressCallback.__init__", "attribute read", TRAINER, "the progress bar shows "
+    P("transformers.trainer_callback.ProgressCallback.__init__", "attribute read", "gptresume/training/callbacks.py", "the progress bar shows "
       "the loss in Trainer's tqdm bar, training_bar", source=("self.training_bar = None",)),
     *(P("transformers.trainer." + name, "file name", FILES, "checkpoint/ names Trainer's files without importing "
         "Trainer", value=value)
@@ -148,7 +148,7 @@ PRIVATE: tuple[Private, ...] = (
       source=("loss_type = self.__class__.__name__", "self.loss_type = loss_type")),
     P(T + "_get_num_items_in_batch", "rule", EVAL, "num_items_in_batch: labels != -100, of labels[..., 1:] when the "
       "loss shifts labels", source=('batch["labels"][..., 1:]', "labels.ne(-100).sum()")),
-    P(T + "_get_num_items_in_batch", "rule", PACKING, "PackedBlockCollator masks each block's first label so that "
+    P(T + "_get_num_items_in_batch", "rule", "gptresume/data/collator.py", "PackedBlockCollator masks each block's first label so that "
       "the count is the predicted tokens", source=("labels.ne(-100).sum()",)),
     P(T + "evaluation_loop", "rule", EVAL, "eval_loss: the mean over examples of their batch's loss",
       source=("losses.repeat(batch_size)",)),

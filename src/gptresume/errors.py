@@ -1,4 +1,8 @@
-"""Exceptions that carry the CLI exit code, so every layer can refuse cleanly without printing tracebacks."""
+"""Exit codes, the exceptions that carry them (so every layer can refuse cleanly without a traceback), and the
+classification of storage failures (full disk, read-only, permissions), which are neither bugs nor bad input."""
+
+import errno
+import os
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -21,3 +25,39 @@ class ConfigError(UsageError):
         lines = "\n".join(f"  - {p}" for p in self.problems)
         noun = "problem" if len(self.problems) == 1 else "problems"
         super().__init__(f"{source}: {len(self.problems)} {noun}:\n{lines}")
+
+
+class ResumeRefused(UsageError):
+    """The config (or data) differs from what the checkpoint was trained with in a way that would make the resumed
+    run differ from an uninterrupted one. `changes` holds every differing field (gptresume.resume.changes.Change);
+    the message is the table `gptresume train` prints, with the `allow_change` names that would accept them."""
+
+    def __init__(self, message: str, changes: list | None = None):
+        super().__init__(message)
+        self.changes = list(changes or [])
+
+
+# Storage failures (full disk, quota, file size limit, read-only file system, permissions): a clear message, no
+# traceback; they are not bugs and not bad input.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+# torch.save loses the errno: a short write surfaces as one of these RuntimeErrors (torch 2.13).
+TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed", "] . unexpected pos ")
+
+
+def storage_error(exc: BaseException) -> str | None:
+    """Describe a full disk / read-only / permission failure, also when torch or safetensors wrapped it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+        text = str(exc)
+        if any(marker in text for marker in TORCH_WRITE_FAILURES):
+            return "torch.save could not write a checkpoint file (full disk or file size limit)"
+        for errnum in WRITE_ERRNOS:
+            if os.strerror(errnum) in text:
+                return f"{os.strerror(errnum)} ({text.splitlines()[0][:200]})"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from gptresume.config import ModelConfig
 from gptresume.errors import UsageError
+from gptresume.rundir import TOKENIZER_DIR  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 EOS_TOKEN = "<|endoftext|>"
-TOKENIZER_DIR = "tokenizer"
 
 
 def looks_like_path(name: str) -> bool:
@@ -107,3 +107,15 @@ def check_vocab_fits(model, tokenizer, cfg: ModelConfig) -> None:
     log.warning("Resizing the token embedding from %d to %d rows (new rows are randomly initialised)",
                 rows, len(tokenizer))
     model.resize_token_embeddings(len(tokenizer))
+
+
+def has_dropout(model) -> bool:
+    """Does the model draw dropout masks when training? (Then anything else that draws from the global RNG, such
+    as an evaluation's DataLoader, changes the masks of every later step.)"""
+    import torch
+
+    if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+        return True
+    config = getattr(model, "config", None)
+    values = config.to_dict().items() if hasattr(config, "to_dict") else ()
+    return any(("dropout" in k or k.endswith("pdrop")) and isinstance(v, (int, float)) and v > 0 for k, v in values)

@@ -1,14 +1,24 @@
-"""Names of the files in a run directory, and readers for them: shared by training and the tools.
+"""The run directory's books: every name in RUN_DIR, the run lock, history.jsonl and metrics.jsonl (written and
+read), clearing a run for --overwrite. Shared by training, the Python API and the tools.
 
-Nothing here imports the training path (transformers.Trainer); the tools read runs through this module and
-`checkpoint.py` only.
+Nothing here imports torch or transformers; the tools read runs through this module and `checkpoint/` only.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
+import shutil
+import socket
+import time
+from contextlib import contextmanager
 from pathlib import Path
+
+from gptresume.checkpoint.files import list_checkpoints
+from gptresume.durable import atomic_write_text
+from gptresume.errors import UsageError
 
 CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.jsonl"
@@ -16,6 +26,10 @@ HISTORY_NAME = "history.jsonl"
 FINAL_DIR = "final"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_NAME = ".lock"
+TOKENIZER_DIR = "tokenizer"
+DATA_CACHE_DIR = "data-cache"
+# What --overwrite removes besides the checkpoints (the data cache stays: it is keyed by its inputs).
+RUN_FILES = (CONFIG_NAME, METRICS_NAME, HISTORY_NAME, FINAL_DIR, TOKENIZER_DIR, TENSORBOARD_DIR)
 
 
 def perplexity(loss: float) -> float:
@@ -54,3 +68,81 @@ def read_history(run_dir: Path) -> list[dict]:
 def resume_steps(history: list[dict]) -> list[int]:
     """Steps at which the run was resumed in a new process, in the order of the resumes."""
     return [int(e.get("step") or 0) for e in history if e.get("event") == "resume"]
+
+
+# ---------------------------------------------------------------- the run lock
+
+_held: dict[str, list] = {}  # run directory -> [fd, depth]: a process may re-enter its own lock
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """One trainer per run directory: a second one would interleave checkpoints. Re-entrant within a process (the
+    CLI takes it before loading anything; the training session it calls takes it again)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key = str(run_dir.resolve())
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield
+        finally:
+            _held[key][1] -= 1
+        return
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            raise UsageError(f"{run_dir} is in use by another gptresume process ({other}); wait for it, "
+                             "or stop it (SIGTERM saves a checkpoint)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        _held[key] = [fd, 1]
+        yield
+    finally:
+        _held.pop(key, None)
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- writing the books
+
+
+def append_history(run_dir: Path, event: str, **fields) -> None:
+    """One line per start, resume, stop, completion (history.jsonl): what `status` and `plot` show."""
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "pid": os.getpid(),
+             "event": event, **fields}
+    with open(Path(run_dir) / HISTORY_NAME, "a") as f:
+        f.write(json.dumps(entry, default=str) + "\n")
+
+
+def trim_metrics(path: Path, last_step: int) -> None:
+    """Drop metrics logged after the checkpoint being resumed: the resumed run logs those steps again."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [ln for ln in lines if ln.strip() and _step_of(ln) <= last_step]
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 1 << 62  # an unreadable (torn) line is dropped
+
+
+def clear_run(run_dir: Path) -> None:
+    """--overwrite: remove what a previous run left (checkpoints, metrics, history, final model)."""
+    run_dir = Path(run_dir)
+    for path in list_checkpoints(run_dir):
+        shutil.rmtree(path)
+    for name in RUN_FILES:
+        p = run_dir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()

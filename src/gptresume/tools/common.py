@@ -8,7 +8,7 @@ from pathlib import Path
 from gptresume.checkpoint import CHECKPOINT_RE, MANIFEST_NAME, CheckpointInfo, list_checkpoints, newest_valid
 from gptresume.checkpoint import verify_checkpoint
 from gptresume.errors import UsageError
-from gptresume.modeling import TOKENIZER_DIR
+from gptresume.rundir import TOKENIZER_DIR
 from gptresume.rundir import CONFIG_NAME, FINAL_DIR, HISTORY_NAME, METRICS_NAME
 
 MODEL_CONFIG_NAME = "config.json"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gptresume.checkpoint import fsync_dir
 from gptresume.errors import UsageError
-from gptresume.modeling import TOKENIZER_DIR
+from gptresume.rundir import TOKENIZER_DIR
 from gptresume.tools.common import ModelSource, resolve_model
 
 EXPORT_INFO_NAME = "gptresume-export.json"

@@ -7,28 +7,26 @@ mask; the labels are the input ids, EOS separators included (see `PackedBlockCol
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from gptresume.config import BUILTIN_PREFIX, HUB_PREFIX, DataConfig, fingerprint_of
+from gptresume.config import DataConfig, fingerprint_of
+from gptresume.data.collator import PackedBlockCollator  # noqa: F401 (re-exported)
+from gptresume.data.sources import load_texts, source_fingerprint
 from gptresume.errors import UsageError
+from gptresume.rundir import DATA_CACHE_DIR  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-DATA_CACHE_DIR = "data-cache"
 CACHE_META_NAME = "meta.json"
 SPLIT_SEED = 0  # fixed, so the validation split does not move when train.seed changes
-FILE_LOADERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".csv": "csv",
-                ".parquet": "parquet"}
 
 
 @dataclass
@@ -39,127 +37,6 @@ class PreparedData:
     """Hash of the packed token stream (train then validation blocks): equal data, equal fingerprint."""
     num_tokens: int
     block_size: int
-
-
-IGNORE_INDEX = -100
-
-
-class PackedBlockCollator:
-    """Stack fixed-length blocks; labels are the inputs (the model shifts them), EOS separators included.
-
-    The first label of each block is -100. The model never predicts it (labels are shifted), so the loss is
-    unchanged, but Trainer counts `num_items_in_batch` as the labels != -100: for GPT-2 (no `loss_type`,
-    transformers 5.24) it would otherwise count every position and report the per-token loss times
-    (block_size - 1) / block_size. With the mask, train and eval losses are the true mean per predicted token.
-    `DataCollatorForLanguageModeling` is not used on purpose: with pad = eos it masks every EOS to -100.
-    """
-
-    def __call__(self, examples):
-        import torch
-
-        ids = torch.tensor([ex["input_ids"] for ex in examples], dtype=torch.long)
-        if SAMPLE_LOG_ENV in os.environ:
-            log_batch_samples(ids, os.environ[SAMPLE_LOG_ENV])
-        labels = ids.clone()
-        labels[:, 0] = IGNORE_INDEX
-        return {"input_ids": ids, "labels": labels}
-
-
-# For tests and debugging data order: with GPTRESUME_SAMPLE_LOG=PATH every collated batch appends one JSON line
-# (the sample_id of each row) to PATH.rankN. Identifies samples by content, so it works for any sampler.
-SAMPLE_LOG_ENV = "GPTRESUME_SAMPLE_LOG"
-
-
-def sample_id(row) -> str:
-    return hashlib.sha256(np.asarray(row, dtype=np.int32).tobytes()).hexdigest()[:12]
-
-
-def log_batch_samples(ids, path: str) -> None:
-    rank = os.environ.get("RANK", "0")
-    with open(f"{path}.rank{rank}", "a") as f:
-        f.write(json.dumps([sample_id(row) for row in ids.numpy()]) + "\n")
-
-
-# ---------------------------------------------------------------- sources
-
-
-def resolve_files(cfg: DataConfig) -> list[Path]:
-    """Expand paths and globs in data.source, in sorted order; each pattern must match at least one file."""
-    files: list[Path] = []
-    for pattern in cfg.sources:
-        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-        matches = [m for m in matches if os.path.isfile(m)]
-        if not matches:
-            raise UsageError(f"data.source: no file matches {pattern!r} (paths are relative to {os.getcwd()}); "
-                             "fix the path or glob in the config or with --set data.source=...")
-        files.extend(Path(m) for m in matches)
-    suffixes = {f.suffix.lower() for f in files}
-    unknown = suffixes - set(FILE_LOADERS)
-    if unknown:
-        raise UsageError(f"data.source: unsupported file type {', '.join(sorted(unknown))}; "
-                         f"use {', '.join(sorted(FILE_LOADERS))}")
-    loaders = {FILE_LOADERS[s] for s in suffixes}
-    if len(loaders) > 1:
-        raise UsageError(f"data.source: mixes file types ({', '.join(sorted(suffixes))}); use one type per run")
-    return files
-
-
-def source_fingerprint(cfg: DataConfig) -> str:
-    """Cheap identity of the raw source, for the tokenization cache key (content hash for local files)."""
-    first = cfg.sources[0]
-    if first.startswith(BUILTIN_PREFIX):
-        return fingerprint_of([first, sys.version_info[:3]])
-    if first.startswith(HUB_PREFIX):
-        return fingerprint_of([first, cfg.hub_config, cfg.hub_split])
-    h = hashlib.sha256()
-    for f in resolve_files(cfg):
-        h.update(str(f).encode())
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def load_texts(cfg: DataConfig):
-    """The raw documents as a Dataset with one column `text`."""
-    import datasets
-
-    first = cfg.sources[0]
-    if first.startswith(BUILTIN_PREFIX):
-        from pydoc_data.topics import topics
-
-        ds = datasets.Dataset.from_dict({"text": [topics[k] for k in sorted(topics)]})
-    elif first.startswith(HUB_PREFIX):
-        name = first[len(HUB_PREFIX):]
-        try:
-            ds = datasets.load_dataset(name, cfg.hub_config, split=cfg.hub_split)
-        except Exception as e:  # offline, unknown id, unknown split: all user-fixable
-            raise UsageError(f"data.source: could not load hub dataset {name!r} "
-                             f"(config {cfg.hub_config!r}, split {cfg.hub_split!r}): {e}") from None
-        ds = _text_column(ds, cfg.text_column, f"hub dataset {name!r}")
-    else:
-        files = resolve_files(cfg)
-        if all(f.stat().st_size == 0 for f in files):
-            raise UsageError(f"data.source: {cfg.source!r} holds no documents (every file is empty); "
-                             "point it at files with text")
-        loader = FILE_LOADERS[files[0].suffix.lower()]
-        kwargs = {"sample_by": cfg.text_unit} if loader == "text" else {}
-        try:
-            ds = datasets.load_dataset(loader, data_files=[str(f) for f in files], split="train", **kwargs)
-        except Exception as e:
-            raise UsageError(f"data.source: could not read {', '.join(map(str, files))}: {e}") from None
-        ds = _text_column(ds, "text" if loader == "text" else cfg.text_column, ", ".join(map(str, files)))
-    if len(ds) == 0:
-        raise UsageError(f"data.source: {cfg.source!r} holds no documents; point it at files with text")
-    return ds
-
-
-def _text_column(ds, column: str, where: str):
-    if column not in ds.column_names:
-        raise UsageError(f"data.text_column: {where} has no column {column!r}; its columns are "
-                         f"{', '.join(ds.column_names)}; set data.text_column")
-    ds = ds.select_columns([column])
-    return ds.rename_column(column, "text") if column != "text" else ds
 
 
 # ---------------------------------------------------------------- tokenize and pack

@@ -11,28 +11,27 @@ import json
 import logging
 from pathlib import Path
 
-from gptresume.changes import OPTIMIZER_KEYS, SCHEDULE_KEYS, train_value
+from gptresume.resume.changes import OPTIMIZER_KEYS, SCHEDULE_KEYS, train_value
 from gptresume.checkpoint import (
     OPTIMIZER_NAME,
     SCHEDULER_NAME,
     TRAINER_STATE_NAME,
+    TRAINING_ARGS_NAME,
     CheckpointInfo,
     write_manifest,
 )
-from gptresume.config import Config
+from gptresume.checkpoint.files import WEIGHT_FILES
 from gptresume.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-TRAINING_ARGS_NAME = "training_args.bin"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 
 
-def adoptable_checkpoint(path: Path, config: Config) -> CheckpointInfo:
-    """Check a manifest-less checkpoint: trainer state, weights, model config, tokenizer and optimizer and
-    scheduler state all load. Writes nothing."""
-    where = f"--resume {path} --adopt"
+def adoptable_checkpoint(path: Path, need_tokenizer: bool = True, where: str | None = None) -> CheckpointInfo:
+    """Check a manifest-less checkpoint: trainer state, weights, model config, tokenizer (the CLI loads it from
+    there) and optimizer and scheduler state all load. Writes nothing."""
+    where = where or f"--resume {path} --adopt"
     if not path.is_dir():
         raise UsageError(f"{where}: no such directory")
     state = _load_json(path / TRAINER_STATE_NAME, where)
@@ -44,7 +43,7 @@ def adoptable_checkpoint(path: Path, config: Config) -> CheckpointInfo:
         raise UsageError(f"{where}: no model weights (expected one of {', '.join(WEIGHT_FILES)})")
     _load_json(path / "config.json", where)
     _check_weights(path / weights[0], where)
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+    if need_tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise UsageError(f"{where}: no tokenizer files in the checkpoint; save the tokenizer it was trained with "
                          "into it (tokenizer.save_pretrained(path)), or pass processing_class=tokenizer to Trainer")
     for name in (OPTIMIZER_NAME, SCHEDULER_NAME):
@@ -58,7 +57,7 @@ COMPARED_FIELDS = (*(k.removeprefix("train.") for k in OPTIMIZER_KEYS), *(k.remo
                    "per_device_train_batch_size", "gradient_accumulation_steps", "seed")
 
 
-def trained_with(path: Path, config: Config) -> tuple[dict, dict] | None:
+def trained_with(path: Path, config: dict) -> tuple[dict, dict] | None:
     """(old, new) train settings for the fields the plain script's training_args.bin records, so an adoption
     goes through the same change policy as any resume. None when the file is absent or unreadable."""
     import dataclasses
@@ -81,16 +80,17 @@ def trained_with(path: Path, config: Config) -> tuple[dict, dict] | None:
         if name in names and hasattr(saved, name):
             value = getattr(saved, name)
             old[name] = getattr(value, "value", value)
-            new[name] = train_value(config.to_dict(), name)
+            new[name] = train_value(config, name)
     return {"train": old}, {"train": new}
 
 
-def adopt(info: CheckpointInfo, config: Config, data_fingerprint: str, world_size: int) -> None:
-    """Commit the adopted checkpoint: hash every file, write a manifest marked adopted."""
+def adopt(info: CheckpointInfo, spec, world_size: int) -> None:
+    """Commit the adopted checkpoint: hash every file, write a manifest marked adopted. `spec`: the RunSpec of
+    the run taking it over (its config and data fingerprint are recorded from here on)."""
     state = _load_json(info.path / TRAINER_STATE_NAME, "adopt")
-    info.manifest = write_manifest(info.path, step=info.step, epoch=state.get("epoch"), config=config.to_dict(),
-                                   config_fingerprint=config.fingerprint(), data_fingerprint=data_fingerprint,
-                                   world_size=world_size, adopted=True)
+    info.manifest = write_manifest(info.path, step=info.step, epoch=state.get("epoch"), config=spec.config,
+                                   config_fingerprint=spec.fingerprint(), data_fingerprint=spec.data_fingerprint,
+                                   world_size=world_size, adopted=True, train_samples=spec.train_samples)
     log.warning("Adopted %s (step %d) with a manifest marked adopted. Its config and data are unknown, so "
                 "exactness cannot be promised for the steps before the adoption; resumes from here on are exact.",
                 info.path, info.step)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptresume.changes import DATA, Change, config_changes, format_changes
+from gptresume.resume.changes import DATA, Change, config_changes, format_changes
 from gptresume.checkpoint import MANIFEST_NAME, newest_valid, read_manifest
 from gptresume.errors import UsageError
 from gptresume.rundir import CONFIG_NAME

@@ -1,36 +1,37 @@
-"""Checkpoint manifest (the commit marker), verification, discovery of the newest valid checkpoint, retention.
+"""Checkpoint manifest (the commit marker), verification, and discovery of the newest valid checkpoint.
 
 A `checkpoint-N/` directory is exactly what `Trainer` writes, plus `manifest.json`, written last and atomically
 after every file is fsynced. A checkpoint is valid iff its manifest exists and every listed file has the
-recorded size and sha256. Nothing here ever deletes a checkpoint that is not provably superseded.
+recorded size and sha256.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import platform
-import re
-import shutil
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gptresume.checkpoint.files import (
+    CHECKPOINT_RE,
+    DEEPSPEED_STATE_RE,
+    MANIFEST_NAME,
+    OPTIMIZER_NAME,
+    RESUME_STATE_NAME,
+    RNG_STATE_PATTERN,
+    SCHEDULER_NAME,
+    SHARDED_OPTIMIZER_RE,
+    TRAINER_STATE_NAME,
+    list_checkpoints,
+)
+from gptresume.durable import atomic_write_text, fsync_dir, hash_file
+
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
-CHECKPOINT_PREFIX = "checkpoint-"
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-TRAINER_STATE_NAME = "trainer_state.json"
-OPTIMIZER_NAME = "optimizer.pt"
-SCHEDULER_NAME = "scheduler.pt"
-RNG_STATE_PATTERN = re.compile(r"^rng_state(_\d+)?\.pth$")
-RESUME_STATE_NAME = "gptresume_state.json"  # schedule re-plan and data stream offset, when a resume changed them
 MANIFEST_FORMAT = 1
-HASH_CHUNK = 8 << 20
 
 
 @dataclass
@@ -47,41 +48,6 @@ class CheckpointInfo:
     @property
     def name(self) -> str:
         return self.path.name
-
-
-# ---------------------------------------------------------------- durable writes
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Temp file, fsync, rename, fsync of the directory: the file is either absent or complete."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def hash_file(path: Path, fsync: bool = False) -> tuple[int, str]:
-    """(size, sha256) streamed in chunks; with fsync=True also forces the bytes to disk first."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        if fsync:
-            os.fsync(f.fileno())
-        while chunk := f.read(HASH_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
 
 
 def _checkpoint_files(ckpt: Path) -> list[Path]:
@@ -174,15 +140,6 @@ def verify_checkpoint(ckpt: Path, hash_files: bool = True) -> CheckpointInfo:
     return info
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """`checkpoint-N` directories of a run, oldest step first."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
 def newest_valid(run_dir: Path) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:
     """The newest valid checkpoint and the newer invalid ones skipped on the way (never deleted here)."""
     skipped = []
@@ -197,11 +154,6 @@ def newest_valid(run_dir: Path) -> tuple[CheckpointInfo | None, list[CheckpointI
 def describe_skip(info: CheckpointInfo) -> str:
     return f"skipping {info.path}: " + "; ".join(info.faults)
 
-
-# Sharded trainers keep optimizer state elsewhere (transformers 5.24, accelerate 1.15): FSDP writes optimizer.bin
-# (full state dict) or optimizer_0/ (sharded); DeepSpeed keeps optimizer and its own scheduler in global_stepN/.
-SHARDED_OPTIMIZER_RE = re.compile(r"^(optimizer\.bin|optimizer_\d+|global_step\d+)$")
-DEEPSPEED_STATE_RE = re.compile(r"^global_step\d+$")
 
 # What each piece of training state restores, for the warning when it is missing.
 STATE_PIECES = {
@@ -227,12 +179,6 @@ def missing_state(ckpt: Path) -> dict[str, str]:
     return missing
 
 
-def best_eval_step(ckpt: Path) -> int | None:
-    """Step with the lowest eval_loss in the checkpoint's own log history (None without evaluations)."""
-    evals = [(e["eval_loss"], e["step"]) for e in read_trainer_state(ckpt).get("log_history", []) if "eval_loss" in e]
-    return min(evals)[1] if evals else None
-
-
 def read_trainer_state(ckpt: Path) -> dict:
     return json.loads((Path(ckpt) / TRAINER_STATE_NAME).read_text())
 
@@ -243,42 +189,3 @@ def read_resume_state(ckpt: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-# ---------------------------------------------------------------- retention
-
-
-def set_aside(ckpt: Path) -> Path:
-    """Rename an existing directory out of the way of a new save of the same step (kept, never deleted)."""
-    target = ckpt.with_name(f"{ckpt.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-    os.replace(ckpt, target)
-    return target
-
-
-def apply_retention(run_dir: Path, keep_last: int | None, newest: Path, keep_best: bool = False) -> list[Path]:
-    """After `newest` is committed: delete valid checkpoints older than the `keep_last` newest valid ones,
-    and uncommitted leftovers older than `newest` (a save that crashed before a later one committed).
-
-    With keep_best, the checkpoint at the step with the lowest eval loss is kept as well. Checkpoints with a
-    manifest that fails verification are kept for inspection; `newest` is never deleted.
-    """
-    newest_step = int(CHECKPOINT_RE.match(newest.name).group(1))
-    best = best_eval_step(newest) if keep_best else None
-    deleted = []
-    valid_seen = 0
-    for path in reversed(list_checkpoints(run_dir)):
-        step = int(CHECKPOINT_RE.match(path.name).group(1))
-        if step > newest_step or path == newest:
-            valid_seen += path == newest
-            continue
-        has_manifest = (path / MANIFEST_NAME).is_file()
-        if not has_manifest:
-            shutil.rmtree(path, ignore_errors=True)
-            deleted.append(path)
-            continue
-        # Size checks only: a full re-hash of old checkpoints on every save would cost more than the save.
-        if not verify_checkpoint(path, hash_files=False).valid:
-            continue
-        valid_seen += 1
-        if keep_last is not None and valid_seen > keep_last and step != best:
-            shutil.rmtree(path, ignore_errors=True)
-            deleted.append(path)
-    return deleted

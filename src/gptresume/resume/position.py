@@ -13,12 +13,8 @@ the stopped run had not trained on. The offset is saved in every later checkpoin
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
-from pathlib import Path
-
-from torch.utils.data import Sampler
 
 
 @dataclass(frozen=True)
@@ -58,7 +54,7 @@ def map_position(position: int, old_n: int, new_n: int) -> int:
     return epoch * new_n + min(within, new_n)
 
 
-class StreamSampler(Sampler[int]):
+class StreamSampler:
     """Trainer epoch E yields stream positions [offset + E*n, offset + (E+1)*n): n samples like any epoch, so
     Trainer's step and epoch arithmetic is unchanged, but the samples are the stream's from `offset` on."""
 
@@ -90,32 +86,3 @@ class StreamSampler(Sampler[int]):
             # Positions before the stream's start exist only to be skipped by Trainer, never trained on.
             yield self._perm(data_epoch)[i] if p >= 0 else 0
         self.epoch += 1
-
-
-# ---------------------------------------------------------------- RNG state across process counts
-
-DERIVED = "<derived>"
-
-
-def rng_file_name(world_size: int, rank: int) -> str:
-    """The file Trainer reads for this rank (transformers 5.24 `_load_rng_state`)."""
-    return "rng_state.pth" if world_size <= 1 else f"rng_state_{rank}.pth"
-
-
-def rng_source(checkpoint: Path, world_size: int, rank: int) -> Path | None:
-    """Which RNG file rank `rank` of `world_size` restores from `checkpoint`: its own when present, else the
-    checkpoint's rank of the same number, else DERIVED (a rank the checkpoint did not have). None: no RNG files."""
-    own = checkpoint / rng_file_name(world_size, rank)
-    if own.is_file():
-        return own
-    saved = sorted(p.name for p in checkpoint.glob("rng_state*.pth"))
-    if not saved:
-        return None
-    if saved == ["rng_state.pth"]:  # written by one process: it was rank 0
-        return checkpoint / saved[0] if rank == 0 else Path(DERIVED)
-    same_rank = checkpoint / f"rng_state_{rank}.pth"
-    return same_rank if same_rank.is_file() else Path(DERIVED)
-
-
-def derived_seed(seed: int, step: int, rank: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()[:4], "little")

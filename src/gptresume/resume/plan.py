@@ -5,7 +5,6 @@ differ from an uninterrupted one is refused (exit 2) with a table naming every c
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from gptresume.checkpoint import (
     read_trainer_state,
     verify_checkpoint,
 )
-from gptresume.changes import (
+from gptresume.resume.changes import (
     BATCH,
     DATA,
     OPTIMIZER,
@@ -30,19 +29,41 @@ from gptresume.changes import (
     allow_keys,
     apply_allowed,
     config_changes,
+    eval_cadence_with_dropout,
     format_changes,
     refusal_hint,
     train_value,
 )
-from gptresume.adopt import adoptable_checkpoint, trained_with
-from gptresume.config import Config
-from gptresume.errors import UsageError
-from gptresume.sampling import Geometry, map_position
-from gptresume.schedule import SHAPES, SchedulePlan
+from gptresume.resume.adopt import adoptable_checkpoint, trained_with
+from gptresume.config import fingerprint_of
+from gptresume.errors import ResumeRefused, UsageError
+from gptresume.resume.position import Geometry, map_position
+from gptresume.resume.schedule import SHAPES, SchedulePlan
 
 log = logging.getLogger(__name__)
 
 RESUME_MODES = ("auto", "never", "must")
+
+
+@dataclass
+class RunSpec:
+    """What a run is, as far as resuming is concerned: where it lives, the settings a checkpoint records and a
+    resume compares (`config`: {"train": TrainingArguments fields, ...}; the CLI adds its model, data and
+    checkpoint sections), and the identity of its training data. The CLI and the Python API both build one."""
+
+    run_dir: Path
+    config: dict
+    data_fingerprint: str | None = None
+    train_samples: int | None = None
+    tokenizer_from_checkpoint: bool = False
+    """A resume loads the tokenizer from the checkpoint (the CLI): an adopted checkpoint must hold one."""
+
+    @property
+    def train(self) -> dict:
+        return self.config.get("train") or {}
+
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.config)
 
 
 @dataclass
@@ -85,20 +106,20 @@ class ResumePlan:
         saved = self.resume_state.get("schedule_plan")
         return SchedulePlan.from_dict(saved) if saved else None
 
-    def is_complete(self, config: Config) -> bool:
+    def is_complete(self, spec: RunSpec) -> bool:
         """The checkpoint already reached the max_steps the (unchanged or allowed) config asks for."""
         if self.checkpoint is None or any(c.refused for c in self.changes):
             return False
         state = read_trainer_state(self.checkpoint.path)
-        max_steps = config.train.get("max_steps") or state.get("max_steps", 0)
+        max_steps = spec.train.get("max_steps") or state.get("max_steps", 0)
         return max_steps > 0 and state["global_step"] >= max_steps
 
 
-def plan_resume(config: Config, mode: str, overwrite: bool = False, allow_partial: bool = False,
+def plan_resume(spec: RunSpec, mode: str, overwrite: bool = False, allow_partial: bool = False,
                 allow_change: list[str] | None = None, adopt: bool = False, world_size: int = 1) -> ResumePlan:
     """Decide where training starts and check the config against the checkpoint's. Reads the run directory
     only; changes nothing. Data changes are judged later, by `check_data` (they need the data fingerprint)."""
-    run_dir = config.run_dir
+    run_dir = spec.run_dir
     existing = list_checkpoints(run_dir)
     if adopt and mode in RESUME_MODES:
         raise UsageError("--adopt needs --resume PATH: the checkpoint directory written by a plain Trainer script")
@@ -117,37 +138,37 @@ def plan_resume(config: Config, mode: str, overwrite: bool = False, allow_partia
             raise UsageError(f"--resume must: no valid checkpoint in {run_dir} ({why})")
         plan = ResumePlan(checkpoint=info, skipped=skipped)
     elif adopt and not (Path(mode) / MANIFEST_NAME).is_file():
-        plan = ResumePlan(checkpoint=adoptable_checkpoint(Path(mode), config), adopt=True)
+        plan = ResumePlan(checkpoint=adoptable_checkpoint(Path(mode), spec.tokenizer_from_checkpoint), adopt=True)
     else:
         plan = ResumePlan(checkpoint=_explicit_checkpoint(Path(mode)))
     if plan.checkpoint is None:
         return plan
     check_complete_state(plan.checkpoint, allow_partial)
     if plan.adopt:
-        compared = trained_with(plan.checkpoint.path, config)
+        compared = trained_with(plan.checkpoint.path, spec.config)
         if compared is None:
             return plan
         plan.adopted_config, new = compared
         plan.changes = config_changes(plan.adopted_config, new)
     else:
         plan.resume_state = read_resume_state(plan.checkpoint.path)
-        plan.changes = config_changes(plan.old_config, config.to_dict(), plan.old_world_size, world_size)
+        plan.changes = config_changes(plan.old_config, spec.config, plan.old_world_size, world_size)
     plan.allowed = allow_keys(allow_change or [], {c.key for c in plan.changes})
     apply_allowed(plan.changes, plan.allowed)
-    _check_schedule(plan, config)
+    _check_schedule(plan, spec)
     refused = [c for c in plan.changes if c.refused and c.kind != DATA]  # data: judged with the fingerprint
     if refused:
-        raise UsageError(_refusal(plan))
+        raise ResumeRefused(_refusal(plan), plan.changes)
     return plan
 
 
-def _check_schedule(plan: ResumePlan, config: Config) -> None:
-    kind = train_value(config.to_dict(), "lr_scheduler_type")
+def _check_schedule(plan: ResumePlan, spec: RunSpec) -> None:
+    kind = train_value(spec.config, "lr_scheduler_type")
     kind = str(getattr(kind, "value", kind))
     if any(c.allowed for c in plan.changed(SCHEDULE)) and kind not in SHAPES:
         raise UsageError(f"train.lr_scheduler_type={kind!r}: a changed schedule is re-planned for "
                          f"{', '.join(SHAPES)} only; choose one of them, or start a new run")
-    new = config.train.get("max_steps")
+    new = spec.train.get("max_steps")
     if plan.changed(SCHEDULE) and new and 0 < new < plan.step:
         raise UsageError(f"train.max_steps={new} ends before {plan.checkpoint.path} (step {plan.step}); give a "
                          "max_steps beyond it, or resume an earlier checkpoint with --resume PATH")
@@ -158,13 +179,25 @@ def _refusal(plan: ResumePlan) -> str:
             f"{format_changes(plan.changes)}\n{refusal_hint(plan.changes)}")
 
 
-def check_data(plan: ResumePlan, data_fingerprint: str) -> None:
+def check_inputs(plan: ResumePlan, data_fingerprint: str | None, dropout: bool) -> None:
+    """The checks that need the loaded data and model: changed training data, and (with dropout on) a changed
+    eval cadence. Refuses with the same table as a config change."""
+    if plan.checkpoint is None or plan.adopt:
+        return
+    if dropout:
+        eval_cadence_with_dropout(plan.changes, plan.allowed)
+    check_data(plan, data_fingerprint)
+    if any(c.refused for c in plan.changes):
+        raise ResumeRefused(_refusal(plan), plan.changes)
+
+
+def check_data(plan: ResumePlan, data_fingerprint: str | None) -> None:
     """Refuse changed training data unless --allow-change data; a changed data.* field with the same packed
     tokens (e.g. a moved file) is harmless and only noted."""
     if plan.checkpoint is None or plan.adopt:
         return
     saved = plan.checkpoint.manifest.get("data_fingerprint")
-    if saved and saved != data_fingerprint:
+    if saved and data_fingerprint and saved != data_fingerprint:
         if not any(c.key == "data" for c in plan.changes):
             plan.changes.append(Change("data", saved, data_fingerprint, DATA,
                                        allowed="data" in plan.allowed,
@@ -172,12 +205,12 @@ def check_data(plan: ResumePlan, data_fingerprint: str) -> None:
     else:
         for c in plan.changed(DATA):
             c.allowed, c.note = True, "same packed tokens"
-    if any(c.refused for c in plan.changes):
-        raise UsageError(f"the training data differs from the data {plan.checkpoint.path} was trained on "
-                         f"(data fingerprint {saved} then, {data_fingerprint} now).\n" + _refusal(plan))
+    if any(c.refused and c.kind == DATA for c in plan.changes):
+        raise ResumeRefused(f"the training data differs from the data {plan.checkpoint.path} was trained on "
+                            f"(data fingerprint {saved} then, {data_fingerprint} now).\n" + _refusal(plan), plan.changes)
 
 
-def data_stream(plan: ResumePlan, config: Config, train_samples: int, world_size: int) -> dict | None:
+def data_stream(plan: ResumePlan, spec: RunSpec, train_samples: int, world_size: int) -> dict | None:
     """The stream offset for a resume whose global batch or data changed (or whose checkpoint already runs on
     one); None when Trainer's own sampler and step-based skip are exact."""
     if plan.checkpoint is None or plan.adopt:
@@ -192,7 +225,7 @@ def data_stream(plan: ResumePlan, config: Config, train_samples: int, world_size
     position = old.position(plan.step, old_n, (saved or {}).get("offset", 0))
     if old_n != train_samples:
         position = map_position(position, old_n, train_samples)
-    new = _geometry(config.to_dict(), world_size)
+    new = _geometry(spec.config, world_size)
     offset = new.offset_for(plan.step, train_samples, position)
     log.info("Data position: sample %d of the stream (epoch %d, sample %d of %d); stream offset %d",
              position, position // train_samples, position % train_samples, train_samples, offset)
@@ -239,17 +272,3 @@ def _explicit_checkpoint(path: Path) -> CheckpointInfo:
     if not info.valid:
         raise UsageError(f"--resume {path}: not a valid checkpoint: " + "; ".join(info.faults))
     return info
-
-
-def clear_run(run_dir: Path) -> None:
-    """--overwrite: remove what a previous run left (checkpoints, metrics, history, final model)."""
-    from gptresume.training import RUN_FILES
-
-    for path in list_checkpoints(run_dir):
-        shutil.rmtree(path)
-    for name in RUN_FILES:
-        p = run_dir / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()

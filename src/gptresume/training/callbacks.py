@@ -10,9 +10,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from gptresume import distributed
+from gptresume.training import distributed
 from gptresume.checkpoint import RESUME_STATE_NAME, apply_retention, atomic_write_text, set_aside, write_manifest
-from gptresume.config import Config
+from gptresume.resume.plan import RunSpec
 from gptresume.rundir import perplexity
 
 log = logging.getLogger(__name__)
@@ -21,13 +21,10 @@ log = logging.getLogger(__name__)
 class CommitCallback(TrainerCallback):
     """Make Trainer's saves crash-safe: a fresh directory per save, the manifest written last, then retention."""
 
-    def __init__(self, config: Config, data_fingerprint: str, train_samples: int | None = None,
-                 resume_state=lambda: None):
-        self.config = config
-        self.config_dict = config.to_dict()
-        self.config_fingerprint = config.fingerprint()
-        self.data_fingerprint = data_fingerprint
-        self.train_samples = train_samples
+    def __init__(self, spec: RunSpec, keep_last: int | None, keep_best: bool = False, resume_state=lambda: None):
+        self.spec = spec
+        self.config_fingerprint = spec.fingerprint()
+        self.keep_last, self.keep_best = keep_last, keep_best
         self.resume_state = resume_state  # () -> dict | None: what a changed resume decided, kept in each save
         self.deferred_step: int | None = None  # the step whose commit an asynchronous save's writer will run
 
@@ -62,11 +59,10 @@ class CommitCallback(TrainerCallback):
             t0 = time.perf_counter()
             if extra:
                 atomic_write_text(ckpt / RESUME_STATE_NAME, json.dumps(extra, indent=1, sort_keys=True))
-            write_manifest(ckpt, step=step, epoch=epoch, config=self.config_dict,
-                           config_fingerprint=self.config_fingerprint, data_fingerprint=self.data_fingerprint,
-                           world_size=world_size, train_samples=self.train_samples)
-            deleted = apply_retention(Path(args.output_dir), self.config.checkpoint.keep_last, ckpt,
-                                      self.config.checkpoint.keep_best)
+            write_manifest(ckpt, step=step, epoch=epoch, config=self.spec.config,
+                           config_fingerprint=self.config_fingerprint, data_fingerprint=self.spec.data_fingerprint,
+                           world_size=world_size, train_samples=self.spec.train_samples)
+            deleted = apply_retention(Path(args.output_dir), self.keep_last, ckpt, self.keep_best)
             log.debug("Committed %s in %.3fs; removed %s", ckpt.name, time.perf_counter() - t0,
                       [p.name for p in deleted])
 
@@ -76,7 +72,7 @@ class CommitCallback(TrainerCallback):
 class MetricsCallback(TrainerCallback):
     """One JSON line per logged step in RUN_DIR/metrics.jsonl; tokens/s counts training time only."""
 
-    def __init__(self, path: Path, tokens_per_step: int):
+    def __init__(self, path: Path, tokens_per_step: int | None):
         self.path = path
         self.tokens_per_step = tokens_per_step
         self.train_seconds = 0.0
@@ -97,7 +93,7 @@ class MetricsCallback(TrainerCallback):
         row = {"step": state.global_step, "epoch": state.epoch}
         if "loss" in logs:
             row.update(loss=logs["loss"], learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"))
-            if self.train_seconds > 0:
+            if self.train_seconds > 0 and self.tokens_per_step:
                 row["tokens_per_s"] = round(self.steps * self.tokens_per_step / self.train_seconds, 1)
             self.train_seconds, self.steps = 0.0, 0
         elif "eval_loss" in logs:

@@ -4,7 +4,9 @@ change means for the resumed run.
 Every changed field falls into one class. The class decides whether the resume needs `--allow-change` and
 how the change is applied:
 
-  free       logging / eval / save cadence, retention, workers: applied, noted
+  free       logging / save cadence, retention, workers: applied to the restored trainer state, noted; eval
+             cadence too when the model has no dropout (with dropout on, each evaluation draws from the global
+             RNG, which moves every later dropout mask: then eval cadence is an `other` change)
   optimizer  learning rate, weight decay, Adam betas / eps, gradient clipping: with --allow-change, written into
              the restored optimizer and scheduler so the very next step uses the new value
   schedule   max_steps, epochs, warmup, scheduler type: with --allow-change, re-planned so the learning rate
@@ -38,6 +40,11 @@ FREE_KEYS = {
     "train.skip_memory_metrics", "data.num_proc",
 }
 FREE_PREFIXES = ("checkpoint.",)
+# How often evaluation runs: free without dropout; with dropout each evaluation's DataLoader draws a seed from the
+# global torch RNG (torch 2.13 `_BaseDataLoaderIter.__init__`), which moves every later dropout mask.
+EVAL_CADENCE_KEYS = {"train.eval_steps", "train.eval_strategy", "train.eval_delay", "train.eval_on_start"}
+EVAL_WITH_DROPOUT = ("with dropout on, each evaluation draws from the global RNG and moves every later dropout "
+                     "mask, so the eval cadence changes training")
 
 # TrainingArguments field -> how the resumed optimizer gets it.
 OPTIMIZER_KEYS = {
@@ -133,7 +140,8 @@ def global_batch(config: dict, world_size: int) -> int:
 
 
 def config_changes(old: dict, new: dict, old_world: int = 1, new_world: int = 1) -> list[Change]:
-    """Every differing field, classified. The process count is compared as the pseudo-field `world_size`."""
+    """Every differing field, classified. The process count is compared as the pseudo-field `world_size`.
+    Eval cadence is classified free here; `eval_cadence_with_dropout` re-classifies it once the model is known."""
     a, b = _flatten(old), _flatten(new)
     changes = [Change(k, a.get(k), b.get(k), classify(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if old_world != new_world:
@@ -147,6 +155,14 @@ def config_changes(old: dict, new: dict, old_world: int = 1, new_world: int = 1)
             elif c.kind == BATCH:
                 c.note = f"global batch {old_batch} -> {new_batch}"
     return changes
+
+
+def eval_cadence_with_dropout(changes: list[Change], allowed: set[str]) -> None:
+    """With dropout on, a changed eval cadence changes training: it becomes an `other` change, refused unless
+    allowed like any other training change."""
+    for c in changes:
+        if c.key in EVAL_CADENCE_KEYS and c.kind == FREE:
+            c.kind, c.note, c.allowed = OTHER, EVAL_WITH_DROPOUT, c.key in allowed
 
 
 def allow_keys(requested: list[str], known_keys: set[str]) -> set[str]:
@@ -227,4 +243,5 @@ def refusal_hint(changes: list[Change]) -> str:
                 "another train.output_dir.")
     flags = sorted({"data" if c.kind == DATA else c.key.removeprefix("train.") for c in refused})
     return ("To resume with these changes, add " + " ".join(f"--allow-change {f}" for f in flags)
-            + "; to resume exactly, restore the original values.")
+            + f" (Python: gptresume.train(trainer, allow_change={flags!r})); to resume exactly, restore the "
+            "original values.")

@@ -1,0 +1,33 @@
+"""`gptresume export CHECKPOINT OUT`: a from_pretrained-ready model directory (tools/export.py)."""
+
+from __future__ import annotations
+
+EXAMPLES = """\
+examples:
+  gptresume export runs/demo/checkpoint-120 models/demo-120
+  gptresume export runs/demo models/demo --force   # final/ (or the newest valid checkpoint); replace models/demo
+  python -c "from transformers import pipeline; print(pipeline('text-generation', model='models/demo')('The'))"
+
+exit code 0 done, 2 invalid checkpoint or OUT exists and is not empty (without --force); OUT is never half-written."""
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("export", help="write a from_pretrained-ready model directory from a checkpoint",
+                              description="Copy a verified checkpoint's model and tokenizer files (safetensors "
+                                          "weights, config.json, generation_config.json, tokenizer) to OUT, without "
+                                          "optimizer, scheduler, RNG or trainer state. A run directory exports its "
+                                          "final/ model, or its newest valid checkpoint.", epilog=EXAMPLES)
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint-N directory (or a run directory)")
+    p.add_argument("out", metavar="OUT", help="directory to create")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists and is not empty")
+    return p
+
+
+def run(args) -> int:
+    from gptresume.logs import quiet_transformers
+    from gptresume.tools.export import export
+
+    quiet_transformers()  # Transformers' known noise out (logs.py)
+    out, source = export(args.checkpoint, args.out, force=args.force)
+    print(f"Exported {source.label} to {out}")
+    return 0

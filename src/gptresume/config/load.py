@@ -1,0 +1,205 @@
+"""Reading a config: YAML file -> `--set` overrides -> validated `Config`, every problem reported together.
+
+The checks run in two rounds. The first needs neither torch nor transformers: the file, its YAML, the section
+and key names of model/data/checkpoint, their types and values, and the `train:` keys gptresume refuses or
+requires. Only when it finds nothing does the second import transformers, for the `train:` keys and values
+(TrainingArguments) and the `model.from_scratch` keys (GPT2Config); so a misspelt file name, a YAML error or a
+wrong data key is reported in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import yaml
+
+from gptresume.config.schema import SECTIONS, TRAIN_DEFAULTS, FORBIDDEN_TRAIN_KEYS, Config, DataConfig
+from gptresume.config.types import _type_name, _unknown_key, check_type
+from gptresume.errors import ConfigError, UsageError
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read CONFIG, apply `--set` overrides, validate everything and report all problems at once (those found
+    without transformers first: when there are any, they are the ones reported)."""
+    raw = read_config(path, overrides)
+    check_without_transformers(raw, source=str(path))
+    return config_from_dict(raw, source=str(path))
+
+
+def read_config(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """CONFIG's YAML as a dict with the `--set` overrides applied; not validated (no torch, no transformers)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {str(path)!r} not found; pass the path of a YAML file such as examples/demo.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UsageError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: the top level must be a mapping with sections model, data, train, checkpoint")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return raw
+
+
+def check_without_transformers(raw: dict, source: str = "config") -> None:
+    """Raise ConfigError with every problem found without importing transformers (or torch): unknown sections
+    and keys, wrong types and values in model, data and checkpoint, refused or missing `train:` keys."""
+    problems = _problems(raw, transformers=False)[0]
+    if problems:
+        raise ConfigError(problems, source)
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Apply one `section.key=value` override in place; the value is parsed as YAML (numbers, lists, null)."""
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise UsageError(f"--set {item!r}: expected section.key=value, e.g. --set train.learning_rate=1e-4")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for p in parts[:-1]:
+        if node.get(p) is None:
+            node[p] = {}
+        if not isinstance(node[p], dict):
+            raise UsageError(f"--set {item!r}: {p!r} is not a section")
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def config_from_dict(raw: dict, source: str = "config") -> Config:
+    """Validate `raw` completely (this imports transformers) and report every problem together."""
+    problems, built, train = _problems(raw, transformers=True)
+    if problems:
+        raise ConfigError(problems, source)
+    return Config(model=built["model"], data=built["data"], train=train, checkpoint=built["checkpoint"])
+
+
+def _problems(raw: dict, transformers: bool) -> tuple[list[str], dict, dict]:
+    """(problems, built sections, resolved train dict). Without `transformers` only the checks that need neither
+    it nor torch run (their problems are the same, in the same order), and the train dict is not resolved."""
+    problems: list[str] = []
+    for key in raw:
+        if key not in (*SECTIONS, "train"):
+            problems.append(_unknown_key(key, [*SECTIONS, "train"], where="top level"))
+    built = {}
+    for name, cls in SECTIONS.items():
+        section = raw.get(name) or {}
+        if not isinstance(section, dict):
+            problems.append(f"{name}: must be a mapping (got {type(section).__name__})")
+            section = {}
+        obj, errs = _build_dataclass(cls, section, name)
+        problems.extend(errs or (obj.problems(name) if transformers or name != "model"
+                                 else obj.problems(name, transformers=False)))
+        built[name] = obj
+    if not transformers:
+        problems.extend(_train_problems_without_transformers(raw.get("train") or {}))
+        return problems, built, {}
+    train, errs = _build_train(raw.get("train") or {})
+    if not errs:
+        _default_evaluation(train, built["data"])
+    problems.extend(errs or _training_arguments_problems(train))
+    return problems, built, train
+
+
+def _build_dataclass(cls, raw: dict, prefix: str):
+    """Instantiate dataclass `cls` from `raw`, collecting unknown-key and type problems instead of raising."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs, problems = {}, []
+    for key, value in raw.items():
+        if key not in names:
+            problems.append(_unknown_key(key, names, where=prefix))
+            continue
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                problems.append(f"{prefix}.{key}: must be a mapping (got {value!r})")
+                continue
+            sub, errs = _build_dataclass(hint, value, f"{prefix}.{key}")
+            problems.extend(errs)
+            kwargs[key] = sub
+            continue
+        ok, coerced = check_type(value, hint)
+        if not ok:
+            problems.append(f"{prefix}.{key}: expected {_type_name(hint)}, got {value!r}")
+            continue
+        kwargs[key] = coerced
+    return (cls(**kwargs) if not problems else cls()), problems
+
+
+def _train_problems_without_transformers(raw: dict) -> list[str]:
+    """What `_build_train` reports without needing TrainingArguments: a train section that is not a mapping,
+    refused keys, a missing output_dir (same messages, same order)."""
+    if not isinstance(raw, dict):
+        return [f"train: must be a mapping (got {type(raw).__name__})"]
+    problems = [f"train.{key}: not accepted: {FORBIDDEN_TRAIN_KEYS[key]}" for key in raw if key in FORBIDDEN_TRAIN_KEYS]
+    if not raw.get("output_dir"):
+        problems.append("train.output_dir: required; it is the run directory (e.g. runs/demo)")
+    return problems
+
+
+def _build_train(raw: dict):
+    from transformers import TrainingArguments
+
+    problems = []
+    if not isinstance(raw, dict):
+        return {}, [f"train: must be a mapping (got {type(raw).__name__})"]
+    fields_ = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
+    try:
+        hints = typing.get_type_hints(TrainingArguments)
+    except Exception:  # some HF annotations do not resolve; then only HF's own validation applies
+        hints = {}
+    # transformers 5.24 annotates `fsdp` as `str | None`, yet documents `fsdp=True` (a string is deprecated)
+    hints.pop("fsdp", None)
+    train = dict(TRAIN_DEFAULTS)
+    for key, value in raw.items():
+        if key in FORBIDDEN_TRAIN_KEYS:
+            problems.append(f"train.{key}: not accepted: {FORBIDDEN_TRAIN_KEYS[key]}")
+            continue
+        if key not in fields_:
+            problems.append(_unknown_key(key, list(fields_), where="train"))
+            continue
+        if key in hints:
+            ok, value = check_type(value, hints[key], strict=False)
+            if not ok:
+                problems.append(f"train.{key}: expected {_type_name(hints[key])}, got {raw[key]!r}")
+                continue
+        train[key] = value
+    if not train.get("output_dir"):
+        problems.append("train.output_dir: required; it is the run directory (e.g. runs/demo)")
+    return train, problems
+
+
+def _default_evaluation(train: dict, data: DataConfig) -> None:
+    """Evaluate at every save when there is a validation split, unless the user chose otherwise."""
+    if "eval_strategy" not in train:
+        train["eval_strategy"] = "steps" if data.validation_fraction > 0 else "no"
+    if train["eval_strategy"] == "steps" and "eval_steps" not in train:
+        train["eval_steps"] = train.get("save_steps")
+
+
+def _training_arguments_problems(train: dict) -> list[str]:
+    from transformers import TrainingArguments
+
+    try:
+        TrainingArguments(**train)
+    except Exception as e:  # HF raises ValueError/TypeError with its own explanation
+        return [f"train: transformers.TrainingArguments rejected the values: {e}"]
+    return []
+
+
+def dump_config(config: Config, path: Path) -> None:
+    """Write the resolved config as YAML (atomically: temp file then rename)."""
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    tmp.replace(path)

@@ -1,0 +1,209 @@
+"""The config schema: one dataclass per concern (model, data, checkpoint) with a docstring per field and a
+`problems()` check, and `Config`, the resolved whole. `train:` is any `transformers.TrainingArguments` field,
+passed straight through (HF validates the values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gptresume.config.types import _unknown_key, check_type
+
+BUILTIN_PREFIX = "builtin:"
+HUB_PREFIX = "hub:"
+BUILTIN_CORPORA = ("python-docs",)
+TEXT_UNITS = ("document", "paragraph", "line")
+
+# TrainingArguments fields we refuse, each with the reason and what to use instead.
+FORBIDDEN_TRAIN_KEYS = {
+    "resume_from_checkpoint": "TrainingArguments(resume_from_checkpoint=...) is never read by Trainer.train() "
+    "(training silently starts at step 0); use `gptresume train --resume auto|must|PATH` instead",
+    "save_total_limit": "Trainer's rotation deletes old checkpoints before the new one is committed; "
+    "use checkpoint.keep_last instead",
+}
+# Our defaults for TrainingArguments fields the user did not set.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "seed": 42,
+    "logging_steps": 10,
+    "save_steps": 100,
+    "report_to": "none",
+}
+
+
+@dataclass
+class TokenizerConfig:
+    name_or_path: str | None = None
+    """Hub id or directory holding a saved tokenizer. Default: the model's own (model.name_or_path)."""
+    train_vocab_size: int | None = None
+    """Train a byte-level BPE tokenizer of this size on the training corpus, saved to RUN_DIR/tokenizer."""
+
+    def problems(self, prefix: str) -> list[str]:
+        out = []
+        if self.name_or_path and self.train_vocab_size:
+            out.append(f"{prefix}: set either name_or_path or train_vocab_size, not both")
+        if self.train_vocab_size is not None and self.train_vocab_size < 257:
+            out.append(
+                f"{prefix}.train_vocab_size: {self.train_vocab_size} is below 257 "
+                "(256 byte symbols plus <|endoftext|>); use e.g. 8000"
+            )
+        return out
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str | None = None
+    """Pretrained model to fine-tune: a hub id such as `gpt2`, or a directory written by save_pretrained."""
+    from_scratch: dict | None = None
+    """Train a new GPT-2 from random weights; keys are transformers.GPT2Config fields (n_layer, n_embd, ...)."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """Where the tokenizer comes from."""
+    resize_embeddings: bool = False
+    """Allow resizing the model's token embedding when the tokenizer is larger than it (new rows are random)."""
+
+    def problems(self, prefix: str, transformers: bool = True) -> list[str]:
+        """`transformers=False` leaves out the from_scratch keys, which are checked against GPT2Config."""
+        out = []
+        if bool(self.name_or_path) == bool(self.from_scratch is not None):
+            out.append(f"{prefix}: set exactly one of name_or_path (fine-tune) or from_scratch (new model)")
+        if self.from_scratch is not None:
+            if transformers:
+                out.extend(_gpt2_config_problems(self.from_scratch, f"{prefix}.from_scratch"))
+            if not self.tokenizer.name_or_path and not self.tokenizer.train_vocab_size:
+                out.append(
+                    f"{prefix}.tokenizer: a from-scratch model needs a tokenizer: "
+                    "set tokenizer.train_vocab_size (e.g. 8000) or tokenizer.name_or_path"
+                )
+        out.extend(self.tokenizer.problems(f"{prefix}.tokenizer"))
+        return out
+
+
+@dataclass
+class DataConfig:
+    source: str | list[str] = "builtin:python-docs"
+    """`builtin:python-docs` (CPython's bundled documentation, no download), `hub:NAME` (a Hugging Face
+    dataset id), or files: .txt, .jsonl/.json, .csv, .parquet paths or globs (one string or a list),
+    relative to the current directory."""
+    text_column: str = "text"
+    """Column holding the text, for JSON Lines, CSV, Parquet and hub datasets."""
+    text_unit: str = "document"
+    """How .txt files split into documents (an EOS token goes after each): document (a file), paragraph, line."""
+    hub_config: str | None = None
+    """Configuration name of a hub dataset (e.g. wikitext-2-raw-v1)."""
+    hub_split: str = "train"
+    """Split of a hub dataset to train on."""
+    block_size: int = 128
+    """Tokens per training example: the token stream is packed into blocks of exactly this length."""
+    validation_fraction: float = 0.05
+    """Share of packed blocks held out for evaluation (0 disables evaluation)."""
+    num_proc: int | None = None
+    """Processes for tokenization (datasets.map num_proc); None tokenizes in this process."""
+
+    def problems(self, prefix: str) -> list[str]:
+        out = []
+        sources = [self.source] if isinstance(self.source, str) else list(self.source)
+        if not sources or any(not s for s in sources):
+            out.append(f"{prefix}.source: must name a corpus, a hub dataset or files")
+        for s in sources:
+            if s.startswith(BUILTIN_PREFIX) and s[len(BUILTIN_PREFIX):] not in BUILTIN_CORPORA:
+                out.append(f"{prefix}.source: unknown built-in corpus {s!r}; available: "
+                           + ", ".join(BUILTIN_PREFIX + c for c in BUILTIN_CORPORA))
+        if len(sources) > 1 and any(s.startswith((BUILTIN_PREFIX, HUB_PREFIX)) for s in sources):
+            out.append(f"{prefix}.source: a list may only hold file paths or globs")
+        if self.text_unit not in TEXT_UNITS:
+            out.append(f"{prefix}.text_unit: {self.text_unit!r} is not one of {', '.join(TEXT_UNITS)}")
+        if self.block_size < 2:
+            out.append(f"{prefix}.block_size: must be at least 2 (got {self.block_size})")
+        if not 0 <= self.validation_fraction < 1:
+            out.append(f"{prefix}.validation_fraction: must be in [0, 1) (got {self.validation_fraction})")
+        if self.num_proc is not None and self.num_proc < 1:
+            out.append(f"{prefix}.num_proc: must be at least 1 or null (got {self.num_proc})")
+        return out
+
+    @property
+    def sources(self) -> list[str]:
+        return [self.source] if isinstance(self.source, str) else list(self.source)
+
+
+@dataclass
+class CheckpointConfig:
+    keep_last: int | None = 3
+    """Committed checkpoints to keep (oldest deleted first, only after a newer one is committed); null keeps all."""
+    keep_best: bool = False
+    """Also keep the checkpoint with the lowest eval loss, whatever keep_last says."""
+    every_minutes: float | None = None
+    """Also save a checkpoint when this many minutes have passed since the last save (beside save_steps)."""
+    async_save: bool = False
+    """Write checkpoints in a background thread: training pauses only to copy the state into CPU memory, the
+    files are written, hashed and fsynced while it goes on, and the manifest commits them once they are durable.
+    At most one save is in flight (the next waits); a stop or the end of training waits for it. Costs one extra
+    copy of the weights and optimizer state in CPU memory. Single-process runs only (others save synchronously)."""
+
+    def problems(self, prefix: str) -> list[str]:
+        out = []
+        if self.keep_last is not None and self.keep_last < 1:
+            out.append(f"{prefix}.keep_last: must be at least 1, or null to keep every checkpoint")
+        if self.every_minutes is not None and self.every_minutes <= 0:
+            out.append(f"{prefix}.every_minutes: must be positive, or null")
+        return out
+
+
+@dataclass
+class Config:
+    model: ModelConfig
+    data: DataConfig
+    train: dict
+    """transformers.TrainingArguments fields, same names; train.output_dir is the run directory."""
+    checkpoint: CheckpointConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.train["output_dir"])
+
+    def to_dict(self) -> dict:
+        return {
+            "model": dataclasses.asdict(self.model),
+            "data": dataclasses.asdict(self.data),
+            "train": dict(self.train),
+            "checkpoint": dataclasses.asdict(self.checkpoint),
+        }
+
+    def fingerprint(self) -> str:
+        """Stable hash of the resolved config: equal configs give equal fingerprints on any machine."""
+        return fingerprint_of(self.to_dict())
+
+    def training_arguments(self, **extra):
+        """The TrainingArguments this config describes (HF validates every value)."""
+        from transformers import TrainingArguments
+
+        return TrainingArguments(**{**self.train, **extra})
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "checkpoint": CheckpointConfig}
+
+
+def fingerprint_of(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _gpt2_config_problems(values: dict, prefix: str) -> list[str]:
+    from transformers import GPT2Config
+
+    if not isinstance(values, dict):
+        return [f"{prefix}: must be a mapping of GPT2Config fields"]
+    defaults = GPT2Config().to_dict()
+    out = []
+    for key, value in values.items():
+        if key in ("vocab_size", "bos_token_id", "eos_token_id"):
+            out.append(f"{prefix}.{key}: set from the tokenizer; remove it")
+        elif key not in defaults:
+            out.append(_unknown_key(key, [k for k in defaults if not k.startswith("_")], where=prefix))
+        elif isinstance(defaults[key], (int, float)) and not isinstance(defaults[key], bool):
+            ok, _ = check_type(value, type(defaults[key]) | None)
+            if not ok:
+                out.append(f"{prefix}.{key}: expected a number, got {value!r}")
+    return out

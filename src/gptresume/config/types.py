@@ -1,0 +1,83 @@
+"""Type checks for values read from YAML against dataclass and TrainingArguments annotations, and the
+did-you-mean hint for unknown keys. Pure functions: no torch, no transformers."""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from typing import Any
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> str:
+    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+    if close:
+        hint = f"; did you mean {close[0]!r}?"
+    elif len(valid) <= 12:
+        hint = f"; valid keys: {', '.join(sorted(valid))}"
+    else:
+        hint = "; see the field names of transformers.TrainingArguments" if where == "train" else ""
+    return f"{where}: unknown key {key!r}{hint}"
+
+
+def check_type(value: Any, hint: Any, strict: bool = True) -> tuple[bool, Any]:
+    """Is `value` (from YAML) acceptable for annotation `hint`? Returns (ok, value coerced where safe).
+
+    YAML reads `5e-4` (no dot) as a string, so numeric strings are accepted for float fields.
+    With strict=False, annotations we do not understand are accepted (HF validates them later).
+    """
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True, value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = typing.get_args(hint)
+        if value is None:
+            return type(None) in args, value
+        for arg in args:
+            if arg is type(None):
+                continue
+            ok, coerced = check_type(value, arg, strict)
+            if ok:
+                return True, coerced
+        return False, value
+    if origin in (list, typing.List):  # noqa: UP006
+        if not isinstance(value, list):
+            return False, value
+        (item,) = typing.get_args(hint) or (Any,)
+        results = [check_type(v, item, strict) for v in value]
+        return all(ok for ok, _ in results), [v for _, v in results]
+    if origin in (dict, typing.Dict):  # noqa: UP006
+        return isinstance(value, dict), value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, (int, float)):
+            return True, value
+        if isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if hint is str:
+        return isinstance(value, str), value
+    if hint is dict:
+        return isinstance(value, dict), value
+    if hint is type(None):
+        return value is None, value
+    if isinstance(hint, type) and issubclass(hint, str):  # str-valued enums such as IntervalStrategy
+        return isinstance(value, str), value
+    return (not strict), value
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        names = [_type_name(a) for a in typing.get_args(hint)]
+        return " or ".join("null" if n == "NoneType" else n for n in names)
+    if origin is not None:
+        return str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", str(hint))

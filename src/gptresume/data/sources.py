@@ -1,0 +1,94 @@
+"""Where training text comes from: the built-in corpus, a hub dataset, or local files (paths and globs)."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from gptresume.config import BUILTIN_PREFIX, HUB_PREFIX, DataConfig, fingerprint_of
+from gptresume.errors import UsageError
+
+FILE_LOADERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".csv": "csv",
+                ".parquet": "parquet"}
+
+
+def resolve_files(cfg: DataConfig) -> list[Path]:
+    """Expand paths and globs in data.source, in sorted order; each pattern must match at least one file."""
+    files: list[Path] = []
+    for pattern in cfg.sources:
+        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        matches = [m for m in matches if os.path.isfile(m)]
+        if not matches:
+            raise UsageError(f"data.source: no file matches {pattern!r} (paths are relative to {os.getcwd()}); "
+                             "fix the path or glob in the config or with --set data.source=...")
+        files.extend(Path(m) for m in matches)
+    suffixes = {f.suffix.lower() for f in files}
+    unknown = suffixes - set(FILE_LOADERS)
+    if unknown:
+        raise UsageError(f"data.source: unsupported file type {', '.join(sorted(unknown))}; "
+                         f"use {', '.join(sorted(FILE_LOADERS))}")
+    loaders = {FILE_LOADERS[s] for s in suffixes}
+    if len(loaders) > 1:
+        raise UsageError(f"data.source: mixes file types ({', '.join(sorted(suffixes))}); use one type per run")
+    return files
+
+
+def source_fingerprint(cfg: DataConfig) -> str:
+    """Cheap identity of the raw source, for the tokenization cache key (content hash for local files)."""
+    first = cfg.sources[0]
+    if first.startswith(BUILTIN_PREFIX):
+        return fingerprint_of([first, sys.version_info[:3]])
+    if first.startswith(HUB_PREFIX):
+        return fingerprint_of([first, cfg.hub_config, cfg.hub_split])
+    h = hashlib.sha256()
+    for f in resolve_files(cfg):
+        h.update(str(f).encode())
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def load_texts(cfg: DataConfig):
+    """The raw documents as a Dataset with one column `text`."""
+    import datasets
+
+    first = cfg.sources[0]
+    if first.startswith(BUILTIN_PREFIX):
+        from pydoc_data.topics import topics
+
+        ds = datasets.Dataset.from_dict({"text": [topics[k] for k in sorted(topics)]})
+    elif first.startswith(HUB_PREFIX):
+        name = first[len(HUB_PREFIX):]
+        try:
+            ds = datasets.load_dataset(name, cfg.hub_config, split=cfg.hub_split)
+        except Exception as e:  # offline, unknown id, unknown split: all user-fixable
+            raise UsageError(f"data.source: could not load hub dataset {name!r} "
+                             f"(config {cfg.hub_config!r}, split {cfg.hub_split!r}): {e}") from None
+        ds = _text_column(ds, cfg.text_column, f"hub dataset {name!r}")
+    else:
+        files = resolve_files(cfg)
+        if all(f.stat().st_size == 0 for f in files):
+            raise UsageError(f"data.source: {cfg.source!r} holds no documents (every file is empty); "
+                             "point it at files with text")
+        loader = FILE_LOADERS[files[0].suffix.lower()]
+        kwargs = {"sample_by": cfg.text_unit} if loader == "text" else {}
+        try:
+            ds = datasets.load_dataset(loader, data_files=[str(f) for f in files], split="train", **kwargs)
+        except Exception as e:
+            raise UsageError(f"data.source: could not read {', '.join(map(str, files))}: {e}") from None
+        ds = _text_column(ds, "text" if loader == "text" else cfg.text_column, ", ".join(map(str, files)))
+    if len(ds) == 0:
+        raise UsageError(f"data.source: {cfg.source!r} holds no documents; point it at files with text")
+    return ds
+
+
+def _text_column(ds, column: str, where: str):
+    if column not in ds.column_names:
+        raise UsageError(f"data.text_column: {where} has no column {column!r}; its columns are "
+                         f"{', '.join(ds.column_names)}; set data.text_column")
+    ds = ds.select_columns([column])
+    return ds.rename_column(column, "text") if column != "text" else ds

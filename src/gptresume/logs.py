@@ -1,0 +1,67 @@
+"""Logging for the CLI: rank 0 at INFO by default, and the known-noise filter (messages from Transformers and
+torch that are wrong or irrelevant for what gptresume does; the texts are listed in gptresume/compat.py).
+Transformers is imported only by the commands that load models, when they call `quiet_transformers()`.
+
+Library users (the Python API) keep their own logging set-up: only the CLI calls `setup_logging`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def setup_logging(verbose: bool, transformers: bool = False) -> None:
+    """Rank 0 at INFO (DEBUG with `verbose`), the other ranks at WARNING. Transformers is left alone (and not
+    imported) unless `transformers`: the commands that load models call `quiet_transformers()` when they do."""
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level if rank == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if transformers:
+        quiet_transformers()
+
+
+def quiet_transformers() -> None:
+    """Transformers at WARNING, its known noise dropped, progress bars off outside a terminal. Imports transformers
+    and datasets; calling it again changes nothing."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_warning()
+    _quiet_known_noise(interactive=sys.stderr.isatty())
+
+
+# Messages that are wrong or irrelevant for what gptresume does (checked with transformers 5.24, torch 2.13):
+# the lm_head of GPT-2 is tied to the input embedding, so it is never in a checkpoint and Trainer's "missing
+# keys" warning on resume is spurious; pin_memory has no effect on CPU; GPT2Config's loss_type=None is the default;
+# packed training and eval blocks are never padded (the EOS token that is also GPT-2's pad id separates documents),
+# so the advice to pass an attention_mask does not apply.
+NOISE = ("missing keys in the checkpoint model loaded: ['lm_head.weight']", "`loss_type=None` was set in the config",
+         "We strongly recommend passing in an `attention_mask` since your input_ids may be padded")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(n in message for n in NOISE)
+
+
+def _quiet_known_noise(interactive: bool) -> None:
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator.*")
+    # With CI=true (set by most CI systems) Transformers also propagates its records to the root logger, which
+    # would print each warning twice; its own handler is enough. Filters go on handlers, not loggers: a logger's
+    # filter never sees the records of its children.
+    hf_logging.disable_propagation()
+    for handler in hf_logging.get_logger().handlers + logging.getLogger().handlers:
+        if not any(isinstance(f, _DropNoise) for f in handler.filters):
+            handler.addFilter(_DropNoise())
+    if not interactive:  # progress bars in logs and pipes are noise; our progress lines remain
+        import datasets
+
+        datasets.disable_progress_bars()
+        hf_logging.disable_progress_bar()

@@ -1,0 +1,95 @@
+"""`gptresume.train(trainer)`: the protected run (session.py) for a Trainer a script built itself."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from gptresume.errors import UsageError
+from gptresume.training import distributed
+from gptresume.training.script import resume_mode, spec_for_trainer
+from gptresume.training.session import Options, Outcome, Session
+
+log = logging.getLogger("gptresume")
+
+
+def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, keep_best, every_minutes,
+                    async_save, stop_at_step, exit_on_stop, data_fingerprint) -> Outcome:
+    from gptresume.compat import warn_if_unchecked
+    from gptresume.modeling import has_dropout
+
+    args = trainer.args
+    _check_trainer(trainer, every_minutes)
+    warn_if_unchecked(log)
+    if keep_last == "save_total_limit":
+        keep_last = args.save_total_limit
+    if keep_best is None:
+        keep_best = bool(args.load_best_model_at_end)
+    mode, adopt = resume_mode(resume, args)
+    options = Options(resume=mode, allow_change=allow_change, allow_partial=allow_partial, adopt=adopt,
+                      keep_last=keep_last, keep_best=keep_best, every_minutes=every_minutes, async_save=async_save,
+                      stop_at_step=stop_at_step)
+    world_size = args.world_size
+    with Session(None, options) as session:
+
+        def decide():  # rank 0: lock, plan, data and model checks, the run's books
+            session.spec = spec_for_trainer(trainer, data_fingerprint, keep_last, keep_best)
+            session.lock()
+            session.decide(world_size)
+            session.check_inputs(has_dropout(trainer.model))
+            complete = session.is_complete()
+            if not complete:
+                session.prepare_run_dir(world_size)
+            return session.spec, session.plan, complete
+
+        session.spec, session.plan, complete = distributed.on_main(decide)
+        if complete:
+            return _already_complete(trainer, session)
+        if session.checkpoint is not None:
+            log.info("Resuming from %s (step %d)", session.checkpoint, session.plan.step)
+        session.attach(trainer)
+        original_limit = args.save_total_limit
+        args.save_total_limit = None  # Trainer's own rotation deletes before the new save is committed
+        try:
+            outcome = session.run(trainer)
+        finally:
+            args.save_total_limit = original_limit
+        if outcome.stopped:
+            log.warning("Stopped (%s) at step %d: %s is committed. Run the same script again to resume.",
+                        outcome.reason, outcome.step, outcome.checkpoint)
+        else:
+            session.record_complete(outcome.step)
+    if outcome.stopped and exit_on_stop:
+        distributed.teardown()  # a live process group can abort the interpreter's exit
+        raise SystemExit(outcome.exit_code)
+    return outcome
+
+
+def _check_trainer(trainer, every_minutes) -> None:
+    """What would make a protected run impossible, refused before anything is read or written."""
+    from transformers import Trainer
+
+    if not isinstance(trainer, Trainer):
+        raise UsageError(f"gptresume.train expects a transformers.Trainer, got {type(trainer).__name__}")
+    args = trainer.args
+    strategy = getattr(args.save_strategy, "value", args.save_strategy)
+    if strategy == "no" and not every_minutes:
+        raise UsageError("TrainingArguments(save_strategy='no') never saves a checkpoint, so the run could not be "
+                         "resumed; set save_steps (or save_strategy='steps'/'epoch'), or pass every_minutes=")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != args.world_size:
+        raise UsageError(f"{launched} processes were launched but the Trainer trains with {args.world_size}: each "
+                         "process would train alone on all the data and write the same checkpoint. On a machine "
+                         "without a GPU pass TrainingArguments(use_cpu=True) so accelerate sets up DDP over gloo")
+
+
+def _already_complete(trainer, session: Session) -> Outcome:
+    """The newest checkpoint reached max_steps: load it into the trainer (a script may save or evaluate
+    `trainer.model` next) and train nothing."""
+    from gptresume.training.trainer import load_finished_checkpoint
+
+    ckpt = session.checkpoint
+    load_finished_checkpoint(trainer, ckpt)
+    log.warning("%s already reached max_steps (step %d): nothing to train; the trainer holds its model. To train "
+                "longer, raise max_steps and pass allow_change=['max_steps'].", ckpt, session.plan.step)
+    return Outcome("already complete", session.plan.step, ckpt, ckpt)

@@ -1,0 +1,189 @@
+"""`gptresume train CONFIG`: config -> data, model, tokenizer -> a plain `transformers.Trainer` -> the protected run
+(training/session.py, the same code `gptresume.train(trainer)` runs) -> final/ model and samples.
+
+The run lock is taken before anything heavy; every input check happens before anything is written to RUN_DIR.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from gptresume.config import Config, dump_config
+from gptresume.data import PackedBlockCollator, load_texts, prepare_data, save_to_cache
+from gptresume.errors import EXIT_OK
+from gptresume.modeling import build_model, check_model_source, has_dropout, load_tokenizer
+from gptresume.resume.plan import ResumePlan, RunSpec
+from gptresume.rundir import CONFIG_NAME, FINAL_DIR, TOKENIZER_DIR, run_lock
+from gptresume.training import distributed
+from gptresume.training.session import Options, Session, world_size_from_env
+
+log = logging.getLogger(__name__)
+
+SAMPLE_PROMPTS = ("The", "A list", "def")
+
+
+def run_training(config: Config, resume: str = "auto", overwrite: bool = False, stop_at_step: int | None = None,
+                 allow_partial: bool = False, allow_change: list[str] | None = None, adopt_checkpoint: bool = False
+                 ) -> int:
+    run_dir = config.run_dir
+    options = Options(resume=resume, allow_change=list(allow_change or []), allow_partial=allow_partial,
+                      overwrite=overwrite, adopt=adopt_checkpoint, keep_last=config.checkpoint.keep_last,
+                      keep_best=config.checkpoint.keep_best, every_minutes=config.checkpoint.every_minutes,
+                      async_save=config.checkpoint.async_save, stop_at_step=stop_at_step)
+    spec = RunSpec(run_dir, config.to_dict(), tokenizer_from_checkpoint=True)
+    world_size = world_size_from_env()
+    with Session(spec, options) as session:
+
+        def decide() -> ResumePlan:
+            session.lock()
+            return session.decide(world_size)
+
+        session.plan = plan = distributed.on_main(decide)
+        if session.is_complete():
+            return distributed.on_main(_report_complete, config, plan)
+        ckpt = session.checkpoint
+        inputs = {}
+
+        def accept() -> None:  # rank 0: every input check, then the run directory (locked until training ends)
+            inputs.update(_load_inputs(config, plan))
+            spec.data_fingerprint, spec.train_samples = inputs["data"].fingerprint, len(inputs["data"].train)
+            session.check_inputs(has_dropout(inputs["model"]))
+            session.prepare_run_dir(world_size, lambda: _write_inputs(config, plan, inputs["data"],
+                                                                      inputs["tokenizer"]))
+
+        distributed.on_main(accept)
+        if not inputs:  # the other ranks read what rank 0 checked and wrote: tokenizer/, data-cache/
+            inputs.update(_load_inputs(config, plan, tokenizer_dir=ckpt or run_dir / TOKENIZER_DIR))
+        tokenizer, data, model = inputs["tokenizer"], inputs["data"], inputs["model"]
+        trainer = _make_trainer(config, model, tokenizer, data)
+        tokens_per_step = (trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+                           * trainer.args.world_size * data.block_size)
+        session.attach(trainer, tokens_per_step)
+        _use_progress_output(trainer, tokens_per_step)
+        distributed.warn_if_not_sharded(trainer, config.train)
+        main = distributed.is_main()
+        if plan.checkpoint and main:
+            print(f"Resuming from {ckpt} (step {plan.step}, epoch {plan.checkpoint.manifest.get('epoch'):.2f})",
+                  flush=True)
+        elif main:
+            print(f"Starting a new run in {run_dir}", flush=True)
+        outcome = session.run(trainer)
+        if outcome.stopped:
+            if main:
+                print(f"Stopped ({outcome.reason}) at step {outcome.step}: checkpoint {outcome.checkpoint} is "
+                      "committed. Re-run the same command to resume.", flush=True)
+            return outcome.exit_code
+        save_final(trainer, run_dir)  # every rank takes part (a sharded model is gathered); rank 0 writes
+        session.record_complete(outcome.step)
+        if main:
+            print(f"Training complete at step {outcome.step}; model and tokenizer in {run_dir / FINAL_DIR}",
+                  flush=True)
+            print_samples(distributed.whole_model(trainer, run_dir / FINAL_DIR), tokenizer)
+    return EXIT_OK
+
+
+def _load_inputs(config: Config, plan: ResumePlan, tokenizer_dir: Path | None = None) -> dict:
+    """Tokenizer, packed data and model. Everything that can be wrong with the input fails here, before RUN_DIR
+    is touched. `tokenizer_dir`: where rank 0 left the tokenizer (ranks other than 0 load, never train, it)."""
+    ckpt = plan.checkpoint.path if plan.checkpoint else None
+    texts = None
+    if ckpt is None and tokenizer_dir is None:
+        for name, field in ((config.model.name_or_path, "model.name_or_path"),
+                            (config.model.tokenizer.name_or_path, "model.tokenizer.name_or_path")):
+            if name:
+                check_model_source(name, field)
+        if config.model.tokenizer.train_vocab_size:
+            texts = load_texts(config.data)
+    tokenizer = load_tokenizer(config.model, texts, tokenizer_dir or ckpt)
+    data = prepare_data(config.data, tokenizer, config.run_dir, texts)
+    model = build_model(config.model, tokenizer, config.train.get("seed", 42), ckpt)
+    return {"tokenizer": tokenizer, "data": data, "model": model}
+
+
+def _write_inputs(config: Config, plan: ResumePlan, data, tokenizer) -> None:
+    """The CLI's own run files: the data cache, the tokenizer it trained or chose, the resolved config."""
+    run_dir = config.run_dir
+    save_to_cache(data, config.data, tokenizer, run_dir)
+    if plan.checkpoint is None:
+        tokenizer.save_pretrained(run_dir / TOKENIZER_DIR)
+    dump_config(config, run_dir / CONFIG_NAME)
+
+
+def _make_trainer(config: Config, model, tokenizer, data):
+    """A plain `transformers.Trainer`, as a script would build it; the session makes it resumable."""
+    from transformers import Trainer
+
+    args = config.training_arguments(disable_tqdm=True, **distributed.training_defaults(config.train))
+    return Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
+                   data_collator=PackedBlockCollator(), processing_class=tokenizer)
+
+
+def _use_progress_output(trainer, tokens_per_step: int) -> None:
+    """The CLI's progress output instead of Trainer's printed dicts: a bar on a terminal, lines elsewhere."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from gptresume.training.callbacks import ProgressLines, progress_bar_class
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(progress_bar_class() if sys.stderr.isatty() else ProgressLines(tokens_per_step))
+
+
+def save_final(trainer, run_dir: Path) -> None:
+    """RUN_DIR/final: save_pretrained model + tokenizer, written to a temp dir and renamed into place.
+
+    Called on every rank (a sharded model is gathered collectively); only rank 0 writes and renames."""
+    final = run_dir / FINAL_DIR
+    tmp = run_dir / f".{FINAL_DIR}.tmp"  # the same name on every rank; the run lock keeps other runs out
+    if distributed.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+    distributed.barrier()
+    trainer.save_model(str(tmp))
+    distributed.barrier()
+    if distributed.is_main():
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+
+
+def print_samples(model, tokenizer, prompts=SAMPLE_PROMPTS, max_new_tokens: int = 30, seed: int = 0) -> None:
+    import torch
+
+    model.eval()
+    torch.manual_seed(seed)
+    print("Samples:")
+    for prompt in prompts:
+        enc = tokenizer(prompt, return_tensors="pt").to(model.device)
+        # Never past the model's context (n_positions): GPT-2 has no position embedding beyond it (IndexError).
+        room = getattr(model.config, "n_positions", None)
+        new_tokens = max_new_tokens if room is None else min(max_new_tokens, room - enc["input_ids"].shape[1])
+        if new_tokens < 1:
+            continue
+        with torch.no_grad():
+            out = model.generate(**enc, do_sample=True, top_k=40, max_new_tokens=new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id)
+        text = tokenizer.decode(out[0], skip_special_tokens=True).replace("\n", " ")
+        print(f"  {text!r}")
+
+
+def _report_complete(config: Config, plan: ResumePlan) -> int:
+    run_dir = config.run_dir
+    final = run_dir / FINAL_DIR
+    if not final.is_dir():  # finished training but died before writing final/: write it from the checkpoint
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        with run_lock(run_dir):
+            model = AutoModelForCausalLM.from_pretrained(str(plan.checkpoint.path))
+            tokenizer = AutoTokenizer.from_pretrained(str(plan.checkpoint.path))
+            tmp = run_dir / f".{FINAL_DIR}.tmp-{os.getpid()}"
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            os.replace(tmp, final)
+    print(f"Run complete: {run_dir} reached step {plan.step} ({plan.checkpoint.path.name}); nothing to train. "
+          f"The model is in {final}. To train longer: --set train.max_steps=N --allow-change max_steps (the "
+          "schedule is re-planned); to start over: --resume never --overwrite.", flush=True)
+    return EXIT_OK

@@ -1,0 +1,230 @@
+"""The protected run: everything gptresume does around `trainer.train()`, for the Python API (`gptresume.train`)
+and the CLI (`gptresume train CONFIG`) alike. One implementation of the lock, the resume plan, the commit of
+every save, retention, preemption and the run directory's books.
+
+The phases, in order (rank 0 takes each decision before training and shares it with every rank):
+
+1. `lock()`      the run lock, before any heavy work: a second trainer on the same run is refused at once.
+2. `decide()`    the resume plan: newest verified checkpoint (or the one asked for), the config compared with
+                 the checkpoint's, refusals with the table of differences.
+3. `check_inputs(data_fingerprint, dropout)`   what needs loaded data and model: changed data, eval cadence.
+4. `prepare_run_dir()`   --overwrite, adoption, history.jsonl, metrics.jsonl trimmed to the resumed step.
+5. `attach(trainer)`     callbacks (stop, timed saves, metrics, overrides, commit) and the resumable Trainer class.
+6. `run(trainer)`        signal handlers installed, `trainer.train(resume_from_checkpoint=...)`, saves finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gptresume.errors import EXIT_OK, EXIT_STOPPED
+from gptresume.resume.plan import RunSpec, ResumePlan, check_inputs, data_stream, plan_resume, report_changes
+from gptresume.rundir import LOCK_NAME, METRICS_NAME, append_history, clear_run, run_lock, trim_metrics
+from gptresume.training import distributed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Options:
+    """How a run resumes, commits and stops; the CLI fills it from its flags and `checkpoint:` section, the Python
+    API from its keyword arguments."""
+
+    resume: str = "auto"
+    """auto (newest valid checkpoint, else start), never, must, or a checkpoint directory."""
+    allow_change: list[str] = field(default_factory=list)
+    """Changed fields (or classes: optimizer, schedule, batch, data) to apply instead of refusing."""
+    allow_partial: bool = False
+    """Resume from a checkpoint that lacks optimizer, scheduler or RNG state."""
+    overwrite: bool = False
+    """With resume='never': delete the run's checkpoints and books first."""
+    adopt: bool = False
+    """With resume=PATH: take over a checkpoint without a manifest (written by a plain Trainer script)."""
+    keep_last: int | None = 3
+    """Committed checkpoints to keep (deleted only after a newer one commits); None keeps all."""
+    keep_best: bool = False
+    """Also keep the checkpoint with the lowest eval loss."""
+    every_minutes: float | None = None
+    """Also save when this many minutes passed since the last save."""
+    async_save: bool = False
+    """Write checkpoints in a background thread (single process)."""
+    stop_at_step: int | None = None
+    """Commit a checkpoint at this step and stop as if preempted."""
+
+
+@dataclass
+class Outcome:
+    """What a protected run ended with."""
+
+    status: str
+    """"complete" (trained to the end), "stopped" (a signal or stop_at_step: a checkpoint was committed),
+    or "already complete" (the newest checkpoint had reached max_steps; nothing was trained)."""
+    step: int
+    """The global step training ended at."""
+    checkpoint: Path | None
+    """The newest committed checkpoint: the one a re-run resumes from."""
+    resumed_from: Path | None = None
+    """The checkpoint this run resumed from (None for a fresh start)."""
+    reason: str | None = None
+    """Why it stopped (SIGTERM, SIGINT, SIGUSR1, stop_at_step N)."""
+    train_output: object = None
+    """What `trainer.train()` returned (a `transformers.trainer_utils.TrainOutput`), when it ran."""
+
+    @property
+    def stopped(self) -> bool:
+        return self.status == "stopped"
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI's exit code for this outcome: 75 after a committed stop, else 0."""
+        return EXIT_STOPPED if self.stopped else EXIT_OK
+
+
+class Session:
+    """One protected run of one Trainer. Use as a context manager: the run lock is released on exit."""
+
+    def __init__(self, spec: RunSpec, options: Options):
+        self.spec = spec
+        self.options = options
+        self.plan: ResumePlan | None = None
+        self._held = ExitStack()
+        self._locked = False
+        self._stop = None
+        self._commit = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._held.close()
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self.plan.checkpoint.path if self.plan and self.plan.checkpoint else None
+
+    # ------------------------------------------------------------ phases before training (rank 0 only: the callers
+    # run them inside `distributed.on_main`, so the other ranks get the verdict)
+
+    def lock(self) -> None:
+        """Take the run lock (held until the session ends) before any heavy work, so a second trainer on a busy
+        run is refused at once. A run that never held the lock (no lock file yet: a new run directory, or one a
+        plain Trainer wrote) is locked when it is first written (`prepare_run_dir`), so bad input leaves its
+        directory exactly as it was."""
+        if (self.spec.run_dir / LOCK_NAME).is_file():
+            self._take_lock()
+
+    def _take_lock(self) -> None:
+        if not self._locked:
+            self._held.enter_context(run_lock(self.spec.run_dir))
+            self._locked = True
+
+    def decide(self, world_size: int) -> ResumePlan:
+        o = self.options
+        self.plan = plan_resume(self.spec, o.resume, o.overwrite, o.allow_partial, o.allow_change, o.adopt,
+                                world_size)
+        return self.plan
+
+    def check_inputs(self, dropout: bool) -> None:
+        """Changed data (by `spec.data_fingerprint`) and, with dropout on, a changed eval cadence."""
+        check_inputs(self.plan, self.spec.data_fingerprint, dropout)
+
+    def is_complete(self) -> bool:
+        return self.plan.is_complete(self.spec)
+
+    def prepare_run_dir(self, world_size: int, write_inputs=None) -> None:
+        """Report changes, clear (--overwrite), adopt, the caller's own files (`write_inputs`: the CLI's
+        config.yaml, tokenizer and data cache), metrics trimmed to the resumed step, and the history line."""
+        plan, spec = self.plan, self.spec
+        self._take_lock()
+        report_changes(plan)
+        if plan.overwrite:
+            clear_run(spec.run_dir)
+        if plan.adopt:
+            from gptresume.resume.adopt import adopt
+
+            adopt(plan.checkpoint, spec, world_size)
+        if write_inputs is not None:
+            write_inputs()
+        trim_metrics(spec.run_dir / METRICS_NAME, plan.step)
+        append_history(
+            spec.run_dir, "resume" if plan.checkpoint else "start",
+            checkpoint=str(plan.checkpoint.path) if plan.checkpoint else None, step=plan.step,
+            skipped={s.name: s.faults for s in plan.skipped},
+            changes=[{"key": c.key, "old": c.old, "new": c.new, "class": c.kind, "note": c.note}
+                     for c in plan.changes],
+            adopted=plan.adopt, config_fingerprint=spec.fingerprint(), data_fingerprint=spec.data_fingerprint,
+            argv=sys.argv[1:])
+
+    # ------------------------------------------------------------ the Trainer
+
+    def attach(self, trainer, tokens_per_step: int | None = None) -> None:
+        """Add gptresume's callbacks to `trainer` and give it the resumable Trainer behaviour (trainer.py)."""
+        from gptresume.checkpoint.async_save import BackgroundSaver
+        from gptresume.resume.position import StreamSampler
+        from gptresume.training.callbacks import CommitCallback, MetricsCallback
+        from gptresume.training.preemption import StopCallback, StopRequest, TimedSaveCallback
+        from gptresume.training.tensorboard import use_run_tensorboard
+        from gptresume.training.trainer import ResumeOverrides, make_resumable
+
+        args, plan, o = trainer.args, self.plan, self.options
+        n = len(trainer.train_dataset)
+        self._stop = StopCallback(StopRequest(), o.stop_at_step)
+        callbacks = [self._stop, MetricsCallback(self.spec.run_dir / METRICS_NAME, tokens_per_step)]
+        if o.every_minutes:
+            callbacks.append(TimedSaveCallback(o.every_minutes))
+        stream = data_stream(plan, self.spec, n, args.world_size)
+        overrides = ResumeOverrides(plan.step, plan.optimizer_values(), plan.schedule_replanned(),
+                                    plan.schedule_plan(), set(trainer.get_decay_parameter_names(trainer.model)))
+        callbacks.append(overrides)
+
+        def resume_state() -> dict | None:  # what later checkpoints carry so the next resume continues the same
+            state = {}
+            if overrides.plan is not None:
+                state["schedule_plan"] = overrides.plan.to_dict()
+            if stream is not None:
+                state["stream"] = stream
+            return state or None
+
+        self._commit = CommitCallback(self.spec, o.keep_last, o.keep_best, resume_state)
+        callbacks.append(self._commit)  # last: sees every other save decision
+        for cb in callbacks:
+            trainer.add_callback(cb)
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        make_resumable(trainer, stream=StreamSampler(n, seed, stream["offset"]) if stream else None,
+                       async_saver=BackgroundSaver() if o.async_save else None,
+                       async_commit=self._commit if o.async_save else None)
+        use_run_tensorboard(trainer, self.spec.run_dir)  # one TensorBoard curve across resumes
+
+    def run(self, trainer) -> Outcome:
+        """Train (or resume) until done or stopped; every save committed, an in-flight async save finished."""
+        from gptresume.checkpoint.async_save import finishing_saves
+
+        ckpt = self.checkpoint
+        stop = self._stop.request
+        stop.install()
+        try:
+            with finishing_saves(trainer):  # an asynchronous save in flight is committed before we go on
+                output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        finally:
+            stop.uninstall()
+        step = trainer.state.global_step
+        run_dir = self.spec.run_dir
+        newest = run_dir / f"checkpoint-{step}"
+        if self._stop.stopped_at is not None:
+            if distributed.is_main():
+                append_history(run_dir, "stopped", step=step, reason=stop.reason)
+            return Outcome("stopped", step, newest, ckpt, stop.reason, output)
+        return Outcome("complete", step, newest, ckpt, None, output)
+
+    def record_complete(self, step: int) -> None:
+        if distributed.is_main():
+            append_history(self.spec.run_dir, "complete", step=step)
+
+
+def world_size_from_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,0 +1,298 @@
+"""Every private Transformers behaviour gptresume overrides or writes into, in one place (listed, with the checked
+versions, in gptresume/compat.py; a Transformers upgrade is re-checked here).
+
+- `ResumableTrainerMixin`, mixed in before the script's own Trainer class (`make_resumable` swaps the instance's
+  class, so a script keeps its Trainer subclass): the training sampler after a changed resume, the RNG file of
+  each rank after a change of process count, and `_save_checkpoint` for asynchronous saves.
+- `ResumeOverrides`: writes allowed optimizer and schedule changes, and the new logging/eval/save cadence, into the
+  optimizer, the scheduler (`LambdaLR.lr_lambdas`, `base_lrs`, `_last_lr`) and the restored `TrainerState`.
+- `ResumableTensorBoardCallback`: Trainer's TensorBoardCallback with a fixed directory and `purge_step`
+  (`_init_summary_writer`).
+- `load_finished_checkpoint`: a run that is already complete gets its weights and state without a train() call.
+
+All checked with transformers 5.24.0, accelerate 1.15, torch 2.13.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from gptresume.checkpoint.async_save import BackgroundSaver, cpu_copy, delay_for_tests
+from gptresume.resume.position import StreamSampler
+from gptresume.resume.rng import DERIVED, derived_seed, rng_file_name, rng_source
+from gptresume.resume.schedule import SchedulePlan, replan
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- the Trainer mixin
+
+
+class ResumableTrainerMixin:
+    """Trainer with three changes, each inactive unless gptresume sets it up:
+
+    - `_gptresume_stream`: after a resume that changed the global batch or the data, the training sampler is a
+      `StreamSampler` positioned at the first untrained sample (resume/position.py); otherwise Trainer's own.
+    - `_load_rng_state` on another process count: rank r restores the checkpoint's rank r, a new rank is seeded
+      from (seed, step, rank); same process count: Trainer's own code.
+    - `async_saver`: `_save_checkpoint` copies the state and hands the writing to a background thread (mirrors
+      Trainer._save_checkpoint of transformers 5.24 for the single-process, plain-PyTorch case; the async tests
+      check it writes the same files with the same contents as Trainer's own).
+    """
+
+    _gptresume_stream: StreamSampler | None = None
+    async_saver: BackgroundSaver | None = None
+    async_commit = None
+    """CommitCallback (or anything with `commit_later(args, state) -> callable`): the manifest commit job."""
+
+    def _get_train_sampler(self, train_dataset=None):  # checked with transformers 5.24
+        stream = self._gptresume_stream
+        return stream if stream is not None else super()._get_train_sampler(train_dataset)
+
+    def _load_rng_state(self, checkpoint):  # checked with transformers 5.24 (Trainer skips a missing file)
+        """Resuming on another number of processes: rank r takes the RNG file of the checkpoint's rank r, and a
+        rank the checkpoint did not have gets generators seeded from (seed, step, rank), so every rank's random
+        stream is defined and a repeated resume is reproducible. Same process count: Trainer's own code."""
+        if checkpoint is None:
+            return super()._load_rng_state(checkpoint)
+        source = rng_source(Path(checkpoint), self.args.world_size, self.args.process_index)
+        if source is None or source == Path(checkpoint) / rng_file_name(self.args.world_size, self.args.process_index):
+            return super()._load_rng_state(checkpoint)
+        if source.name == DERIVED:
+            from transformers import set_seed
+
+            seed = derived_seed(self.args.seed, self.state.global_step, self.args.process_index)
+            log.warning("Rank %d has no RNG state in %s (written by fewer processes): seeded with %d",
+                        self.args.process_index, checkpoint, seed)
+            set_seed(seed)
+            return None
+        with tempfile.TemporaryDirectory() as tmp:  # Trainer's loader, pointed at the mapped file
+            os.symlink(source, Path(tmp) / rng_file_name(self.args.world_size, self.args.process_index))
+            log.info("Rank %d restores the RNG state of %s", self.args.process_index, source.name)
+            return super()._load_rng_state(tmp)
+
+    def _save_checkpoint(self, model, trial):
+        reason = self._async_unsupported(trial) if self.async_saver is not None else "off"
+        if reason:
+            if reason != "off" and not getattr(self, "_async_warned", False):
+                self._async_warned = True
+                log.warning("checkpoint.async_save: saving synchronously (%s)", reason)
+            return super()._save_checkpoint(model, trial)
+        t0 = time.perf_counter()
+        waited = self.async_saver.wait()  # at most one save in flight
+        timings = {"step": self.state.global_step, "waited_s": waited}  # waited_s is part of blocked_s
+        step = self.state.global_step
+        output_dir, model_state, optimizer_state, scheduler_state = self._snapshot_checkpoint()
+        commit = self.async_commit.commit_later(self.args, self.state) if self.async_commit is not None else None
+        timings["blocked_s"] = time.perf_counter() - t0
+
+        def job(t):
+            w0 = time.perf_counter()
+            self._write_snapshot(output_dir, step, model_state, optimizer_state, scheduler_state)
+            t["write_s"] = time.perf_counter() - w0
+            c0 = time.perf_counter()
+            if commit is not None:
+                commit()
+            t["commit_s"] = time.perf_counter() - c0
+            log.debug("Committed %s in the background: training paused %.3fs, written in %.3fs, hashed, fsynced "
+                      "and committed in %.3fs", os.path.basename(output_dir), t["blocked_s"], t["write_s"],
+                      t["commit_s"])
+
+        self.async_saver.submit(os.path.basename(output_dir), job, timings)
+
+    def _async_unsupported(self, trial) -> str | None:
+        from transformers import PreTrainedModel
+        from transformers.trainer import is_sagemaker_mp_enabled, is_torch_xla_available
+
+        checks = (
+            (self.args.world_size > 1, f"{self.args.world_size} processes"),
+            (self.is_deepspeed_enabled or self.is_fsdp_enabled, "DeepSpeed/FSDP"),
+            (is_torch_xla_available() or is_sagemaker_mp_enabled(), "XLA/SageMaker model parallel"),
+            (not isinstance(self.model, PreTrainedModel), "the model is not a transformers PreTrainedModel"),
+            (self.args.push_to_hub, "push_to_hub"),
+            (trial is not None or self.hp_search_backend is not None, "hyper-parameter search"),
+            (self.args.save_total_limit is not None, "save_total_limit"),
+        )
+        return next((why for bad, why in checks if bad), None)
+
+    def _snapshot_checkpoint(self):
+        """The training-thread part: Trainer's bookkeeping, the small files, and CPU copies of the large state."""
+        from transformers.trainer import (
+            PREFIX_CHECKPOINT_DIR,
+            TRAINER_STATE_NAME,
+            ExportableState,
+            SaveStrategy,
+            reissue_pt_warnings,
+        )
+
+        self.store_flos()
+        run_dir = self._get_output_dir(trial=None)
+        output_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        os.makedirs(output_dir, exist_ok=True)
+        if (self.args.save_strategy in [SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST]
+                and self.state.best_global_step):
+            best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+            if os.path.exists(best):
+                self.state.best_model_checkpoint = best
+        memo, pool = {}, self.async_saver.staging  # no write is in flight: the last save's copies are free
+        model_state = cpu_copy(self.model.state_dict(), memo, pool)
+        optimizer_state = scheduler_state = None
+        if not self.args.save_only_model:
+            optimizer_state = cpu_copy(self.optimizer.state_dict(), memo, pool)
+            with warnings.catch_warnings(record=True) as caught:
+                scheduler_state = cpu_copy(self.lr_scheduler.state_dict(), memo, pool)
+            reissue_pt_warnings(caught)
+            self._save_scaler(output_dir)
+            self._save_rng_state(output_dir)
+        if self.args.should_save:
+            for cb in [cb for cb in self.callback_handler.callbacks + [self.control]
+                       if isinstance(cb, ExportableState)]:
+                name = cb.__class__.__name__
+                if isinstance(self.state.stateful_callbacks[name], list):
+                    self.state.stateful_callbacks[name].append(cb.state())
+                else:
+                    self.state.stateful_callbacks[name] = cb.state()
+            self.state.save_to_json(os.path.join(output_dir, TRAINER_STATE_NAME))
+        self.async_saver.staging = memo
+        return output_dir, model_state, optimizer_state, scheduler_state
+
+    def _write_snapshot(self, output_dir, step, model_state, optimizer_state, scheduler_state) -> None:
+        """The background part: the files Trainer's save_model and _save_optimizer_and_scheduler write."""
+        import torch
+        from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
+
+        self._save(output_dir, state_dict=model_state)  # config, weights, tokenizer, training args
+        delay_for_tests(step)
+        if optimizer_state is not None:
+            torch.save(optimizer_state, os.path.join(output_dir, OPTIMIZER_NAME))
+            torch.save(scheduler_state, os.path.join(output_dir, SCHEDULER_NAME))
+
+
+def make_resumable(trainer, stream: StreamSampler | None = None, async_saver: BackgroundSaver | None = None,
+                   async_commit=None):
+    """Give `trainer` (any Trainer subclass instance) the `ResumableTrainerMixin` behaviour by swapping its class
+    for a subclass that puts the mixin first. Idempotent; the script's own overrides still run (super())."""
+    cls = type(trainer)
+    if not isinstance(trainer, ResumableTrainerMixin):
+        trainer.__class__ = type(f"Resumable{cls.__name__}", (ResumableTrainerMixin, cls), {})
+    trainer._gptresume_stream = stream
+    trainer.async_saver, trainer.async_commit = async_saver, async_commit
+    return trainer
+
+
+def load_finished_checkpoint(trainer, checkpoint: Path) -> None:
+    """A run already complete: load the checkpoint's weights and state into `trainer` without training, so a script
+    that saves or evaluates `trainer.model` after `gptresume.train` gets the trained model."""
+    from transformers.trainer_callback import TrainerState
+
+    from gptresume.checkpoint.files import TRAINER_STATE_NAME
+
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+
+
+# ---------------------------------------------------------------- writes into restored optimizer, scheduler, state
+
+
+class ResumeOverrides(TrainerCallback):
+    """On the first resumed step's `on_train_begin`: new optimizer hyperparameters and a re-planned (or
+    inherited) schedule. `plan` is what later checkpoints record, so the next resume follows the same curve."""
+
+    def __init__(self, resume_step: int, optimizer_values: dict[str, tuple], replan_schedule: bool,
+                 plan: SchedulePlan | None, decay_names: set[str]):
+        self.resume_step = resume_step
+        self.optimizer_values = optimizer_values  # TrainingArguments field -> (old, new)
+        self.replan_schedule = replan_schedule
+        self.plan = plan
+        self.decay_names = decay_names
+
+    @property
+    def active(self) -> bool:
+        return self.resume_step > 0 and bool(self.optimizer_values or self.replan_schedule or self.plan)
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        if self.resume_step <= 0 or state.global_step != self.resume_step:
+            return
+        self._apply_cadence(args, state)
+        if not self.active:
+            return
+        sched = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
+        step = state.global_step
+        lr_before = optimizer.param_groups[0]["lr"]
+        factor = sched.get_last_lr()[0] / sched.base_lrs[0] if sched.base_lrs[0] else 0.0
+        if self.replan_schedule:
+            kind = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+            self.plan = replan(step, factor, kind, args.get_warmup_steps(state.max_steps), state.max_steps)
+            log.info("Schedule re-planned at step %d: factor %.4g -> peak at step %d, %s decay to 0 at step %d",
+                     step, factor, self.plan.peak_step, self.plan.shape, self.plan.end_step)
+        if self.plan is not None:
+            sched.lr_lambdas = [self.plan] * len(optimizer.param_groups)
+        for i, group in enumerate(optimizer.param_groups):
+            sched.base_lrs[i] = args.learning_rate
+            group["initial_lr"] = args.learning_rate
+        lrs = [base * fn(step) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
+        sched._last_lr = lrs
+        self._apply_hyperparameters(args, model, optimizer)
+        if self.optimizer_values or self.replan_schedule:
+            log.info("Learning rate of the next step (%d): %.6g before the change, %.6g now", step + 1,
+                     lr_before, lrs[0])
+
+    @staticmethod
+    def _apply_cadence(args, state) -> None:
+        """Trainer restores logging/eval/save steps from the checkpoint's trainer_state.json (transformers 5.24
+        `_init_training_state`), so a changed cadence would be ignored: recompute them from the current args."""
+        before = (state.logging_steps, state.eval_steps, state.save_steps)
+        state.compute_steps(args, state.max_steps)
+        after = (state.logging_steps, state.eval_steps, state.save_steps)
+        if before != after:
+            log.info("Logging / eval / save every %s / %s / %s steps (the checkpoint had %s / %s / %s)", *after,
+                     *before)
+
+    def _apply_hyperparameters(self, args, model, optimizer) -> None:
+        names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+        for key, (old, new) in self.optimizer_values.items():
+            for group in optimizer.param_groups:
+                if key == "weight_decay" and any(names.get(id(p)) in self.decay_names for p in group["params"]):
+                    group["weight_decay"] = args.weight_decay
+                elif key in ("adam_beta1", "adam_beta2") and "betas" in group:
+                    group["betas"] = (args.adam_beta1, args.adam_beta2)
+                elif key == "adam_epsilon" and "eps" in group:
+                    group["eps"] = args.adam_epsilon
+            if key != "learning_rate":
+                log.info("%s: %r -> %r (applied to the restored optimizer)", key, old, new)
+
+
+# ---------------------------------------------------------------- TensorBoard
+
+
+def tensorboard_callback_class():
+    from transformers.integrations import TensorBoardCallback
+
+    class ResumableTensorBoardCallback(TensorBoardCallback):
+        """Trainer's TensorBoardCallback, with a fixed log directory and purge_step on resume."""
+
+        def __init__(self, logging_dir: Path):
+            super().__init__()
+            if self.logging_dir is None:  # TENSORBOARD_LOGGING_DIR, when set, still wins
+                self.logging_dir = str(logging_dir)
+            self.purge_step = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # Trainer has restored the checkpoint's state here: global_step is the step training resumes from.
+            self.purge_step = state.global_step + 1 if state.global_step > 0 else None
+            return super().on_train_begin(args, state, control, **kwargs)
+
+        def _init_summary_writer(self, args):
+            if self._SummaryWriter is not None:
+                self.tb_writer = self._SummaryWriter(log_dir=self.logging_dir, purge_step=self.purge_step)
+
+    return ResumableTensorBoardCallback
