@@ -6,6 +6,7 @@ older than the newest commit is provably garbage.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -13,6 +14,9 @@ from pathlib import Path
 
 from gptresume.checkpoint.files import CHECKPOINT_RE, MANIFEST_NAME, list_checkpoints
 from gptresume.checkpoint.manifest import read_trainer_state, verify_checkpoint
+from gptresume.durable import fsync_dir
+
+log = logging.getLogger(__name__)
 
 
 def best_eval_step(ckpt: Path) -> int | None:
@@ -26,6 +30,21 @@ def set_aside(ckpt: Path) -> Path:
     target = ckpt.with_name(f"{ckpt.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     os.replace(ckpt, target)
     return target
+
+
+def delete_checkpoint(path: Path) -> bool:
+    """Delete a checkpoint so that no instant leaves a committed-but-damaged one: the manifest goes first (durably),
+    then the files. A failure is logged and the checkpoint left (False), never swallowed."""
+    try:
+        manifest = path / MANIFEST_NAME
+        if manifest.exists():
+            manifest.unlink()
+            fsync_dir(path)
+        shutil.rmtree(path)
+    except OSError as e:
+        log.warning("Could not delete %s (%s); skipping it", path, e)
+        return False
+    return True
 
 
 def apply_retention(run_dir: Path, keep_last: int | None, newest: Path, keep_best: bool = False) -> list[Path]:
@@ -46,14 +65,13 @@ def apply_retention(run_dir: Path, keep_last: int | None, newest: Path, keep_bes
             continue
         has_manifest = (path / MANIFEST_NAME).is_file()
         if not has_manifest:
-            shutil.rmtree(path, ignore_errors=True)
-            deleted.append(path)
+            if delete_checkpoint(path):
+                deleted.append(path)
             continue
         # Size checks only: a full re-hash of old checkpoints on every save would cost more than the save.
         if not verify_checkpoint(path, hash_files=False).valid:
             continue
         valid_seen += 1
-        if keep_last is not None and valid_seen > keep_last and step != best:
-            shutil.rmtree(path, ignore_errors=True)
+        if keep_last is not None and valid_seen > keep_last and step != best and delete_checkpoint(path):
             deleted.append(path)
     return deleted

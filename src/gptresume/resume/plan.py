@@ -111,7 +111,11 @@ class ResumePlan:
         if self.checkpoint is None or any(c.refused for c in self.changes):
             return False
         state = read_trainer_state(self.checkpoint.path)
-        max_steps = spec.train.get("max_steps") or state.get("max_steps", 0)
+        max_steps = spec.train.get("max_steps")
+        if max_steps is None or max_steps <= 0:  # epoch-based: an allowed longer schedule is for Trainer to count
+            if any(c.allowed for c in self.changed(SCHEDULE)):
+                return False
+            max_steps = state.get("max_steps", 0)
         return max_steps > 0 and state["global_step"] >= max_steps
 
 

@@ -105,9 +105,6 @@ def test_set_aside_keeps_the_directory_out_of_the_way(tmp_path):
     assert moved.is_dir()  # retention never touches it
 
 
-@pytest.mark.xfail(strict=True, reason="apply_retention deletes with shutil.rmtree(ignore_errors=True): a failed "
-                   "delete is swallowed, nothing is logged, and the path is still reported as deleted "
-                   "(DESIGN.md: 'A failed delete is logged, not swallowed')")
 def test_a_failed_delete_is_logged_not_reported_as_deleted(tmp_path, monkeypatch, caplog):
     make_checkpoint(tmp_path, 10)
     newest = make_checkpoint(tmp_path, 20)
