@@ -233,3 +233,47 @@ def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float 
                 return True
         time.sleep(0.02)
     raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def test_two_calls_in_one_process_resume_exactly_and_leave_nothing_behind(tmp_path):
+    """A notebook's pattern, in this process: train until a stop (exit_on_stop=False returns), build a new Trainer,
+    call again. The second call resumes exactly; no signal handler, lock or callback outlives a call."""
+    import os
+
+    import datasets
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+    import gptresume
+    from gptresume import rundir
+
+    blocks = torch.randint(0, 64, (48, 16), generator=torch.Generator().manual_seed(3)).tolist()
+
+    def make_trainer(out):
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=64))
+        args = TrainingArguments(output_dir=str(out), max_steps=10, per_device_train_batch_size=4, save_steps=3,
+                                 logging_steps=1, seed=5, report_to="none", use_cpu=True, disable_tqdm=True,
+                                 dataloader_pin_memory=False)
+        return Trainer(model=model, args=args, train_dataset=datasets.Dataset.from_dict({"input_ids": blocks}),
+                       data_collator=lambda rows: {"input_ids": torch.tensor([r["input_ids"] for r in rows]),
+                                                   "labels": torch.tensor([r["input_ids"] for r in rows])})
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    reference = gptresume.train(make_trainer(tmp_path / "ref"))
+    assert (reference.status, reference.step) == ("complete", 10)
+    first = make_trainer(tmp_path / "run")
+    stopped = gptresume.train(first, stop_at_step=4, exit_on_stop=False)
+    assert (stopped.status, stopped.step, stopped.reason) == ("stopped", 4, "--stop-at-step 4")
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+    assert rundir._held == {} and not os.path.exists(tmp_path / "run" / "checkpoint-5")
+    second = make_trainer(tmp_path / "run")
+    resumed = gptresume.train(second)
+    assert (resumed.status, resumed.step, resumed.resumed_from.name) == ("complete", 10, "checkpoint-4")
+    assert type(first) is not Trainer and type(make_trainer(tmp_path / "x")) is Trainer  # only instances changed
+    assert_same_run(tmp_path / "ref", tmp_path / "run")
+    third = make_trainer(tmp_path / "run")
+    again = gptresume.train(third)  # complete: trains nothing, but the trainer holds the trained weights
+    assert again.status == "already complete"
+    trained = last_checkpoint_weights(tmp_path / "run")
+    assert_bitwise_equal({k: v for k, v in third.model.state_dict().items() if k in trained}, trained)
