@@ -75,4 +75,9 @@ def test_elastic_resume_keeps_samples_per_step_and_losses(tmp_path, before, afte
     resume = [h for h in history if h["event"] == "resume"][-1]
     assert {"key": "world_size", "old": before, "new": after}.items() <= resume["changes"][-1].items()
     assert [r["step"] for r in read_metrics(run_dir / "run") if "loss" in r] == list(range(1, MAX_STEPS + 1))
-    run_cli(run_dir, "verify", run_dir / "run")
+    verify = run_cli(run_dir, "verify", run_dir / "run")  # every kept checkpoint, written after the resume
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    kept = sorted((run_dir / "run").glob("checkpoint-*"))
+    lines = verify.stdout.splitlines()
+    assert len(kept) == len(lines) == 2 and all(line.startswith("ok ") for line in lines), verify.stdout
+    assert f"checkpoint-{MAX_STEPS}  (step {MAX_STEPS}," in verify.stdout
