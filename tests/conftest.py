@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -46,32 +48,84 @@ def write_config(tmp_path: Path, name: str = "config.yaml", corpus_chars: int | 
     return path
 
 
+# One Hugging Face cache per test process (offline: nothing is downloaded). Libraries read HF_HOME when imported,
+# so every child of this process, forked or fresh, sees the same one.
+HF_HOME = tempfile.mkdtemp(prefix="gptresume-tests-hf-")
+_FORK_SERVER = None
+
+
+def fork_server():
+    """This test process's fork server (forking.py), started on first use and stopped at exit."""
+    global _FORK_SERVER
+    if _FORK_SERVER is None:
+        import atexit
+
+        from forking import ForkServer
+
+        _FORK_SERVER = ForkServer(child_env(Path(HF_HOME)))
+        atexit.register(_FORK_SERVER.close)
+    return _FORK_SERVER
+
+
 def child_env(tmp_path: Path) -> dict:
     env = dict(os.environ)
-    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    # One thread per child: `make test` runs two test workers on two cores (a run and its reference always train
+    # with the same thread count, so exactness is compared like with like).
+    env.update(HF_HOME=HF_HOME, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return env
 
 
-def run_cli(tmp_path: Path, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m gptresume ARGS` in a child process, as a user would (`env`: extra variables)."""
-    return subprocess.run([sys.executable, "-m", "gptresume", *map(str, args)], cwd=tmp_path,
-                          env={**child_env(tmp_path), **(env or {})}, capture_output=True, text=True, timeout=timeout)
+def run_cli(tmp_path: Path, *args: str, timeout: float = 300, env: dict | None = None, fresh: bool = False,
+            fsize_limit: int | None = None) -> subprocess.CompletedProcess:
+    """Run `gptresume ARGS` in a child process, as a user would (`env`: extra variables). The child is forked from
+    the fork server (forking.py: the imports are paid once) unless `fresh` or `env` changes what an interpreter
+    reads at import time; then it is a new `python -m gptresume`."""
+    return _finish(start_command(tmp_path, args, env=env, fresh=fresh, fsize_limit=fsize_limit), args, timeout)
+
+
+def run_script(tmp_path: Path, script: Path, *args: str, timeout: float = 300, env: dict | None = None
+               ) -> subprocess.CompletedProcess:
+    """Run `python SCRIPT ARGS` in a child process (forked like `run_cli`)."""
+    return _finish(start_command(tmp_path, args, script=script, env=env), args, timeout)
+
+
+def start_command(tmp_path: Path, args, script: Path | None = None, env: dict | None = None, fresh: bool = False,
+                  stream: bool = False, fsize_limit: int | None = None):
+    """A running child: `gptresume ARGS`, or `python SCRIPT ARGS`; a `forking.ForkedProcess` or a `Popen`.
+    `stream`: stdout and stderr together, readable while it runs (`proc.stdout`); else collected at the end."""
+    env = {**child_env(tmp_path), **(env or {})}
+    args = [str(a) for a in args]
+    if not fresh and fork_server().can_run(env):
+        return fork_server().start(args, Path(tmp_path), env, script=str(script) if script else None,
+                                   merge_stderr=stream, stream=stream, fsize_limit=fsize_limit)
+    command = [sys.executable, str(script)] if script else [sys.executable, "-m", "gptresume"]
+
+    def small_disk():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+
+    return subprocess.Popen([*command, *args], cwd=tmp_path, env=env, text=True,
+                            preexec_fn=small_disk if fsize_limit else None,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT if stream else subprocess.PIPE)
+
+
+def _finish(proc, args, timeout: float) -> subprocess.CompletedProcess:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=60)
+        raise
+    return subprocess.CompletedProcess(list(args), proc.returncode, out, err or "")
 
 
 def train_on_a_small_disk(tmp_path: Path, config: Path, run_dir: Path, checkpoint: Path) -> subprocess.CompletedProcess:
     """Resume RUN_DIR with a file size limit (RLIMIT_FSIZE: EFBIG, standing in for a full disk) just above the
     size of CHECKPOINT's model.safetensors: the next save's optimizer.pt, which is larger, fails part-way."""
-    import resource
-
     limit = (checkpoint / "model.safetensors").stat().st_size + 4096
-
-    def small_disk():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return subprocess.run([sys.executable, "-m", "gptresume", "train", str(config), "--set",
-                           f"train.output_dir={run_dir}"], cwd=tmp_path, env=child_env(tmp_path),
-                          preexec_fn=small_disk, capture_output=True, text=True, timeout=300)
+    return run_cli(tmp_path, "train", config, "--set", f"train.output_dir={run_dir}", fsize_limit=limit)
 
 
 def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -83,9 +137,9 @@ def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> None
         assert f in result.stderr, result.stderr
 
 
-def start_cli(tmp_path: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gptresume", *map(str, args)], cwd=tmp_path,
-                            env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start_cli(tmp_path: Path, *args: str, env: dict | None = None):
+    """`gptresume ARGS` running in a child (forked, see run_cli); stdout and stderr together in `proc.stdout`."""
+    return start_command(tmp_path, args, env=env, stream=True)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -157,3 +211,19 @@ def split_ids(run_dir: Path) -> tuple[list[str], set]:
     (cache,) = (run_dir / "data-cache").iterdir()
     dd = datasets.load_from_disk(str(cache))
     return ([sample_id(r) for r in dd["train"]["input_ids"]], {sample_id(r) for r in dd["validation"]["input_ids"]})
+
+
+def wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 180) -> bool:
+    """Wait until metrics.jsonl shows `step` (True), or the process ended first (False)."""
+    deadline = time.monotonic() + timeout
+    path = out / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if path.is_file():
+            steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip()
+                     and line.endswith("}")]
+            if steps and max(steps) >= step:
+                return True
+        time.sleep(0.02)
+    raise AssertionError(f"step {step} not reached in {timeout}s")

@@ -9,13 +9,22 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import assert_bitwise_equal, child_env, ddp_env, launcher, read_metrics, train_losses
+from conftest import (
+    assert_bitwise_equal,
+    ddp_env,
+    launcher,
+    read_metrics,
+    run_cli,
+    run_script,
+    start_command,
+    train_losses,
+    wait_for_step,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -70,13 +79,13 @@ def script_path(tmp: Path) -> Path:
     return path
 
 
-def script_cmd(tmp: Path, out: Path, **opts) -> list[str]:
-    return [sys.executable, str(script_path(tmp)), str(out), json.dumps(opts)]
+def start_script(tmp: Path, out: Path, stream: bool = False, **opts):
+    """The script in a child process (forked from the test's fork server, see tests/forking.py)."""
+    return start_command(tmp, [out, json.dumps(opts)], script=script_path(tmp), stream=stream)
 
 
-def run_script(tmp: Path, out: Path, **opts) -> subprocess.CompletedProcess:
-    return subprocess.run(script_cmd(tmp, out, **opts), cwd=tmp, env=child_env(tmp), capture_output=True, text=True,
-                          timeout=300)
+def run(tmp: Path, out: Path, **opts) -> subprocess.CompletedProcess:
+    return run_script(tmp, script_path(tmp), out, json.dumps(opts))
 
 
 def last_checkpoint_weights(out: Path) -> dict:
@@ -97,7 +106,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 def reference(tmp_path_factory):
     """One uninterrupted run of the script, shared by every single-process test here."""
     tmp = tmp_path_factory.mktemp("script")
-    result = run_script(tmp, tmp / "reference")
+    result = run(tmp, tmp / "reference")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OUTCOME complete 30" in result.stdout
     return tmp, tmp / "reference"
@@ -106,16 +115,15 @@ def reference(tmp_path_factory):
 def test_sigterm_commits_exits_75_and_a_rerun_is_exact(reference):
     tmp, ref = reference
     out = tmp / "sigterm"
-    proc = subprocess.Popen(script_cmd(tmp, out, save_steps=100), cwd=tmp, env=child_env(tmp),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for_step(out, 5, proc)
+    proc = start_script(tmp, out, stream=True, save_steps=100)
+    wait_for_step(out, 5, proc)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 75, output
     assert "SIGTERM received" in output and "is committed" in output
     stopped = [e for e in _history(out) if e["event"] == "stopped"]
     assert stopped and stopped[0]["reason"] == "SIGTERM"
-    resumed = run_script(tmp, out, save_steps=100)
+    resumed = run(tmp, out, save_steps=100)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert_same_run(ref, out)
     assert [e["event"] for e in _history(out)] == ["start", "stopped", "resume", "complete"]
@@ -129,32 +137,30 @@ def test_random_kill9_then_rerun_is_bitwise_exact(reference):
     rng = random.Random(20261130)
     kills = 0
     for target in sorted(rng.sample(range(3, 28), 3)):
-        proc = subprocess.Popen(script_cmd(tmp, out), cwd=tmp, env=child_env(tmp), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        if _wait_for_step(out, target, proc):
+        proc = start_script(tmp, out)
+        if wait_for_step(out, target, proc):
             time.sleep(rng.uniform(0, 0.15))  # anywhere in the step: forward, backward, a save, a commit
             proc.kill()
             kills += 1
         proc.wait(timeout=60)
-    final = run_script(tmp, out)
+    final = run(tmp, out)
     assert final.returncode == 0, final.stdout + final.stderr
     assert kills >= 2  # the run was really interrupted (a slow start may let one attempt finish first)
     assert_same_run(ref, out)
-    verify = subprocess.run([sys.executable, "-m", "gptresume", "verify", str(out)], capture_output=True, text=True,
-                            env=child_env(tmp))
+    verify = run_cli(tmp, "verify", out)
     assert verify.returncode == 0 and "ok" in verify.stdout, verify.stdout + verify.stderr
 
 
 def test_corrupted_newest_checkpoint_falls_back_and_names_the_file(reference):
     tmp, ref = reference
     out = tmp / "corrupt"
-    stopped = run_script(tmp, out, stop_at_step=12)
+    stopped = run(tmp, out, stop_at_step=12)
     assert stopped.returncode == 75, stopped.stdout + stopped.stderr
     weights = out / "checkpoint-12" / "model.safetensors"
     raw = bytearray(weights.read_bytes())
     raw[-5] ^= 0xFF
     weights.write_bytes(bytes(raw))
-    resumed = run_script(tmp, out)
+    resumed = run(tmp, out)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "skipping" in resumed.stderr and "checkpoint-12" in resumed.stderr and "model.safetensors" in resumed.stderr
     resume = next(e for e in _history(out) if e["event"] == "resume")
@@ -165,12 +171,12 @@ def test_corrupted_newest_checkpoint_falls_back_and_names_the_file(reference):
 def test_changed_learning_rate_is_refused_then_applied_with_allow_change(reference):
     tmp, ref = reference
     out = tmp / "lr"
-    assert run_script(tmp, out, stop_at_step=10).returncode == 75
-    refused = run_script(tmp, out, lr=1e-3)
+    assert run(tmp, out, stop_at_step=10).returncode == 75
+    refused = run(tmp, out, lr=1e-3)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "train.learning_rate" in refused.stderr and "allow_change=['learning_rate']" in refused.stderr
     assert "Traceback" not in refused.stderr
-    applied = run_script(tmp, out, lr=1e-3, allow_change=["learning_rate"])
+    applied = run(tmp, out, lr=1e-3, allow_change=["learning_rate"])
     assert applied.returncode == 0, applied.stdout + applied.stderr
     keys = ("loss", "learning_rate", "grad_norm")
     ref_rows = {r["step"]: [r[k] for k in keys] for r in read_metrics(ref) if "loss" in r}
@@ -185,13 +191,13 @@ def test_changed_learning_rate_is_refused_then_applied_with_allow_change(referen
 def test_changed_data_is_refused_unless_allowed(reference):
     tmp, _ = reference
     out = tmp / "data"
-    assert run_script(tmp, out, stop_at_step=6).returncode == 75
+    assert run(tmp, out, stop_at_step=6).returncode == 75
     before = sorted(p.name for p in out.iterdir())
-    refused = run_script(tmp, out, text="changed")
+    refused = run(tmp, out, text="changed")
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "training data differs" in refused.stderr
     assert sorted(p.name for p in out.iterdir()) == before
-    allowed = run_script(tmp, out, text="changed", allow_change=["data"])
+    allowed = run(tmp, out, text="changed", allow_change=["data"])
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
 
 
@@ -217,22 +223,6 @@ def test_two_processes_under_torchrun_stop_and_resume_bitwise(tmp_path):
 
 def _history(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines() if line.strip()]
-
-
-def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 180) -> bool:
-    """Wait until metrics.jsonl shows `step` (True), or the process ended first (False)."""
-    deadline = time.monotonic() + timeout
-    path = out / "metrics.jsonl"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        if path.is_file():
-            steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip()
-                     and line.endswith("}")]
-            if steps and max(steps) >= step:
-                return True
-        time.sleep(0.02)
-    raise AssertionError(f"step {step} not reached in {timeout}s")
 
 
 def test_two_calls_in_one_process_resume_exactly_and_leave_nothing_behind(tmp_path):

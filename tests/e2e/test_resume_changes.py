@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import child_env, read_metrics, run_cli, split_ids, train_losses, write_config
+from conftest import read_metrics, run_cli, run_script, split_ids, train_losses, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -186,11 +186,7 @@ Trainer(model=model, args=args, train_dataset=ds, processing_class=tok).train()
 def test_plain_trainer_checkpoint_is_adopted_and_training_continues(tmp_path):
     (tmp_path / "plain_script.py").write_text(PLAIN_TRAINER_SCRIPT)
     config = make_config(tmp_path)  # writes corpus.txt too
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "plain_script.py"], cwd=tmp_path, env=child_env(tmp_path),
-                          capture_output=True, text=True, timeout=300)
+    done = run_script(tmp_path, tmp_path / "plain_script.py")
     assert done.returncode == 0, done.stderr
     ckpt = tmp_path / "plain" / "checkpoint-6"
     refused = run_ok(tmp_path, "train", config, "--resume", ckpt, code=2)

@@ -1,14 +1,12 @@
 """Config validation and overrides: every problem named with its field, all reported together."""
 
-from pathlib import Path
-
 import pytest
 import yaml
 
 from gptresume.config import apply_override, config_from_dict, load_config
 from gptresume.errors import ConfigError, UsageError
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 
 
 def base() -> dict:

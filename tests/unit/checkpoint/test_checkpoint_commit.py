@@ -70,12 +70,14 @@ def test_retention_keeps_the_newest_and_removes_stale_leftovers(tmp_path):
     for step in (10, 20, 30):
         make_checkpoint(tmp_path, step)
     make_checkpoint(tmp_path, 25, commit=False)  # a save that crashed before step 30 committed
-    corrupt = make_checkpoint(tmp_path, 5)
-    (corrupt / "optimizer.pt").write_bytes(b"")  # committed but damaged: kept for inspection
+    for step in (5, 35):  # committed, then damaged
+        (make_checkpoint(tmp_path, step) / "optimizer.pt").write_bytes(b"")
     newest = make_checkpoint(tmp_path, 40)
     deleted = apply_retention(tmp_path, keep_last=2, newest=newest)
-    assert sorted(p.name for p in deleted) == ["checkpoint-10", "checkpoint-20", "checkpoint-25"]
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-5", "checkpoint-30", "checkpoint-40"]
+    # the damaged checkpoint-35 is kept for inspection while it is within the keep_last newest valid ones (40, 30);
+    # checkpoint-5, older than them, goes like any old checkpoint (README, Limits)
+    assert sorted(p.name for p in deleted) == ["checkpoint-10", "checkpoint-20", "checkpoint-25", "checkpoint-5"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-30", "checkpoint-35", "checkpoint-40"]
 
 
 def test_retention_never_touches_newer_checkpoints(tmp_path):
