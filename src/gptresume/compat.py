@@ -57,6 +57,7 @@ P = Private
 TRAINER, FILES, RNG = "gptresume/training/trainer.py", "gptresume/checkpoint/files.py", "gptresume/resume/rng.py"
 POSITION, EVAL, LOGS = "gptresume/resume/position.py", "gptresume/tools/evaluate.py", "gptresume/logs.py"
 PACKING, T = "gptresume/data/packing.py", "transformers.Trainer."
+LOADABLE = "gptresume/checkpoint/loadable.py"
 
 WARNINGS: tuple[Private, ...] = (  # value: the text filtered; target: where it is emitted
     P(T + "_issue_warnings_after_load", "warning text", LOGS, "GPT-2's lm_head is tied to the input embedding, "
@@ -120,6 +121,17 @@ PRIVATE: tuple[Private, ...] = (
                           ("PREFIX_CHECKPOINT_DIR", "checkpoint"))),
     P(T + "_save_rng_state", "file name", FILES, "the RNG files: rng_state.pth, or rng_state_{rank}.pth with "
       "several processes", source=('"rng_state.pth"', 'f"rng_state_{self.args.process_index}.pth"')),
+    P(T + "_load_optimizer_and_scheduler", "rule", LOADABLE, "the resume's load check loads optimizer.pt and "
+      "scheduler.pt as Trainer does, weights-only (a file it refuses makes the resume fall back)",
+      source=("OPTIMIZER_NAME", "weights_only=True", "SCHEDULER_NAME", "weights_only=True")),
+    P(T + "_load_rng_state", "rule", LOADABLE, "RNG files load weights-only under transformers' numpy allowlist",
+      source=("with safe_globals():", "torch.load(rng_file, weights_only=True)")),
+    P("transformers.trainer_pt_utils.safe_globals", "call", LOADABLE, "the same allowlist for the RNG files"),
+    P(T + "_load_scaler", "rule", LOADABLE, "scaler.pt loads weights-only", source=("SCALER_NAME", "weights_only=True")),
+    P("transformers.trainer.SCALER_NAME", "file name", LOADABLE, "checkpoint/loadable.py names it", value="scaler.pt"),
+    P(T + "_load_from_checkpoint", "rule", LOADABLE, "weights load with load_state_dict(strict=False): a shape "
+      "mismatch raises mid-resume, so the check compares the safetensors header with the model first",
+      source=("load_state_dict(state_dict, False)",)),
     P("accelerate.utils.constants.OPTIMIZER_NAME", "file name", FILES, "FSDP's optimizer state: optimizer.bin or "
       "optimizer_N/ (SHARDED_OPTIMIZER_RE)", value="optimizer"),
     P("transformers.TrainerState", "attribute read", "gptresume/checkpoint/manifest.py", "trainer_state.json, read "

@@ -119,3 +119,44 @@ def has_dropout(model) -> bool:
     config = getattr(model, "config", None)
     values = config.to_dict().items() if hasattr(config, "to_dict") else ()
     return any(("dropout" in k or k.endswith("pdrop")) and isinstance(v, (int, float)) and v > 0 for k, v in values)
+
+
+def checkpoint_model_shapes(checkpoint: Path) -> tuple[dict[str, tuple] | None, str | None]:
+    """(name -> shape of every weight of the model `checkpoint/config.json` describes, None) without allocating
+    it (built on the meta device), or (None, why not). What `build_model` loads the checkpoint's weights into."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(checkpoint), trust_remote_code=False)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except Exception as e:  # a missing, torn or foreign config.json is a fault of the checkpoint, not a bug
+        return None, f"config.json: does not describe a causal LM Transformers builds ({type(e).__name__}: " \
+                     f"{' '.join(str(e).split())[:200]})"
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}, None
+
+
+def tokenizer_problem(checkpoint: Path) -> str | None:
+    """None when the tokenizer saved in `checkpoint` loads (as `load_tokenizer` loads it on a resume)."""
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(str(checkpoint), trust_remote_code=False)
+    except Exception as e:  # torn tokenizer.json, missing files: a fault of the checkpoint
+        return f"tokenizer files do not load ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+    return None
+
+
+def context_problem(model, block_size: int, field: str = "data.block_size") -> str | None:
+    """A block longer than the model's context (GPT-2's n_positions) fails at the first step with an index error;
+    None when it fits or the config does not say."""
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings"):
+        room = getattr(config, name, None)
+        if isinstance(room, int) and room > 0:
+            if block_size > room:
+                return (f"{field}: {block_size} is longer than the model's context ({name} = {room}); set "
+                        f"data.block_size to {room} or less")
+            return None
+    return None

@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from gptresume.checkpoint.files import list_checkpoints
+from gptresume.checkpoint.files import CHECKPOINT_RE
 from gptresume.durable import atomic_write_text
 from gptresume.errors import UsageError
 
@@ -30,6 +30,9 @@ TOKENIZER_DIR = "tokenizer"
 DATA_CACHE_DIR = "data-cache"
 # What --overwrite removes besides the checkpoints (the data cache stays: it is keyed by its inputs).
 RUN_FILES = (CONFIG_NAME, METRICS_NAME, HISTORY_NAME, FINAL_DIR, TOKENIZER_DIR, TENSORBOARD_DIR)
+# Temporary names written under the run lock and renamed into place: a kill can leave one behind.
+TEMPORARIES = (f".{FINAL_DIR}.tmp*", f".{FINAL_DIR}.old-*", f"{CONFIG_NAME}.tmp", ".*.tmp-*",
+               f"{DATA_CACHE_DIR}/*.tmp-*")
 
 
 def perplexity(loss: float) -> float:
@@ -136,13 +139,36 @@ def _step_of(line: str) -> int:
 
 
 def clear_run(run_dir: Path) -> None:
-    """--overwrite: remove what a previous run left (checkpoints, metrics, history, final model)."""
+    """--overwrite: remove what a previous run left (checkpoints, metrics, history, final model). A symbolic link
+    among them is removed itself, never followed."""
     run_dir = Path(run_dir)
-    for path in list_checkpoints(run_dir):
-        shutil.rmtree(path)
+    if not run_dir.is_dir():
+        return
+    for path in sorted(run_dir.iterdir()):
+        if CHECKPOINT_RE.match(path.name):
+            remove_path(path)
     for name in RUN_FILES:
         p = run_dir / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+        if p.exists() or p.is_symlink():
+            remove_path(p)
+
+
+def remove_leftovers(run_dir: Path) -> list[Path]:
+    """Remove the temporary files and directories (TEMPORARIES) a killed process left in RUN_DIR. Only under the
+    run lock: then no process is writing them."""
+    run_dir = Path(run_dir)
+    removed = []
+    for pattern in TEMPORARIES:
+        for path in sorted(run_dir.glob(pattern)):
+            remove_path(path)
+            removed.append(path)
+    return removed
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file or a directory tree; a symbolic link is unlinked, never followed."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+    else:
+        shutil.rmtree(path)

@@ -176,6 +176,33 @@ def test_clear_run_removes_what_a_run_left_but_keeps_the_data_cache(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10.replaced-x", DATA_CACHE_DIR, "notes.txt"]
 
 
+def test_clear_run_unlinks_links_and_never_follows_them(tmp_path):
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    (outside / "checkpoint-6").mkdir(parents=True)
+    (outside / "checkpoint-6" / "keep.txt").write_text("mine")
+    run.mkdir()
+    (run / "checkpoint-6").symlink_to(outside / "checkpoint-6")
+    (run / "checkpoint-9").symlink_to(tmp_path / "nowhere")
+    (run / "final").symlink_to(outside)
+    clear_run(run)
+    assert list(run.iterdir()) == []
+    assert (outside / "checkpoint-6" / "keep.txt").read_text() == "mine"
+
+
+def test_remove_leftovers_removes_what_a_kill_left_and_nothing_else(tmp_path):
+    from gptresume.rundir import remove_leftovers
+
+    for name in (".final.tmp", ".final.tmp-123", ".final.old-77", f"{DATA_CACHE_DIR}/abc.tmp-9"):
+        (tmp_path / name).mkdir(parents=True)
+    for name in ("config.yaml.tmp", ".metrics.jsonl.tmp-5", "config.yaml", METRICS_NAME, ".lock"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / DATA_CACHE_DIR / "abc").mkdir()
+    removed = remove_leftovers(tmp_path)
+    assert len(removed) == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "config.yaml", DATA_CACHE_DIR, METRICS_NAME]
+    assert [p.name for p in (tmp_path / DATA_CACHE_DIR).iterdir()] == ["abc"]
+
+
 def test_clear_run_of_an_empty_directory(tmp_path):
     clear_run(tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -11,6 +11,7 @@ from pathlib import Path
 MANIFEST_NAME = "manifest.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+SET_ASIDE_RE = re.compile(r"^checkpoint-(\d+)\.replaced-")  # a committed checkpoint moved out of a new save's way
 TRAINER_STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.pt"
 SCHEDULER_NAME = "scheduler.pt"
@@ -32,3 +33,11 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def list_set_aside(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the `checkpoint-N.replaced-*` directories of a run, oldest step first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := SET_ASIDE_RE.match(p.name)))

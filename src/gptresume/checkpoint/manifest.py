@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
+import re
 import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from gptresume.checkpoint.files import (
     CHECKPOINT_RE,
@@ -102,49 +104,199 @@ def write_manifest(ckpt: Path, *, step: int, epoch: float | None, config: dict, 
 
 
 def read_manifest(ckpt: Path) -> tuple[dict | None, str | None]:
-    path = ckpt / MANIFEST_NAME
-    if not path.is_file():
-        return None, f"no {MANIFEST_NAME} (the save never committed: interrupted, or not written by gptresume)"
+    """The manifest, checked against MANIFEST_SCHEMA before anything uses it; (None, why) when it is absent,
+    unreadable or malformed (never an exception)."""
+    path = Path(ckpt) / MANIFEST_NAME
     try:
+        if not path.is_file():
+            return None, f"no {MANIFEST_NAME} (the save never committed: interrupted, or not written by gptresume)"
         manifest = json.loads(path.read_text())
-        if not isinstance(manifest.get("files"), dict):
-            raise ValueError("no file list")
     except (ValueError, OSError) as e:
         return None, f"{MANIFEST_NAME} is unreadable ({e})"
+    problems = manifest_problems(manifest)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        return None, f"{MANIFEST_NAME} is malformed: " + "; ".join(problems[:3]) + more
     return manifest, None
 
 
 def verify_checkpoint(ckpt: Path, hash_files: bool = True) -> CheckpointInfo:
-    """Check every file the manifest lists: present, right size, right sha256 (streamed)."""
+    """Check a checkpoint against its manifest: the manifest's schema; every listed file present (a regular file,
+    no symbolic link on the way), of the right size and (streamed) sha256; the step of the manifest, of
+    trainer_state.json and of the directory name the same. Never raises for anything found on disk."""
     ckpt = Path(ckpt)
     m = CHECKPOINT_RE.match(ckpt.name)
     info = CheckpointInfo(path=ckpt, step=int(m.group(1)) if m else -1)
+    if ckpt.is_symlink():
+        info.faults.append(f"{ckpt.name} is a symbolic link (to {os.readlink(ckpt)}); a checkpoint must be a "
+                           "directory inside the run")
+        return info
     manifest, fault = read_manifest(ckpt)
     if fault:
         info.faults.append(fault)
         return info
     info.manifest = manifest
     if info.step < 0:
-        info.step = int(manifest.get("step", -1))
+        info.step = manifest["step"]
+    elif info.step != manifest["step"]:
+        info.faults.append(f"{MANIFEST_NAME} says step {manifest['step']}, the directory name step {info.step}")
     for rel, meta in sorted(manifest["files"].items()):
         p = ckpt / rel
-        if not p.is_file():
-            info.faults.append(f"{rel}: missing")
+        link = _symlink_on_the_way(ckpt, rel)
+        if link:
+            info.faults.append(f"{rel}: {link} is a symbolic link (a checkpoint holds regular files only)")
             continue
-        size = p.stat().st_size
-        if size != meta["bytes"]:
-            info.faults.append(f"{rel}: wrong size ({size} bytes, manifest says {meta['bytes']})")
-            continue
-        if hash_files and hash_file(p)[1] != meta["sha256"]:
-            info.faults.append(f"{rel}: wrong sha256 (contents changed since the checkpoint was committed)")
+        try:
+            if not p.is_file():
+                info.faults.append(f"{rel}: missing")
+                continue
+            size = p.stat().st_size
+            if size != meta["bytes"]:
+                info.faults.append(f"{rel}: wrong size ({size} bytes, manifest says {meta['bytes']})")
+                continue
+            if hash_files and hash_file(p)[1] != meta["sha256"]:
+                info.faults.append(f"{rel}: wrong sha256 (contents changed since the checkpoint was committed)")
+        except OSError as e:
+            info.faults.append(f"{rel}: unreadable ({e.strerror or e})")
+    if not info.faults:
+        info.faults.extend(_trainer_state_faults(ckpt, manifest))
     return info
 
 
-def newest_valid(run_dir: Path) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:
-    """The newest valid checkpoint and the newer invalid ones skipped on the way (never deleted here)."""
+def _symlink_on_the_way(ckpt: Path, rel: str) -> str | None:
+    """The first path component of `rel` (inside `ckpt`) that is a symbolic link, if any."""
+    here = ckpt
+    for part in PurePosixPath(rel).parts:
+        here = here / part
+        if here.is_symlink():
+            return here.relative_to(ckpt).as_posix()
+    return None
+
+
+def _trainer_state_faults(ckpt: Path, manifest: dict) -> list[str]:
+    """trainer_state.json (what Trainer restores its step, schedule position and data position from) must agree
+    with the manifest: a global_step of 10**30 would make a half-trained run look complete."""
+    path = ckpt / TRAINER_STATE_NAME
+    if not path.is_file():
+        return []
+    if TRAINER_STATE_NAME not in manifest["files"]:
+        return [f"{TRAINER_STATE_NAME}: not listed in {MANIFEST_NAME} (added after the commit)"]
+    try:
+        state = json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        return [f"{TRAINER_STATE_NAME}: unreadable ({e})"]
+    if not isinstance(state, dict):
+        return [f"{TRAINER_STATE_NAME}: not a JSON object"]
+    faults = []
+    step = state.get("global_step")
+    if not _is_int(step):
+        faults.append(f"{TRAINER_STATE_NAME}: global_step is {step!r}, not an integer")
+    elif step != manifest["step"]:
+        faults.append(f"{TRAINER_STATE_NAME}: global_step {step} disagrees with {MANIFEST_NAME} step "
+                      f"{manifest['step']}")
+    for key, ok in (("max_steps", _is_int), ("epoch", lambda v: v is None or _is_number(v)),
+                    ("log_history", lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v))):
+        if key in state and not ok(state[key]):
+            faults.append(f"{TRAINER_STATE_NAME}: {key} has the wrong type ({type(state[key]).__name__})")
+    return faults
+
+
+# ---------------------------------------------------------------- the manifest's schema
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _opt(check):
+    return lambda v: v is None or check(v)
+
+
+# key -> (required, check, what it must be). Keys a newer gptresume may add are allowed (and ignored).
+MANIFEST_SCHEMA = {
+    "format": (True, lambda v: _is_int(v) and 1 <= v <= MANIFEST_FORMAT, f"an integer from 1 to {MANIFEST_FORMAT}"),
+    "step": (True, lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "files": (True, lambda v: isinstance(v, dict), "an object of file -> {bytes, sha256}"),
+    "config": (True, lambda v: isinstance(v, dict) and all(isinstance(s, dict) for s in v.values()),
+               "an object of sections"),
+    "epoch": (False, _opt(_is_number), "a number or null"),
+    "config_fingerprint": (False, _opt(lambda v: isinstance(v, str)), "a string"),
+    "data_fingerprint": (False, _opt(lambda v: isinstance(v, str)), "a string or null"),
+    "world_size": (False, lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "versions": (False, lambda v: isinstance(v, dict), "an object"),
+    "host": (False, lambda v: isinstance(v, str), "a string"),
+    "created": (False, lambda v: isinstance(v, str), "a string"),
+    "adopted": (False, lambda v: isinstance(v, bool), "true or false"),
+    "train_samples": (False, _opt(lambda v: _is_int(v) and v >= 0), "a non-negative integer or null"),
+}
+
+
+def manifest_problems(manifest) -> list[str]:
+    """What is wrong with a parsed manifest (empty when it may be used): key types, and a `files` object whose
+    keys are relative paths that stay inside the checkpoint and whose values are {bytes: int, sha256: hex}."""
+    if not isinstance(manifest, dict):
+        return [f"expected a JSON object, got {type(manifest).__name__}"]
+    problems = []
+    for key, (required, ok, what) in MANIFEST_SCHEMA.items():
+        if key not in manifest:
+            if required:
+                problems.append(f"no '{key}'")
+        elif not ok(manifest[key]):
+            if key == "format" and _is_int(manifest[key]) and manifest[key] > MANIFEST_FORMAT:
+                problems.append(f"format {manifest[key]} was written by a newer gptresume (this one reads "
+                                f"{MANIFEST_FORMAT}); upgrade gptresume")
+            else:
+                problems.append(f"'{key}' must be {what} (got {_short(manifest[key])})")
+    files = manifest.get("files")
+    if isinstance(files, dict):
+        for rel, meta in files.items():
+            why = path_problem(rel)
+            if why:
+                problems.append(f"files: {_short(rel)} {why}")
+            elif not (isinstance(meta, dict) and _is_int(meta.get("bytes")) and meta["bytes"] >= 0
+                      and isinstance(meta.get("sha256"), str) and SHA256_RE.match(meta["sha256"])):
+                problems.append(f"files: {rel}: must be {{\"bytes\": a non-negative integer, \"sha256\": 64 "
+                                f"lowercase hex digits}} (got {_short(meta)})")
+    return problems
+
+
+def path_problem(rel) -> str | None:
+    """Why `rel` is not a relative path inside a checkpoint (None when it is one)."""
+    if not isinstance(rel, str) or not rel:
+        return "is not a file name"
+    if "\x00" in rel:
+        return "holds a NUL byte"
+    pure = PurePosixPath(rel)
+    if pure.is_absolute():
+        return "is an absolute path (a manifest lists files inside its checkpoint)"
+    if any(part in ("..", ".") for part in rel.split("/")) or pure.as_posix() != rel:
+        return "leaves the checkpoint or is not a normalised relative path"
+    if rel == MANIFEST_NAME:
+        return "is the manifest itself"
+    return None
+
+
+def _short(value, n: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def newest_valid(run_dir: Path, check=None) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:
+    """The newest valid checkpoint and the newer invalid ones skipped on the way (never deleted here).
+
+    `check(info) -> list[str]`: more faults for a checkpoint that verified (the training path passes the load
+    check of checkpoint/loadable.py); a checkpoint with any is skipped like one that fails verification."""
     skipped = []
     for path in reversed(list_checkpoints(run_dir)):
         info = verify_checkpoint(path)
+        if info.valid and check is not None:
+            info.faults.extend(check(info))
         if info.valid:
             return info, skipped
         skipped.append(info)

@@ -1,7 +1,7 @@
 """Retention: which committed checkpoints to delete after a newer one is committed, and never anything else.
 
 A checkpoint is deleted only after a newer one committed; the newest is never deleted; an uncommitted leftover
-older than the newest commit is provably garbage.
+older than the newest commit (or of the step being saved again) is provably garbage.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from gptresume.checkpoint.files import CHECKPOINT_RE, MANIFEST_NAME, list_checkpoints
+from gptresume.checkpoint.files import CHECKPOINT_RE, MANIFEST_NAME, list_checkpoints, list_set_aside
 from gptresume.checkpoint.manifest import read_trainer_state, verify_checkpoint
 from gptresume.durable import fsync_dir
 
@@ -26,16 +26,32 @@ def best_eval_step(ckpt: Path) -> int | None:
 
 
 def set_aside(ckpt: Path) -> Path:
-    """Rename an existing directory out of the way of a new save of the same step (kept, never deleted)."""
+    """Rename an existing directory out of the way of a new save of the same step (a link is renamed, never
+    followed). Retention removes it once its step is older than the `keep_last` newest valid checkpoints."""
     target = ckpt.with_name(f"{ckpt.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     os.replace(ckpt, target)
     return target
 
 
+def clear_the_way(ckpt: Path) -> str:
+    """Before a new save of step N: an existing `checkpoint-N` that was never committed (no manifest: a save of
+    this step cut short by a crash or a kill) is garbage and deleted; a committed one (another timeline after an
+    explicit --resume of an older checkpoint, or one damaged after its commit) is set aside. Returns what was done,
+    for the log."""
+    if ckpt.is_dir() and not ckpt.is_symlink() and not (ckpt / MANIFEST_NAME).is_file():
+        if delete_checkpoint(ckpt):
+            return f"Removed {ckpt}: a save of this step that never committed"
+    return f"Moved {ckpt} aside to {set_aside(ckpt)} before saving the same step again"
+
+
 def delete_checkpoint(path: Path) -> bool:
     """Delete a checkpoint so that no instant leaves a committed-but-damaged one: the manifest goes first (durably),
-    then the files. A failure is logged and the checkpoint left (False), never swallowed."""
+    then the files. A symbolic link is removed itself, never followed. A failure is logged and the checkpoint left
+    (False), never swallowed."""
     try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()
+            return True
         manifest = path / MANIFEST_NAME
         if manifest.exists():
             manifest.unlink()
@@ -49,29 +65,41 @@ def delete_checkpoint(path: Path) -> bool:
 
 def apply_retention(run_dir: Path, keep_last: int | None, newest: Path, keep_best: bool = False) -> list[Path]:
     """After `newest` is committed: delete valid checkpoints older than the `keep_last` newest valid ones,
-    and uncommitted leftovers older than `newest` (a save that crashed before a later one committed).
+    uncommitted leftovers older than `newest` (a save that crashed before a later one committed), and committed
+    checkpoints that fail verification or were set aside once they are older than the `keep_last` newest valid
+    ones (until then they are kept for inspection).
 
-    With keep_best, the checkpoint at the step with the lowest eval loss is kept as well. Checkpoints with a
-    manifest that fails verification are kept for inspection; `newest` is never deleted.
+    With keep_best, the checkpoint at the step with the lowest eval loss is kept as well. `newest` and anything
+    newer than it are never deleted; keep_last=None keeps every committed checkpoint.
     """
     newest_step = int(CHECKPOINT_RE.match(newest.name).group(1))
     best = best_eval_step(newest) if keep_best else None
     deleted = []
     valid_seen = 0
+    floor = None  # step of the keep_last-th newest valid checkpoint: what is older is outside the window
+
+    def delete(path: Path) -> None:
+        if delete_checkpoint(path):
+            deleted.append(path)
+
     for path in reversed(list_checkpoints(run_dir)):
         step = int(CHECKPOINT_RE.match(path.name).group(1))
-        if step > newest_step or path == newest:
-            valid_seen += path == newest
-            continue
-        has_manifest = (path / MANIFEST_NAME).is_file()
-        if not has_manifest:
-            if delete_checkpoint(path):
-                deleted.append(path)
+        if path != newest and step >= newest_step:
+            continue  # another timeline ahead of this one: never touched here
+        if path != newest and not (path / MANIFEST_NAME).is_file():
+            delete(path)
             continue
         # Size checks only: a full re-hash of old checkpoints on every save would cost more than the save.
-        if not verify_checkpoint(path, hash_files=False).valid:
+        if path != newest and not verify_checkpoint(path, hash_files=False).valid:
+            if floor is not None and step != best:
+                delete(path)
             continue
         valid_seen += 1
-        if keep_last is not None and valid_seen > keep_last and step != best and delete_checkpoint(path):
-            deleted.append(path)
+        if keep_last is not None and valid_seen == keep_last:
+            floor = step
+        if keep_last is not None and valid_seen > keep_last and step != best:
+            delete(path)
+    for step, path in list_set_aside(run_dir):
+        if floor is not None and step < floor:
+            delete(path)
     return deleted

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
 
@@ -65,9 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def no_code_from_files() -> None:
+    """Every `torch.load` in this process (ours, Trainer's, Transformers' .bin weights) is weights-only, whatever a
+    caller asks: nothing read from a run or checkpoint directory runs code (TORCH_FORCE_WEIGHTS_ONLY_LOAD, torch
+    >= 2.6; inherited by torchrun's workers)."""
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    no_code_from_files()
     try:
         return args.func(args)
     except UsageError as e:

@@ -17,6 +17,12 @@ import yaml
 
 from gptresume.config.schema import SECTIONS, TRAIN_DEFAULTS, FORBIDDEN_TRAIN_KEYS, Config, DataConfig
 from gptresume.config.types import _type_name, _unknown_key, check_type
+from gptresume.config.values import (
+    GPT2_SIZE_DEFAULTS,
+    from_scratch_problems,
+    output_dir_problem,
+    train_value_problems,
+)
 from gptresume.errors import ConfigError, UsageError
 
 
@@ -99,14 +105,27 @@ def _problems(raw: dict, transformers: bool) -> tuple[list[str], dict, dict]:
         problems.extend(errs or (obj.problems(name) if transformers or name != "model"
                                  else obj.problems(name, transformers=False)))
         built[name] = obj
+    every_minutes = built["checkpoint"].every_minutes
     if not transformers:
-        problems.extend(_train_problems_without_transformers(raw.get("train") or {}))
+        raw_train = raw.get("train") or {}
+        problems.extend(_train_problems_without_transformers(raw_train))
+        problems.extend(train_value_problems(raw_train, every_minutes) + _model_size_problems(built))
         return problems, built, {}
     train, errs = _build_train(raw.get("train") or {})
     if not errs:
         _default_evaluation(train, built["data"])
+        errs = train_value_problems(train, every_minutes) + _model_size_problems(built)
     problems.extend(errs or _training_arguments_problems(train))
     return problems, built, train
+
+
+def _model_size_problems(built: dict) -> list[str]:
+    """A from-scratch GPT-2's sizes against each other and against data.block_size (GPT2Config's defaults for the
+    fields not given); a pretrained model's context is checked when it is loaded (training/run.py)."""
+    model = built["model"]
+    if not isinstance(model.from_scratch, dict):
+        return []
+    return from_scratch_problems(model.from_scratch, GPT2_SIZE_DEFAULTS, built["data"].block_size)
 
 
 def _build_dataclass(cls, raw: dict, prefix: str):
@@ -145,6 +164,8 @@ def _train_problems_without_transformers(raw: dict) -> list[str]:
     problems = [f"train.{key}: not accepted: {FORBIDDEN_TRAIN_KEYS[key]}" for key in raw if key in FORBIDDEN_TRAIN_KEYS]
     if not raw.get("output_dir"):
         problems.append("train.output_dir: required; it is the run directory (e.g. runs/demo)")
+    elif why := output_dir_problem(raw["output_dir"]):
+        problems.append(why)
     return problems
 
 
@@ -177,6 +198,8 @@ def _build_train(raw: dict):
         train[key] = value
     if not train.get("output_dir"):
         problems.append("train.output_dir: required; it is the run directory (e.g. runs/demo)")
+    elif why := output_dir_problem(train["output_dir"]):
+        problems.append(why)
     return train, problems
 
 
@@ -184,7 +207,7 @@ def _default_evaluation(train: dict, data: DataConfig) -> None:
     """Evaluate at every save when there is a validation split, unless the user chose otherwise."""
     if "eval_strategy" not in train:
         train["eval_strategy"] = "steps" if data.validation_fraction > 0 else "no"
-    if train["eval_strategy"] == "steps" and "eval_steps" not in train:
+    if train["eval_strategy"] == "steps" and "eval_steps" not in train and (train.get("save_steps") or 0) > 0:
         train["eval_steps"] = train.get("save_steps")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from gptresume.checkpoint import (
     CHECKPOINT_RE,
     MANIFEST_NAME,
+    RESUME_STATE_NAME,
     CheckpointInfo,
     describe_skip,
     list_checkpoints,
@@ -57,6 +58,9 @@ class RunSpec:
     train_samples: int | None = None
     tokenizer_from_checkpoint: bool = False
     """A resume loads the tokenizer from the checkpoint (the CLI): an adopted checkpoint must hold one."""
+    model_shapes: dict[str, tuple] | None = None
+    """Name -> shape of every weight of the model a resume loads the checkpoint into (a script's Trainer model).
+    None: the model is built from the checkpoint's own config.json (the CLI)."""
 
     @property
     def train(self) -> dict:
@@ -120,9 +124,13 @@ class ResumePlan:
 
 
 def plan_resume(spec: RunSpec, mode: str, overwrite: bool = False, allow_partial: bool = False,
-                allow_change: list[str] | None = None, adopt: bool = False, world_size: int = 1) -> ResumePlan:
+                allow_change: list[str] | None = None, adopt: bool = False, world_size: int = 1,
+                check=None) -> ResumePlan:
     """Decide where training starts and check the config against the checkpoint's. Reads the run directory
-    only; changes nothing. Data changes are judged later, by `check_data` (they need the data fingerprint)."""
+    only; changes nothing. Data changes are judged later, by `check_data` (they need the data fingerprint).
+
+    `check(info) -> faults`: what a checkpoint must also pass to be resumed (`loads(spec)` for training: its
+    state loads); auto/must skip one that fails it like an invalid one, an explicit PATH is refused."""
     run_dir = spec.run_dir
     existing = list_checkpoints(run_dir)
     if adopt and mode in RESUME_MODES:
@@ -134,7 +142,7 @@ def plan_resume(spec: RunSpec, mode: str, overwrite: bool = False, allow_partial
                 "use --resume auto to continue that run, or add --overwrite to delete them and start over")
         return ResumePlan(overwrite=bool(existing))
     if mode in ("auto", "must"):
-        info, skipped = newest_valid(run_dir)
+        info, skipped = newest_valid(run_dir, check)
         for s in skipped:
             log.warning(describe_skip(s))
         if info is None and mode == "must":
@@ -142,9 +150,10 @@ def plan_resume(spec: RunSpec, mode: str, overwrite: bool = False, allow_partial
             raise UsageError(f"--resume must: no valid checkpoint in {run_dir} ({why})")
         plan = ResumePlan(checkpoint=info, skipped=skipped)
     elif adopt and not (Path(mode) / MANIFEST_NAME).is_file():
-        plan = ResumePlan(checkpoint=adoptable_checkpoint(Path(mode), spec.tokenizer_from_checkpoint), adopt=True)
+        plan = ResumePlan(checkpoint=adoptable_checkpoint(Path(mode), spec.tokenizer_from_checkpoint, check=check),
+                          adopt=True)
     else:
-        plan = ResumePlan(checkpoint=_explicit_checkpoint(Path(mode)))
+        plan = ResumePlan(checkpoint=_explicit_checkpoint(Path(mode), check))
     if plan.checkpoint is None:
         return plan
     check_complete_state(plan.checkpoint, allow_partial)
@@ -263,7 +272,53 @@ def check_complete_state(info: CheckpointInfo, allow_partial: bool) -> None:
     log.warning("Resuming from %s without part of its training state (--allow-partial):\n%s", info.path, lines)
 
 
-def _explicit_checkpoint(path: Path) -> CheckpointInfo:
+def loads(spec: RunSpec):
+    """The check a training resume applies to each checkpoint it would take (plan_resume's `check`): the optimizer,
+    scheduler, scaler and RNG files load as Trainer loads them (weights-only), the weights parse and fit the model
+    (`spec.model_shapes`, else the model the checkpoint's config.json describes, which the CLI builds), and the
+    tokenizer loads when the resume takes it from the checkpoint. Faults name the file."""
+
+    def check(info: CheckpointInfo) -> list[str]:
+        from gptresume.checkpoint.loadable import load_faults
+        from gptresume.modeling import checkpoint_model_shapes, tokenizer_problem
+
+        faults, shapes = [], spec.model_shapes
+        if shapes is None:
+            shapes, why = checkpoint_model_shapes(info.path)
+            faults += [why] if why else []
+        if spec.tokenizer_from_checkpoint:
+            why = tokenizer_problem(info.path)
+            faults += [why] if why else []
+        why = resume_state_problem(info.path)
+        faults += [why] if why else []
+        return faults + load_faults(info.path, shapes)
+
+    return check
+
+
+def resume_state_problem(ckpt: Path) -> str | None:
+    """gptresume_state.json (what an earlier changed resume decided) as the plan reads it: None when it is absent
+    or well-formed."""
+    try:
+        state = read_resume_state(ckpt)
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+        if state.get("schedule_plan") is not None:
+            SchedulePlan.from_dict(state["schedule_plan"])
+        stream = state.get("stream")
+        if stream is not None and not (isinstance(stream, dict) and _is_int(stream.get("offset"))
+                                       and _is_int(stream.get("samples")) and stream["samples"] >= 1):
+            raise ValueError("'stream' must hold an integer 'offset' and a positive integer 'samples'")
+    except (ValueError, TypeError, OSError) as e:
+        return f"{RESUME_STATE_NAME}: unreadable ({e})"
+    return None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _explicit_checkpoint(path: Path, check=None) -> CheckpointInfo:
     if not path.is_dir():
         raise UsageError(f"--resume {path}: no such directory; give a checkpoint-N directory, or auto|never|must")
     if not CHECKPOINT_RE.match(path.name) and not (path / MANIFEST_NAME).is_file():
@@ -273,6 +328,8 @@ def _explicit_checkpoint(path: Path) -> CheckpointInfo:
         raise UsageError(f"--resume {path}: no {MANIFEST_NAME}: not written by gptresume, or its save never "
                          "finished. If a plain Transformers script wrote it, add --adopt to check it and take it "
                          "over")
+    if info.valid and check is not None:
+        info.faults.extend(check(info))
     if not info.valid:
         raise UsageError(f"--resume {path}: not a valid checkpoint: " + "; ".join(info.faults))
     return info

@@ -110,30 +110,47 @@ def _row(info: CheckpointInfo, metrics: list[dict]) -> CheckpointRow:
     row.created = manifest.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(path.stat().st_mtime))
     row.epoch = manifest.get("epoch")
     # The checkpoint's own log history describes its timeline; metrics.jsonl (current timeline) is the fallback.
-    history = _trainer_state(path).get("log_history") or [m for m in metrics if m.get("step", 0) <= info.step]
-    train_logs = [e for e in history if "loss" in e and e.get("step", 0) <= info.step]
+    # Entries are read defensively: an invalid checkpoint's trainer_state.json may hold anything.
+    history = _logged(_trainer_state(path).get("log_history"), info.step) or _logged(metrics, info.step)
+    train_logs = [e for e in history if _number(e.get("loss"))]
     if train_logs:
         last = max(train_logs, key=lambda e: e.get("step", 0))
-        row.loss, row.learning_rate = last["loss"], last.get("learning_rate")
-        row.epoch = row.epoch if row.epoch is not None else last.get("epoch")
-    evals = [e for e in history if "eval_loss" in e and e.get("step") == info.step]
+        row.loss, row.learning_rate = last["loss"], _number_or_none(last.get("learning_rate"))
+        row.epoch = row.epoch if row.epoch is not None else _number_or_none(last.get("epoch"))
+    evals = [e for e in history if _number(e.get("eval_loss")) and e.get("step") == info.step]
     if evals:
         row.eval_loss = evals[-1]["eval_loss"]
     return row
 
 
+def _logged(entries, upto: int) -> list[dict]:
+    """Log entries (dicts with a numeric step) up to step `upto`."""
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries if isinstance(e, dict) and _number(e.get("step", 0)) and e.get("step", 0) <= upto]
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _number_or_none(v):
+    return v if _number(v) else None
+
+
 def _trainer_state(ckpt: Path) -> dict:
     try:
-        return read_trainer_state(ckpt) if (ckpt / TRAINER_STATE_NAME).is_file() else {}
+        state = read_trainer_state(ckpt) if (ckpt / TRAINER_STATE_NAME).is_file() else {}
     except (ValueError, OSError):
         return {}
+    return state if isinstance(state, dict) else {}
 
 
 def _configured_max_steps(run_dir: Path) -> int | None:
     try:
         config = yaml.safe_load((run_dir / CONFIG_NAME).read_text())
         return int(config["train"]["max_steps"]) if config["train"].get("max_steps", -1) > 0 else None
-    except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError):
         return None
 
 
@@ -193,6 +210,13 @@ def format_status(status: RunStatus) -> str:
 
 
 def _history_line(e: dict) -> str:
+    try:
+        return _history_text(e)
+    except (TypeError, ValueError, AttributeError, KeyError):  # a line a person or another tool wrote by hand
+        return "(unreadable history entry) " + json.dumps(e, default=str)[:200]
+
+
+def _history_text(e: dict) -> str:
     event = e.get("event", "?")
     parts = [str(e.get("time", "?")).replace("T", " ")[:19], f"{event:<8}", f"step {e.get('step', '?'):<6}",
              f"{e.get('host', '?')} pid {e.get('pid', '?')}"]
@@ -210,7 +234,7 @@ def _history_line(e: dict) -> str:
 
 
 def _num(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
+    return format(value, fmt) if _number(value) else "-"
 
 
 def _size(n: float) -> str:

@@ -76,6 +76,13 @@ def _check_trainer(trainer, every_minutes) -> None:
     if strategy == "no" and not every_minutes:
         raise UsageError("TrainingArguments(save_strategy='no') never saves a checkpoint, so the run could not be "
                          "resumed; set save_steps (or save_strategy='steps'/'epoch'), or pass every_minutes=")
+    from gptresume.config.values import output_dir_problem, train_value_problems
+
+    problems = train_value_problems(args.to_dict(), every_minutes, prefix="TrainingArguments.")
+    why = output_dir_problem(args.output_dir, "TrainingArguments.output_dir")
+    problems += [why] if why else []
+    if problems:
+        raise UsageError("\n".join(problems))
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != args.world_size:
         raise UsageError(f"{launched} processes were launched but the Trainer trains with {args.world_size}: each "
@@ -86,9 +93,15 @@ def _check_trainer(trainer, every_minutes) -> None:
 def _already_complete(trainer, session: Session) -> Outcome:
     """The newest checkpoint reached max_steps: load it into the trainer (a script may save or evaluate
     `trainer.model` next) and train nothing."""
+    from gptresume.checkpoint import apply_retention
+    from gptresume.rundir import remove_leftovers, run_lock
     from gptresume.training.trainer import load_finished_checkpoint
 
     ckpt = session.checkpoint
+    if distributed.is_main():  # finish what a kill during the last commit's retention left
+        with run_lock(session.spec.run_dir):
+            remove_leftovers(session.spec.run_dir)
+            apply_retention(session.spec.run_dir, session.options.keep_last, ckpt, session.options.keep_best)
     load_finished_checkpoint(trainer, ckpt)
     log.warning("%s already reached max_steps (step %d): nothing to train; the trainer holds its model. To train "
                 "longer, raise max_steps and pass allow_change=['max_steps'].", ckpt, session.plan.step)

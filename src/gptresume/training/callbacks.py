@@ -11,7 +11,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from gptresume.training import distributed
-from gptresume.checkpoint import RESUME_STATE_NAME, apply_retention, atomic_write_text, set_aside, write_manifest
+from gptresume.checkpoint import RESUME_STATE_NAME, apply_retention, atomic_write_text, clear_the_way, write_manifest
 from gptresume.resume.plan import RunSpec
 from gptresume.rundir import perplexity
 
@@ -33,8 +33,8 @@ class CommitCallback(TrainerCallback):
             control.should_save = True  # always keep the final state, so the run can be extended later
         if control.should_save and state.is_world_process_zero:
             stale = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if stale.exists():  # left by an earlier attempt at this step (crashed save, or another timeline)
-                log.warning("Moved %s aside to %s before saving the same step again", stale, set_aside(stale))
+            if stale.exists() or stale.is_symlink():  # an earlier attempt at this step (crashed save, other timeline)
+                log.warning(clear_the_way(stale))
         if control.should_save:  # the same on every rank (stop and timed saves are agreed across ranks)
             distributed.barrier()  # no rank writes its RNG file into the old checkpoint before rank 0 moved it aside
         return control

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from gptresume.config import Config, dump_config
 from gptresume.data import PackedBlockCollator, load_texts, prepare_data, save_to_cache
-from gptresume.errors import EXIT_OK
-from gptresume.modeling import build_model, check_model_source, has_dropout, load_tokenizer
+from gptresume.errors import EXIT_OK, UsageError
+from gptresume.modeling import build_model, check_model_source, context_problem, has_dropout, load_tokenizer
 from gptresume.resume.plan import ResumePlan, RunSpec
-from gptresume.rundir import CONFIG_NAME, FINAL_DIR, TOKENIZER_DIR, run_lock
+from gptresume.rundir import CONFIG_NAME, FINAL_DIR, TOKENIZER_DIR, remove_leftovers, remove_path, run_lock
 from gptresume.training import distributed
 from gptresume.training.session import Options, Session, world_size_from_env
 
@@ -67,8 +67,9 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
         distributed.warn_if_not_sharded(trainer, config.train)
         main = distributed.is_main()
         if plan.checkpoint and main:
-            print(f"Resuming from {ckpt} (step {plan.step}, epoch {plan.checkpoint.manifest.get('epoch'):.2f})",
-                  flush=True)
+            epoch = plan.checkpoint.manifest.get("epoch")
+            at = f"step {plan.step}" + (f", epoch {epoch:.2f}" if epoch is not None else "")
+            print(f"Resuming from {ckpt} ({at})", flush=True)
         elif main:
             print(f"Starting a new run in {run_dir}", flush=True)
         outcome = session.run(trainer)
@@ -101,6 +102,9 @@ def _load_inputs(config: Config, plan: ResumePlan, tokenizer_dir: Path | None = 
     tokenizer = load_tokenizer(config.model, texts, tokenizer_dir or ckpt)
     data = prepare_data(config.data, tokenizer, config.run_dir, texts)
     model = build_model(config.model, tokenizer, config.train.get("seed", 42), ckpt)
+    too_long = context_problem(model, config.data.block_size)  # a pretrained model's context, known only now
+    if too_long:
+        raise UsageError(too_long)
     return {"tokenizer": tokenizer, "data": data, "model": model}
 
 
@@ -144,10 +148,13 @@ def save_final(trainer, run_dir: Path) -> None:
     distributed.barrier()
     trainer.save_model(str(tmp))
     distributed.barrier()
-    if distributed.is_main():
+    if distributed.is_main():  # the old final/ moves aside first: no instant leaves a half-deleted final/
+        old = run_dir / f".{FINAL_DIR}.old-{os.getpid()}"
         if final.exists():
-            shutil.rmtree(final)
+            os.replace(final, old)
         os.replace(tmp, final)
+        if old.exists():
+            remove_path(old)
 
 
 def print_samples(model, tokenizer, prompts=SAMPLE_PROMPTS, max_new_tokens: int = 30, seed: int = 0) -> None:
@@ -171,8 +178,13 @@ def print_samples(model, tokenizer, prompts=SAMPLE_PROMPTS, max_new_tokens: int 
 
 
 def _report_complete(config: Config, plan: ResumePlan) -> int:
+    from gptresume.checkpoint import apply_retention
+
     run_dir = config.run_dir
     final = run_dir / FINAL_DIR
+    with run_lock(run_dir):  # what a kill during the last commit's retention or during final/ left is finished
+        remove_leftovers(run_dir)
+        apply_retention(run_dir, config.checkpoint.keep_last, plan.checkpoint.path, config.checkpoint.keep_best)
     if not final.is_dir():  # finished training but died before writing final/: write it from the checkpoint
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

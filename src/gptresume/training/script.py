@@ -60,7 +60,8 @@ def spec_for_trainer(trainer, data_fingerprint: str | None, keep_last: int | Non
     config = {"train": training_args_record(trainer.args), "model": model_record(trainer.model),
               "checkpoint": {"keep_last": keep_last, "keep_best": keep_best}}
     fingerprint = data_fingerprint or dataset_fingerprint(dataset)
-    return RunSpec(Path(trainer.args.output_dir), config, fingerprint, len(dataset))
+    shapes = {name: tuple(t.shape) for name, t in trainer.model.state_dict().items()}  # what a resume loads into
+    return RunSpec(Path(trainer.args.output_dir), config, fingerprint, len(dataset), model_shapes=shapes)
 
 
 def resume_mode(resume, args) -> tuple[str, bool]:

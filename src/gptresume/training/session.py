@@ -23,8 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gptresume.errors import EXIT_OK, EXIT_STOPPED
-from gptresume.resume.plan import RunSpec, ResumePlan, check_inputs, data_stream, plan_resume, report_changes
-from gptresume.rundir import LOCK_NAME, METRICS_NAME, append_history, clear_run, run_lock, trim_metrics
+from gptresume.resume.plan import RunSpec, ResumePlan, check_inputs, data_stream, loads, plan_resume, report_changes
+from gptresume.rundir import (
+    LOCK_NAME,
+    METRICS_NAME,
+    append_history,
+    clear_run,
+    remove_leftovers,
+    run_lock,
+    trim_metrics,
+)
 from gptresume.training import distributed
 
 log = logging.getLogger(__name__)
@@ -125,8 +133,9 @@ class Session:
 
     def decide(self, world_size: int) -> ResumePlan:
         o = self.options
+        # check: a checkpoint whose state would not load (resume/plan.py `loads`) is skipped like an invalid one
         self.plan = plan_resume(self.spec, o.resume, o.overwrite, o.allow_partial, o.allow_change, o.adopt,
-                                world_size)
+                                world_size, check=loads(self.spec))
         return self.plan
 
     def check_inputs(self, dropout: bool) -> None:
@@ -141,6 +150,7 @@ class Session:
         config.yaml, tokenizer and data cache), metrics trimmed to the resumed step, and the history line."""
         plan, spec = self.plan, self.spec
         self._take_lock()
+        remove_leftovers(spec.run_dir)  # temporaries of a killed process (rundir.TEMPORARIES)
         report_changes(plan)
         if plan.overwrite:
             clear_run(spec.run_dir)

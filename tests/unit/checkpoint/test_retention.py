@@ -1,5 +1,6 @@
 """checkpoint/retention.py beyond tests/test_checkpoint.py: keep_best, keep_last=None, leftovers without a
-manifest, set_aside, best_eval_step, a delete that fails."""
+manifest, set_aside and clear_the_way, set-aside directories leaving with the window, links never followed,
+best_eval_step, a delete that fails."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from gptresume.checkpoint import apply_retention, best_eval_step, list_checkpoints, set_aside, write_manifest
+from gptresume.checkpoint import (
+    apply_retention,
+    best_eval_step,
+    clear_the_way,
+    list_checkpoints,
+    set_aside,
+    write_manifest,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +110,7 @@ def test_set_aside_keeps_the_directory_out_of_the_way(tmp_path):
     assert names(tmp_path) == []  # no longer a checkpoint of the run
     newest = make_checkpoint(tmp_path, 10)
     apply_retention(tmp_path, keep_last=1, newest=newest)
-    assert moved.is_dir()  # retention never touches it
+    assert moved.is_dir()  # not while its step is within the keep_last newest
 
 
 def test_a_failed_delete_is_logged_not_reported_as_deleted(tmp_path, monkeypatch, caplog):
@@ -119,3 +127,39 @@ def test_a_failed_delete_is_logged_not_reported_as_deleted(tmp_path, monkeypatch
     assert (tmp_path / "checkpoint-10").is_dir()
     assert "checkpoint-10" in caplog.text
     assert deleted == []
+
+
+def test_a_save_of_a_step_that_never_committed_is_deleted_before_the_step_is_saved_again(tmp_path):
+    stale = make_checkpoint(tmp_path, 10, commit=False)  # a kill during the save of step 10
+    assert "never committed" in clear_the_way(stale)
+    assert list(tmp_path.iterdir()) == []  # nothing kept as .replaced-*
+
+
+def test_a_committed_checkpoint_of_the_same_step_is_set_aside(tmp_path):
+    committed = make_checkpoint(tmp_path, 10)  # another timeline (an explicit --resume of an older checkpoint)
+    assert "aside" in clear_the_way(committed)
+    (moved,) = tmp_path.iterdir()
+    assert moved.name.startswith("checkpoint-10.replaced-") and (moved / "manifest.json").is_file()
+
+
+def test_set_aside_directories_go_once_older_than_the_keep_last_newest(tmp_path):
+    for step in (10, 20):
+        set_aside(make_checkpoint(tmp_path, step))
+    for step in (10, 20, 30):
+        make_checkpoint(tmp_path, step)
+    apply_retention(tmp_path, keep_last=2, newest=tmp_path / "checkpoint-30")
+    assert sorted(p.name.split(".")[0] for p in tmp_path.iterdir()) == ["checkpoint-20", "checkpoint-20",
+                                                                        "checkpoint-30"]
+    apply_retention(tmp_path, keep_last=None, newest=make_checkpoint(tmp_path, 40))
+    assert len([p for p in tmp_path.iterdir() if ".replaced-" in p.name]) == 1  # keep_last None: kept
+
+
+def test_a_checkpoint_that_is_a_link_is_unlinked_never_followed(tmp_path):
+    run = tmp_path / "run"
+    elsewhere = make_checkpoint(tmp_path / "elsewhere", 10)
+    run.mkdir()
+    (run / "checkpoint-10").symlink_to(elsewhere)  # invalid (a link), committed through it: older than the window
+    newest = make_checkpoint(run, 20)
+    deleted = apply_retention(run, keep_last=1, newest=newest)
+    assert [p.name for p in deleted] == ["checkpoint-10"] and names(run) == ["checkpoint-20"]
+    assert (elsewhere / "manifest.json").is_file() and (elsewhere / "model.safetensors").is_file()
