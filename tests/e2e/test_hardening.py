@@ -84,6 +84,8 @@ def test_crafted_pickles_never_run_and_broken_checkpoints_fall_back(tmp_path):
         result = run_cli(tmp_path, *argv)
         assert result.returncode == code and "Traceback" not in result.stderr, (argv, result.stdout + result.stderr)
         assert ran() == [], argv
+    for argv in (("eval", run / "checkpoint-12"), ("generate", run / "checkpoint-12", "--prompt", "The")):
+        assert_refused(run_cli(tmp_path, *argv), "could not load a causal LM from", "checkpoint-12")  # not a traceback
     status = run_cli(tmp_path, "status", run).stdout
     assert "global_step 1000000000000000000000000000000 disagrees with manifest.json step 16" in status
     assert "complete: no" in status

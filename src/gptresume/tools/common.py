@@ -120,8 +120,9 @@ def load_model_for(source: ModelSource, command: str):
 
     try:
         model = AutoModelForCausalLM.from_pretrained(str(source.model_dir), dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{command}: could not load a causal LM from {source.model_dir}: {e}") from None
+    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: weights whose shapes are not the config's
+        raise UsageError(f"{command}: could not load a causal LM from {source.model_dir}: "
+                         f"{' '.join(str(e).split())[:300]}") from None
     if torch.cuda.is_available():
         model.to("cuda")
     model.eval()
