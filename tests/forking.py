@@ -161,9 +161,17 @@ def serve() -> None:
     for line in sys.stdin.buffer:
         request = json.loads(line)
         if request["op"] == "start":
+            # Opened here, before the fork: a streamed stdout (a FIFO) has its writer by the time the test reads,
+            # so the test never sees an early end of file.
+            out = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            err = out if request["stderr"] == request["stdout"] else os.open(
+                request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             pid = os.fork()
             if pid == 0:
-                _child(request, gptresume.cli.main)
+                _child(request, out, err, gptresume.cli.main)
+            os.close(out)
+            if err != out:
+                os.close(err)
             answer = {"pid": pid}
         else:
             pid = request["pid"]
@@ -176,7 +184,7 @@ def serve() -> None:
         reply.flush()
 
 
-def _child(request: dict, main) -> None:
+def _child(request: dict, out: int, err: int, main) -> None:
     """In the forked child: become the command (cwd, environment, stdio, argv), run it, exit with its code."""
     code = 1
     try:
@@ -192,11 +200,10 @@ def _child(request: dict, main) -> None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (request["fsize_limit"], request["fsize_limit"]))
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        out = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        err = out if request["stderr"] == request["stdout"] else os.open(
-            request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(out, 1)
         os.dup2(err, 2)
+        for fd in {out, err, null}:
+            os.close(fd)
         if request["script"]:
             import runpy
 

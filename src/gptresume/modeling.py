@@ -118,7 +118,10 @@ def has_dropout(model) -> bool:
         return True
     config = getattr(model, "config", None)
     values = config.to_dict().items() if hasattr(config, "to_dict") else ()
-    return any(("dropout" in k or k.endswith("pdrop")) and isinstance(v, (int, float)) and v > 0 for k, v in values)
+    # Dropout applied functionally (attention dropout in some models) shows only in the config; `summary_*` fields
+    # belong to heads the causal LM does not have (GPT2Config.summary_first_dropout).
+    return any(("dropout" in k or k.endswith("pdrop")) and not k.startswith("summary_")
+               and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for k, v in values)
 
 
 def checkpoint_model_shapes(checkpoint: Path) -> tuple[dict[str, tuple] | None, str | None]:

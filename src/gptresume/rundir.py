@@ -79,9 +79,13 @@ _held: dict[str, list] = {}  # run directory -> [fd, depth]: a process may re-en
 
 
 @contextmanager
-def run_lock(run_dir: Path):
+def run_lock(run_dir: Path, announce: bool = True):
     """One trainer per run directory: a second one would interleave checkpoints. Re-entrant within a process (the
-    CLI takes it before loading anything; the training session it calls takes it again)."""
+    CLI takes it before loading anything; the training session it calls takes it again).
+
+    `announce`: write "pid P on HOST" into the lock file at once (what a refused second process reports). A lock
+    taken before the inputs are checked passes False, so a refused command leaves the file untouched, and calls
+    `announce_lock_holder` once it is going to write the run directory anyway."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     key = str(run_dir.resolve())
@@ -100,13 +104,21 @@ def run_lock(run_dir: Path):
             other = os.pread(fd, 64, 0).decode(errors="replace").strip()
             raise UsageError(f"{run_dir} is in use by another gptresume process ({other}); wait for it, "
                              "or stop it (SIGTERM saves a checkpoint)") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
         _held[key] = [fd, 1]
+        if announce:
+            announce_lock_holder(run_dir)
         yield
     finally:
         _held.pop(key, None)
         os.close(fd)
+
+
+def announce_lock_holder(run_dir: Path) -> None:
+    """Record this process as the holder in the lock file it holds (a second process names it when refused)."""
+    held = _held.get(str(Path(run_dir).resolve()))
+    if held is not None:
+        os.ftruncate(held[0], 0)
+        os.pwrite(held[0], f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
 
 
 # ---------------------------------------------------------------- writing the books

@@ -96,6 +96,6 @@ def _load_config_and_lock(path: str, overrides: list[str], held: ExitStack):
     check_without_transformers(raw, source=str(path))
     run_dir = raw["train"]["output_dir"]
     if isinstance(run_dir, str) and (Path(run_dir) / LOCK_NAME).is_file():
-        held.enter_context(run_lock(Path(run_dir)))
+        held.enter_context(run_lock(Path(run_dir), announce=False))
     quiet_transformers()  # transformers from here on (TrainingArguments); its known noise out (logs.py)
     return config_from_dict(raw, source=str(path))

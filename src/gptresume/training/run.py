@@ -12,6 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from gptresume.compat import warn_if_unchecked
 from gptresume.config import Config, dump_config
 from gptresume.data import PackedBlockCollator, load_texts, prepare_data, save_to_cache
 from gptresume.errors import EXIT_OK, UsageError
@@ -36,6 +37,8 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
                       async_save=config.checkpoint.async_save, stop_at_step=stop_at_step)
     spec = RunSpec(run_dir, config.to_dict(), tokenizer_from_checkpoint=True)
     world_size = world_size_from_env()
+    if distributed.is_main():
+        warn_if_unchecked(log)  # exactness relies on the private behaviour listed in compat.py
     with Session(spec, options) as session:
 
         def decide() -> ResumePlan:

@@ -27,6 +27,7 @@ from gptresume.resume.plan import RunSpec, ResumePlan, check_inputs, data_stream
 from gptresume.rundir import (
     LOCK_NAME,
     METRICS_NAME,
+    announce_lock_holder,
     append_history,
     clear_run,
     remove_leftovers,
@@ -128,7 +129,7 @@ class Session:
 
     def _take_lock(self) -> None:
         if not self._locked:
-            self._held.enter_context(run_lock(self.spec.run_dir))
+            self._held.enter_context(run_lock(self.spec.run_dir, announce=False))
             self._locked = True
 
     def decide(self, world_size: int) -> ResumePlan:
@@ -150,6 +151,7 @@ class Session:
         config.yaml, tokenizer and data cache), metrics trimmed to the resumed step, and the history line."""
         plan, spec = self.plan, self.spec
         self._take_lock()
+        announce_lock_holder(spec.run_dir)
         remove_leftovers(spec.run_dir)  # temporaries of a killed process (rundir.TEMPORARIES)
         report_changes(plan)
         if plan.overwrite:

@@ -1,9 +1,10 @@
 """Resuming with a different config: changes that alter training are refused with a table (exit 2, nothing
-changed); changes to logging/eval/save cadence are applied and noted; changed data is detected."""
+changed); a changed logging cadence is applied and noted (save and eval cadence: test_resume_cadence.py); changed
+data is detected."""
 
 import pytest
 
-from conftest import assert_refused, run_cli, snapshot, write_config
+from conftest import assert_refused, read_metrics, run_cli, snapshot, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +59,11 @@ def test_changed_data_is_detected(stopped_run):
     assert snapshot(tmp / "run") == before
 
 
-def test_cadence_changes_are_applied_and_noted(stopped_run):
+def test_cadence_changes_are_applied_and_noted(stopped_run):  # last: it finishes the shared run
     tmp, config = stopped_run
     result = run_cli(tmp, "train", config, "--set", "train.logging_steps=2", "--set", "checkpoint.keep_last=5")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "train.logging_steps" in result.stderr and "does not change training" in result.stderr
+    # applied, not only noted: every step before the stop at 3, every second step after it (the checkpoint's
+    # trainer_state.json says every step)
+    assert [r["step"] for r in read_metrics(tmp / "run") if "loss" in r] == [1, 2, 3, 4, 6, 8]

@@ -32,11 +32,13 @@ def train(tmp, config, processes: int, log: str, *args, code=0):
     """`gptresume train` on 1 process (4 per device x accumulation 2) or 2 (4 per device each): global batch 8."""
     import subprocess
 
-    cmd = ([*launcher("gptresume.launch"), "-m", "gptresume"] if processes == 2 else
-           [__import__("sys").executable, "-m", "gptresume"])
-    cmd += ["train", str(config), *(ONE if processes == 1 else []), *map(str, args)]
-    result = subprocess.run(cmd, cwd=tmp, env={**ddp_env(tmp), "GPTRESUME_SAMPLE_LOG": str(tmp / log)},
-                            capture_output=True, text=True, timeout=300)
+    env = {"GPTRESUME_SAMPLE_LOG": str(tmp / log)}
+    if processes == 1:
+        result = run_cli(tmp, "train", config, *ONE, *args, env=env)
+    else:
+        result = subprocess.run([*launcher("gptresume.launch"), "-m", "gptresume", "train", str(config),
+                                 *map(str, args)], cwd=tmp, env={**ddp_env(tmp), **env}, capture_output=True,
+                                text=True, timeout=300)
     assert result.returncode == code, result.stdout + result.stderr
     return result
 
