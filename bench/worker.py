@@ -5,7 +5,8 @@
   worker.py train --peer gptresume|trainer|minimal --config Y [--set k=v ...] --out F [options]
 
 `train` records a timestamp at the end of every optimizer step, the same way for all three peers:
-  gptresume  `gptresume train` itself (cli.main, in this process), with a clock callback added to its Trainer
+  gptresume  `gptresume train` itself (gptresume.cli.main, in this process), with the bench's callbacks added to the
+             Trainer it builds (see run_gptresume: no gptresume function is replaced)
   trainer    plain `transformers.Trainer` with TrainingArguments(**config.train): no gptresume code in the loop
   minimal    a nanoGPT-style loop: AdamW (fused when the config's optim is), the same LR schedule, weight decay
              groups, gradient clipping, autocast and batches as Trainer
@@ -16,8 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
+import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +52,7 @@ class Clock:
         self.exit_after_steps = exit_after_steps
         self.exit_at_step = exit_at_step
         self.extra: dict = {}
+        self.trainer = None  # the gptresume peer's Trainer, once train() is called
 
     def mark(self, name: str) -> None:
         self.events.setdefault(name, time.time())
@@ -244,123 +250,225 @@ def run_minimal(a, clock: Clock) -> None:
     clock.finish()
 
 
-def run_gptresume(a, clock: Clock) -> None:
-    """`gptresume train` in this process, with the clock added to its Trainer and, with --save-timing, every
-    part of each checkpoint save timed: training paused, written, hashed, fsynced, committed."""
-    import threading
+# ---------------------------------------------------------------- the gptresume peer
 
+
+PER_STEP_EVENTS = ("on_step_begin", "on_substep_end", "on_pre_optimizer_step", "on_optimizer_step", "on_step_end",
+                   "on_log")
+COMMITTED = re.compile(r"Committed checkpoint-(\d+) in ([0-9.]+)s")  # gptresume's DEBUG line of each commit
+
+
+class SaveBook:
+    """One row per save (by step), filled from the training thread (the callback) and from whichever thread commits
+    (the log handler: the training thread for a synchronous save, the writer thread for an asynchronous one)."""
+
+    def __init__(self):
+        self.rows: dict[int, dict] = {}
+        self.lock = threading.Lock()
+
+    def record(self, step: int, **values) -> None:
+        with self.lock:
+            self.rows.setdefault(step, {"step": step}).update(values)
+
+    def sorted(self) -> list[dict]:
+        with self.lock:
+            return [dict(self.rows[k]) for k in sorted(self.rows)]
+
+
+class CommitLog(logging.Handler):
+    """On the "gptresume" logger: the commit time of every save from gptresume's own DEBUG line
+    "Committed checkpoint-N in X s" (training/callbacks.py, written by the commit itself in both modes)."""
+
+    def __init__(self, book: SaveBook):
+        super().__init__(logging.DEBUG)
+        self.book = book
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = COMMITTED.match(record.getMessage())
+        if m:
+            self.book.record(int(m[1]), commit_s=float(m[2]))
+
+
+def measure_hashing(run_dir: Path, book: SaveBook) -> None:
+    """Hashing and fsync of each committed checkpoint still in RUN_DIR (retention deleted the older ones; every save
+    writes the same files of the same size), after training, so neither is added to the run being timed:
+
+    - hash_s: `gptresume.durable.hash_file` (the function the commit streams every file through) re-run on each
+      file the manifest lists, checked against the manifest's digest. The files were just written and read by
+      the commit, so, as during the commit, they come from the page cache.
+    - fsync_s: each file copied to a scratch file (dirty pages, as a file torch.save has just written) and
+      `os.fsync` of the copy timed: what the commit's fsync of a freshly written file costs on this disk.
+    """
+    from gptresume.durable import hash_file
+
+    scratch = run_dir / ".bench-fsync-copy"
+    for manifest in run_dir.glob("checkpoint-*/manifest.json"):
+        ckpt = manifest.parent
+        hash_s = fsync_s = 0.0
+        size = 0
+        for name, meta in json.loads(manifest.read_text())["files"].items():
+            t = time.perf_counter()
+            n, digest = hash_file(ckpt / name)
+            hash_s += time.perf_counter() - t
+            if digest != meta["sha256"]:
+                raise RuntimeError(f"{ckpt / name}: sha256 differs from its manifest")
+            size += n
+            shutil.copyfile(ckpt / name, scratch)
+            fd = os.open(scratch, os.O_RDONLY)
+            try:
+                t = time.perf_counter()
+                os.fsync(fd)
+                fsync_s += time.perf_counter() - t
+            finally:
+                os.close(fd)
+                scratch.unlink()
+        book.record(int(ckpt.name.rsplit("-", 1)[1]), hash_s=hash_s, fsync_s=fsync_s, bytes=size)
+
+
+def gptresume_callbacks(clock: Clock, book: SaveBook, a):
+    """Two TrainerCallbacks that bracket the Trainer's callback list (`Opening` first, `Closing` last):
+
+    - the clock: `Closing.on_step_end` marks every optimizer step's end, after every other callback's on_step_end
+      (gptresume's per-step work included), as `clock_callback` does for the other peers;
+    - callback_s: each per-step event's time from `Opening` (first to be called) to `Closing` (last), i.e. all
+      callbacks of the event, gptresume's and Trainer's own, summed over the steps after the first;
+    - blocked_s (training paused by a save): Trainer runs `_maybe_log_save_evaluate` after on_step_end: log
+      (on_log), evaluate (on_evaluate), then `_save_checkpoint` and on_save. From the last of these events
+      `Closing` saw at the save's step to its on_save, which comes after gptresume's CommitCallback.on_save has
+      committed a synchronous save (or returned, for an asynchronous one): the save alone, whether or not that
+      step also logged or evaluated;
+    - on_train_end (with --save-timing or --exit-when-saved): waits for an asynchronous save still in flight
+      (`trainer.async_saver.wait()`, as gptresume itself does when train() returns), marks saves_done, adds the
+      saver's per-save history and the hashing figures, and with --exit-when-saved writes the result and exits
+      (the final model and the samples are not what is measured).
+    """
+    from transformers import TrainerCallback
+
+    clock.extra["callback_s"] = 0.0
+    opened: list[float] = []
+
+    def open_event(self, args, state, control, **kwargs):
+        opened[:] = [time.perf_counter()]
+
+    Opening = type("Opening", (TrainerCallback,), {ev: open_event for ev in PER_STEP_EVENTS})
+
+    class Closing(TrainerCallback):
+        def __init__(self):
+            self.before_save = None  # perf_counter at the end of the last event before a save could start
+
+        def close(self) -> None:
+            if opened and clock.step_ends:
+                clock.extra["callback_s"] += time.perf_counter() - opened[0]
+            opened.clear()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            clock.mark("train_begin")
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.close()
+            clock.mark("first_step_begin")
+
+        def on_substep_end(self, args, state, control, **kwargs):
+            self.close()
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            self.close()
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            self.close()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.close()
+            clock.step_end(state.global_step)
+            self.before_save = time.perf_counter()
+
+        def on_log(self, args, state, control, **kwargs):
+            self.close()
+            self.before_save = time.perf_counter()
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.before_save = time.perf_counter()
+
+        def on_save(self, args, state, control, **kwargs):
+            if self.before_save is not None:
+                book.record(state.global_step, blocked_s=time.perf_counter() - self.before_save)
+            self.before_save = None
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if not (a.save_timing or a.exit_when_saved):
+                return
+            saver = getattr(clock.trainer, "async_saver", None)
+            if saver is not None:
+                saver.wait()
+            clock.mark("saves_done")
+            if a.save_timing:
+                finish_save_timing(clock, book, Path(args.output_dir))
+            if a.exit_when_saved:
+                clock.finish(exit_code=0, returncode=0)
+
+    return Opening(), Closing()
+
+
+def finish_save_timing(clock: Clock, book: SaveBook, run_dir: Path) -> None:
+    """Every save's row: blocked_s (callback), commit_s (log), the async saver's history, hashing and fsync."""
+    saver = getattr(clock.trainer, "async_saver", None)
+    for h in (saver.history if saver is not None else []):
+        book.record(h["step"], waited_s=h["waited_s"], write_s=h["write_s"], total_s=h["total_s"],
+                    saver_blocked_s=h["blocked_s"], saver_commit_s=h["commit_s"])
+    measure_hashing(run_dir, book)
+    saves = book.sorted()
+    for row in saves:
+        row.setdefault("total_s", row.get("blocked_s"))  # a synchronous save is over when training goes on
+    missing = [r["step"] for r in saves if "blocked_s" not in r or "commit_s" not in r]
+    if missing:  # a renamed log line or a save outside the callback's view: fail rather than report zeros
+        raise RuntimeError(f"saves at steps {missing} lack the pause or the commit time: {saves}")
+    clock.extra.update(saves=saves)
+
+
+def run_gptresume(a, clock: Clock) -> None:
+    """`gptresume train` itself: `gptresume.cli.main(argv)` in this process, exactly as a user runs it, with the
+    bench's two callbacks (gptresume_callbacks) added to its Trainer and, with --save-timing, a log handler for
+    the commit times. No function of gptresume is replaced.
+
+    The one patch is of transformers: `Trainer.train` is wrapped, once, to add the callbacks (Trainer's public
+    `remove_callback`/`add_callback`, so that `Opening` is first and `Closing` last) and to keep the Trainer (its
+    `async_saver.history`, its model's facts). The CLI builds its Trainer inside `gptresume train` and no public
+    hook of Transformers or gptresume adds a callback to a Trainer one does not construct; building the Trainer
+    in the bench (and calling `gptresume.train(trainer)`) would time something other than the command users run.
+    """
     import transformers
 
-    from gptresume import async_save, callbacks, checkpoint, cli, training
+    from gptresume import cli
 
+    book = SaveBook()
     original_train = transformers.Trainer.train
 
     def train(self, *args, **kwargs):
-        self.add_callback(clock_callback(clock))
+        transformers.Trainer.train = original_train  # this process trains one Trainer
         clock.trainer = self
+        opening, closing = gptresume_callbacks(clock, book, a)
+        existing = list(self.callback_handler.callbacks)
+        for cb in existing:
+            self.remove_callback(cb)
+        for cb in (opening, *existing, closing):
+            self.add_callback(cb)
         block = len(self.train_dataset[0]["input_ids"])
         clock.extra.update(model_facts(self.model, block), tokens_per_step=block * self.args.per_device_train_batch_size
                            * self.args.gradient_accumulation_steps,
                            settings={"bf16": self.args.bf16, "torch_compile": self.args.torch_compile,
                                      "optim": str(self.args.optim.value), "attn": self.model.config._attn_implementation,
-                                     "async_save": bool(getattr(self, "async_saver", None))})
+                                     "async_save": getattr(self, "async_saver", None) is not None})
         clock.mark("train_call")
         return original_train(self, *args, **kwargs)
 
     transformers.Trainer.train = train
-
-    # gptresume's per-step cost on top of Trainer's loop is its callbacks: time every per-step event (Trainer's
-    # own callbacks included) after the first step.
-    from transformers.trainer_callback import CallbackHandler
-
-    original_event = CallbackHandler.call_event
-    per_step = ("on_step_begin", "on_pre_optimizer_step", "on_optimizer_step", "on_step_end", "on_log",
-                "on_substep_end")
-    clock.extra["callback_s"] = 0.0
-
-    def call_event(self, event, *args, **kwargs):
-        t = time.perf_counter()
-        try:
-            return original_event(self, event, *args, **kwargs)
-        finally:
-            if event in per_step and len(clock.step_ends) >= 1:
-                clock.extra["callback_s"] += time.perf_counter() - t
-
-    CallbackHandler.call_event = call_event
-
-    saves: dict[int, dict] = {}
-    lock = threading.Lock()
-
-    def record(step, **values):
-        with lock:
-            row = saves.setdefault(step, {"step": step})
-            for k, v in values.items():
-                row[k] = row.get(k, 0) + v
-
     if a.save_timing:
-        original_save = async_save.AsyncSaveMixin._save_checkpoint
-        original_on_save = callbacks.CommitCallback.on_save
-        original_hash = checkpoint.hash_file
-
-        def save_checkpoint(self, model, trial):
-            t = time.perf_counter()
-            original_save(self, model, trial)
-            record(self.state.global_step, blocked_s=time.perf_counter() - t)
-
-        def on_save(self, args, state, control, **kwargs):
-            t = time.perf_counter()
-            out = original_on_save(self, args, state, control, **kwargs)
-            record(state.global_step, blocked_s=time.perf_counter() - t)
-            return out
-
-        def hash_file(path, fsync=False):
-            if not fsync:  # verification, not a commit
-                return original_hash(path, fsync=False)
-            step = next(int(q.name.rsplit("-", 1)[1]) for q in Path(path).parents if q.name.startswith("checkpoint-"))
-            if fsync:
-                t = time.perf_counter()
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                record(step, fsync_s=time.perf_counter() - t)
-            t = time.perf_counter()
-            size, digest = original_hash(path, fsync=False)
-            record(step, hash_s=time.perf_counter() - t, bytes=size)
-            return size, digest
-
-        async_save.AsyncSaveMixin._save_checkpoint = save_checkpoint
-        callbacks.CommitCallback.on_save = on_save
-        checkpoint.hash_file = hash_file
-
-    original_finishing = training.finishing_saves
-
-    from contextlib import contextmanager
-
-    def collect():
-        trainer = getattr(clock, "trainer", None)
-        saver = getattr(trainer, "async_saver", None)
-        for h in (saver.history if saver else []):
-            record(h["step"], total_s=h["total_s"], waited_s=h["waited_s"], write_s=h["write_s"],
-                   commit_s=h["commit_s"])
-        for row in saves.values():  # a synchronous save is over when training resumes
-            row.setdefault("total_s", row.get("blocked_s", 0.0))
-        return sorted(saves.values(), key=lambda r: r["step"])
-
-    @contextmanager
-    def finishing(trainer):
-        with original_finishing(trainer):
-            yield
-        clock.mark("saves_done")
-        if a.exit_when_saved:  # the final model and samples are not what we measure
-            clock.finish(exit_code=0, returncode=0, saves=collect())
-
-    training.finishing_saves = finishing
+        logging.getLogger("gptresume").setLevel(logging.DEBUG)  # the commit lines are DEBUG records
+        logging.getLogger("gptresume").addHandler(CommitLog(book))
     argv = ["train", a.config, *[x for kv in a.set for x in ("--set", kv)],
             "--set", f"train.output_dir={a.output_dir}", *a.cli_args]
     code = cli.main(argv)
-    clock.finish(exit_code=None, returncode=code, saves=collect())
+    clock.finish(exit_code=None, returncode=code)
 
 
 def cmd_train(a) -> None:
