@@ -72,6 +72,13 @@ WARNINGS: tuple[Private, ...] = (  # value: the text filtered; target: where it 
 )
 
 PRIVATE: tuple[Private, ...] = (
+    P(T + "_init_training_state", "ordering", TRAINER, "a resume restores logging/eval/save steps from "
+      "trainer_state.json after computing them from args: ResumeOverrides recomputes them at on_train_begin",
+      source=("self.state.compute_steps(self.args, max_steps)", "TrainerState.load_from_json")),
+    P("transformers.trainer_callback.TrainerState.compute_steps", "call", TRAINER, "a changed cadence applied to "
+      "the restored state", params=("self", "args", "max_steps")),
+    P(T + "_load_from_checkpoint", "call", TRAINER, "an already complete run loads its final checkpoint into the "
+      "script's trainer without train()", params=("self", "resume_from_checkpoint", "model")),
     P(T + "_get_train_sampler", "override", TRAINER, "after a change of batch or data the sampler is a "
       "StreamSampler at the first untrained sample", params=("self", "train_dataset")),
     P(T + "_load_rng_state", "override", TRAINER, "another process count: Trainer's loader reads the mapped RNG "
