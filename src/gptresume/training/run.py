@@ -20,7 +20,7 @@ from gptresume.modeling import build_model, check_model_source, context_problem,
 from gptresume.resume.plan import ResumePlan, RunSpec
 from gptresume.rundir import CONFIG_NAME, FINAL_DIR, TOKENIZER_DIR, remove_leftovers, remove_path, run_lock
 from gptresume.training import distributed
-from gptresume.training.session import Options, Session, world_size_from_env
+from gptresume.training.session import Options, Session
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
                       keep_best=config.checkpoint.keep_best, every_minutes=config.checkpoint.every_minutes,
                       async_save=config.checkpoint.async_save, stop_at_step=stop_at_step)
     spec = RunSpec(run_dir, config.to_dict(), tokenizer_from_checkpoint=True)
-    world_size = world_size_from_env()
+    world_size = distributed.world_size()
     if distributed.is_main():
         warn_if_unchecked(log)  # exactness relies on the private behaviour listed in compat.py
     with Session(spec, options) as session:

@@ -16,7 +16,6 @@ The phases, in order (rank 0 takes each decision before training and shares it w
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -236,7 +235,3 @@ class Session:
     def record_complete(self, step: int) -> None:
         if distributed.is_main():
             append_history(self.spec.run_dir, "complete", step=step)
-
-
-def world_size_from_env() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
