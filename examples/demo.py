@@ -21,22 +21,9 @@ REFERENCE = Path("runs/demo-reference")
 STOP_AT_FRACTION = 0.4  # SIGTERM once this share of the steps is logged: part-way through an epoch
 
 
-def cpu_has_native_bf16() -> bool:
-    """The demo preset's bf16 autocast is fast only with AVX512-BF16 or AMX; elsewhere it is many times slower than
-    fp32 (measured: 80 tok/s instead of thousands on a CPU without AVX-512), so the demo trains in fp32 there."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True  # not Linux: keep the preset as shipped
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-PRECISION = () if cpu_has_native_bf16() else ("--set", "train.bf16=false")
-
-
 def train(run_dir: Path, extra=()) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "gptresume", "train", str(CONFIG), "--set", f"train.output_dir={run_dir}",
-           *PRECISION, *extra]
+    # demo.yaml's `bf16: auto` picks bf16 where the hardware computes it natively and fp32 elsewhere
+    cmd = [sys.executable, "-m", "gptresume", "train", str(CONFIG), "--set", f"train.output_dir={run_dir}", *extra]
     print("$ gptresume train", " ".join(cmd[4:]), flush=True)
     return subprocess.Popen(cmd)
 

@@ -57,7 +57,10 @@ def peers_for(workload: str, plan: Plan) -> list[dict]:
             {"name": "+ bf16 + torch.compile", "peer": "trainer",
              "args": ootb + bf16 + ["--set", "train.torch_compile=true"]},
         ]
-    preset = {k: v for k, v in yaml.safe_load(DEMO_YAML.read_text())["train"].items() if k in PERF_KEYS}
+    from gptresume.config.device import resolve_precision  # the preset's `bf16: auto`, as this machine resolves it
+
+    train = resolve_precision(yaml.safe_load(DEMO_YAML.read_text())["train"])
+    preset = {k: v for k, v in train.items() if k in PERF_KEYS and v not in (False, None)}  # false: the default
     for v in variants:  # a variant with the preset's settings is the plain Trainer run: measured once
         sets = dict(x.split("=", 1) for x in v["args"][v["args"].index("--set") + 1::2]) if "--set" in v["args"] else {}
         changed = {k.removeprefix("train."): yaml.safe_load(x) for k, x in sets.items()}

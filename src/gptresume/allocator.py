@@ -40,7 +40,7 @@ def keep_freed_memory() -> bool:
     """Turn off glibc's mmap for large blocks and heap trimming in this process; True if applied."""
     global _applied
     if os.environ.get(ENV, "").strip().lower() == "system":
-        log.info("%s=system: glibc's default allocator settings are kept", ENV)
+        log.debug("%s=system: glibc's default allocator settings are kept", ENV)
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -50,6 +50,6 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     if _applied:
-        log.info("CPU allocator: freed memory is kept for reuse (glibc mmap and trimming off; %s=system to "
+        log.debug("CPU allocator: freed memory is kept for reuse (glibc mmap and trimming off; %s=system to "
                  "keep the defaults)", ENV)
     return _applied

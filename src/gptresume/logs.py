@@ -41,6 +41,17 @@ NOISE = ("missing keys in the checkpoint model loaded: ['lm_head.weight']", "`lo
          "We strongly recommend passing in an `attention_mask` since your input_ids may be padded")
 
 
+# Transformers' bars that only repeat what gptresume says in one line: save_pretrained's per-shard bar (a finished
+# bar left on the terminal at every checkpoint; "checkpoint-N committed (size, seconds)" replaces it).
+QUIET_BARS = ("Writing model shards",)
+
+
+def _without_save_bars(factory, args, kwargs):
+    if kwargs.get("desc") in QUIET_BARS:
+        kwargs = {**kwargs, "disable": True}
+    return factory(*args, **kwargs)
+
+
 class _DropNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -57,9 +68,17 @@ def _quiet_known_noise(interactive: bool) -> None:
     # would print each warning twice; its own handler is enough. Filters go on handlers, not loggers: a logger's
     # filter never sees the records of its children.
     hf_logging.disable_propagation()
-    for handler in hf_logging.get_logger().handlers + logging.getLogger().handlers:
+    # huggingface_hub's logger has a handler of its own too and propagates: without this each of its records
+    # (an offline retry, a download warning) is printed twice.
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.disable_propagation()
+    handlers = hf_logging.get_logger().handlers + hub_logging.get_logger().handlers + logging.getLogger().handlers
+    for handler in handlers:
         if not any(isinstance(f, _DropNoise) for f in handler.filters):
             handler.addFilter(_DropNoise())
+    if getattr(hf_logging, "set_tqdm_hook", None) is not None:  # transformers >= 5: a public hook for its bars
+        hf_logging.set_tqdm_hook(_without_save_bars)
     if not interactive:  # progress bars in logs and pipes are noise; our progress lines remain
         import datasets
 

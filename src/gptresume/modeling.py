@@ -29,11 +29,25 @@ def check_model_source(name_or_path: str, field: str) -> None:
                          "save_pretrained, or a hub id such as gpt2")
 
 
+def hub_names(cfg) -> list[str]:
+    """The hub ids a config loads from the hub (model, tokenizer, `hub:` dataset); local directories excluded."""
+    from gptresume.config import HUB_PREFIX
+
+    names = [n for n in (cfg.model.name_or_path, cfg.model.tokenizer.name_or_path) if n and not looks_like_path(n)]
+    names += [s[len(HUB_PREFIX):] for s in cfg.data.sources if s.startswith(HUB_PREFIX)]
+    return list(dict.fromkeys(names))
+
+
 def _from_pretrained(loader, name_or_path: str, field: str, **kwargs):
     check_model_source(name_or_path, field)
     try:
         return loader.from_pretrained(os.path.expanduser(name_or_path), **kwargs)
     except (OSError, ValueError) as e:  # not found locally and the hub is unreachable or has no such repo
+        from gptresume.hub import not_cached_message, offline_reason
+
+        offline = offline_reason()
+        if offline and not os.path.isdir(os.path.expanduser(name_or_path)):
+            raise UsageError(not_cached_message(field, name_or_path, offline)) from None
         raise UsageError(f"{field}: could not load {name_or_path!r}: {e}".rstrip()) from None
 
 

@@ -22,6 +22,8 @@ examples:
   gptresume train examples/demo.yaml --set train.learning_rate=5e-4 --allow-change learning_rate
   gptresume train examples/demo.yaml --set train.max_steps=320 --allow-change max_steps   # train longer
   gptresume train my.yaml --resume old_script_out/checkpoint-500 --adopt  # take over a plain Trainer checkpoint
+  gptresume train examples/demo.yaml --dry-run              # check config, data, model, resume; write nothing
+  gptresume train examples/demo.yaml --print-config         # the resolved config, defaults included
   torchrun --nproc_per_node 2 -m gptresume train examples/demo.yaml
 
 exit codes: 0 done (or already complete), 2 bad input or refused resume (nothing changed),
@@ -54,6 +56,12 @@ def add_parser(subparsers):
     p.add_argument("--stop-at-step", type=int, default=None, metavar="N",
                    help="save and commit a checkpoint at step N, then exit 75 as if preempted (for splitting a "
                         "run into chunks and for testing resume)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config, the data, the model and the resume plan, print what train would do, "
+                        "and write nothing (the run directory is left exactly as it is)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (with --set applied and gptresume's defaults filled in) as "
+                        "YAML, then exit")
     return p
 
 
@@ -62,6 +70,8 @@ def run(args) -> int:
         raise UsageError("--overwrite only goes with --resume never (it deletes the run's checkpoints)")
     if args.stop_at_step is not None and args.stop_at_step < 1:
         raise UsageError("--stop-at-step: must be at least 1")
+    if args.print_config or args.dry_run:
+        return _check_only(args)
     from gptresume.allocator import keep_freed_memory
     from gptresume.logs import quiet_transformers
     from gptresume.training import distributed
@@ -83,6 +93,29 @@ def run(args) -> int:
     finally:
         if "torch.distributed" in sys.modules:  # else no process group exists (and importing torch takes seconds)
             distributed.teardown()
+
+
+def _check_only(args) -> int:
+    """--print-config and --dry-run: the config resolved (and, for --dry-run, everything else checked) without
+    the run lock, signal handlers or any write."""
+    from gptresume.config import load_config
+    from gptresume.logs import quiet_transformers
+
+    quiet_transformers()
+    config = load_config(args.config, args.overrides)
+    if args.print_config:
+        import yaml
+
+        print(f"# {args.config}, resolved: --set applied, gptresume's defaults filled in; train: holds the "
+              "TrainingArguments fields given or defaulted by gptresume (Transformers' own defaults apply to the "
+              "rest)")
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        if not args.dry_run:
+            return 0
+    from gptresume.training.dry_run import dry_run
+
+    return dry_run(config, resume=args.resume, overwrite=args.overwrite, allow_partial=args.allow_partial,
+                   allow_change=args.allow_change, adopt_checkpoint=args.adopt)
 
 
 def _load_config_and_lock(path: str, overrides: list[str], held: ExitStack):

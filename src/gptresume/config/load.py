@@ -19,6 +19,7 @@ from gptresume.config.schema import SECTIONS, TRAIN_DEFAULTS, FORBIDDEN_TRAIN_KE
 from gptresume.config.types import _type_name, _unknown_key, check_type
 from gptresume.config.values import (
     GPT2_SIZE_DEFAULTS,
+    best_model_problems,
     from_scratch_problems,
     output_dir_problem,
     train_value_problems,
@@ -115,6 +116,7 @@ def _problems(raw: dict, transformers: bool) -> tuple[list[str], dict, dict]:
     if not errs:
         _default_evaluation(train, built["data"])
         errs = train_value_problems(train, every_minutes) + _model_size_problems(built)
+        errs += best_model_problems(train, built["checkpoint"].keep_last)
     problems.extend(errs or _training_arguments_problems(train))
     return problems, built, train
 
@@ -182,6 +184,9 @@ def _build_train(raw: dict):
         hints = {}
     # transformers 5.24 annotates `fsdp` as `str | None`, yet documents `fsdp=True` (a string is deprecated)
     hints.pop("fsdp", None)
+    from gptresume.config.device import resolve_precision
+
+    raw = resolve_precision(raw)  # `bf16: auto`: what this machine computes natively (config/device.py)
     train = dict(TRAIN_DEFAULTS)
     for key, value in raw.items():
         if key in FORBIDDEN_TRAIN_KEYS:

@@ -4,13 +4,19 @@ did-you-mean hint for unknown keys. Pure functions: no torch, no transformers.""
 from __future__ import annotations
 
 import difflib
+import enum
 import typing
 from typing import Any
 
 
 def _unknown_key(key: str, valid: list[str], where: str) -> str:
+    from gptresume.config.aliases import foreign_name_hint
+
+    foreign = foreign_name_hint(key, where, valid)  # names from other trainers: the right one, not the closest
     close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
-    if close:
+    if foreign:
+        hint = foreign
+    elif close:
         hint = f"; did you mean {close[0]!r}?"
     elif len(valid) <= 12:
         hint = f"; valid keys: {', '.join(sorted(valid))}"
@@ -69,6 +75,8 @@ def check_type(value: Any, hint: Any, strict: bool = True) -> tuple[bool, Any]:
     if hint is type(None):
         return value is None, value
     if isinstance(hint, type) and issubclass(hint, str):  # str-valued enums such as IntervalStrategy
+        if value is False and issubclass(hint, enum.Enum) and "no" in {m.value for m in hint}:
+            return True, "no"  # YAML 1.1 reads `eval_strategy: no` as false; Transformers means the string "no"
         return isinstance(value, str), value
     return (not strict), value
 

@@ -54,7 +54,8 @@ def train_value_problems(train: dict, every_minutes: float | None = None, prefix
     if not isinstance(train, dict):
         return []
     out = []
-    strategy = str(getattr(train.get("save_strategy"), "value", train.get("save_strategy")) or "steps")
+    save_strategy = "no" if train.get("save_strategy") is False else train.get("save_strategy")  # YAML's `no`
+    strategy = str(getattr(save_strategy, "value", save_strategy) or "steps")
     for key, (ok, what) in TRAIN_VALUE_RULES.items():
         value = train.get(key)
         if not _number(value):
@@ -67,10 +68,32 @@ def train_value_problems(train: dict, every_minutes: float | None = None, prefix
     if _number(epochs) and epochs <= 0 and _number(max_steps) and max_steps <= 0:
         out.append(f"{prefix}num_train_epochs: {epochs!r} trains nothing (max_steps is not set); give a positive "
                    "number of epochs, or set max_steps")
+    if train.get("enable_jit_checkpoint") is True:
+        out.append(f"{prefix}enable_jit_checkpoint: not accepted: gptresume already handles SIGTERM (and SIGINT, "
+                   "SIGUSR1): the step finishes, a checkpoint is committed with its manifest, the process exits 75. "
+                   "Trainer's JIT checkpoint would catch the same signal (its handler is replaced by gptresume's, "
+                   "so it would never run); remove it")
     if strategy == "no" and not every_minutes:
         out.append(f"{prefix}save_strategy: \"no\" never saves a checkpoint, so the run could not be resumed; remove "
                    "it (a checkpoint every save_steps), or add checkpoint.every_minutes to save by the clock")
     return out
+
+
+def best_model_problems(train: dict, keep_last: int | None, prefix: str = "train.") -> list[str]:
+    """`load_best_model_at_end` loads the checkpoint Trainer found best when training ends; with `keep_last`
+    retention that checkpoint could already be deleted. gptresume keeps it (checkpoint.keep_best, implied by
+    load_best_model_at_end), but keep_best protects the lowest eval loss: another `metric_for_best_model` would
+    protect the wrong checkpoint, so it is refused unless every checkpoint is kept."""
+    if train.get("load_best_model_at_end") is not True or keep_last is None:
+        return []
+    metric = train.get("metric_for_best_model")
+    if metric in (None, "loss", "eval_loss") and train.get("greater_is_better") is not True:
+        return []
+    return [f"{prefix}load_best_model_at_end: with metric_for_best_model {metric!r}"
+            f"{' and greater_is_better' if train.get('greater_is_better') else ''}, checkpoint.keep_last "
+            f"({keep_last}) could delete the checkpoint Trainer loads at the end (checkpoint.keep_best protects "
+            "the lowest eval loss only); use the eval loss (remove metric_for_best_model), or set "
+            "checkpoint.keep_last: null to keep every checkpoint"]
 
 
 # GPT2Config fields checked for a model built from scratch: key -> (ok(value), what).

@@ -15,24 +15,29 @@ FILE_LOADERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "jso
                 ".parquet": "parquet"}
 
 
-def resolve_files(cfg: DataConfig) -> list[Path]:
-    """Expand paths and globs in data.source, in sorted order; each pattern must match at least one file."""
+CONFIG_FIELD = "data.source"
+
+
+def resolve_files(cfg: DataConfig, field: str = CONFIG_FIELD) -> list[Path]:
+    """Expand paths and globs in data.source, in sorted order; each pattern must match at least one file.
+    `field` names where the files were given in messages (`eval --data` passes its own option)."""
     files: list[Path] = []
     for pattern in cfg.sources:
         matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
         matches = [m for m in matches if os.path.isfile(m)]
         if not matches:
-            raise UsageError(f"data.source: no file matches {pattern!r} (paths are relative to {os.getcwd()}); "
-                             "fix the path or glob in the config or with --set data.source=...")
+            fix = "in the config or with --set data.source=..." if field == CONFIG_FIELD else f"given to {field}"
+            raise UsageError(f"{field}: no file matches {pattern!r} (paths are relative to {os.getcwd()}); "
+                             f"fix the path or glob {fix}")
         files.extend(Path(m) for m in matches)
     suffixes = {f.suffix.lower() for f in files}
     unknown = suffixes - set(FILE_LOADERS)
     if unknown:
-        raise UsageError(f"data.source: unsupported file type {', '.join(sorted(unknown))}; "
+        raise UsageError(f"{field}: unsupported file type {', '.join(sorted(unknown))}; "
                          f"use {', '.join(sorted(FILE_LOADERS))}")
     loaders = {FILE_LOADERS[s] for s in suffixes}
     if len(loaders) > 1:
-        raise UsageError(f"data.source: mixes file types ({', '.join(sorted(suffixes))}); use one type per run")
+        raise UsageError(f"{field}: mixes file types ({', '.join(sorted(suffixes))}); use one type at a time")
     return files
 
 
@@ -52,8 +57,8 @@ def source_fingerprint(cfg: DataConfig) -> str:
     return h.hexdigest()[:16]
 
 
-def load_texts(cfg: DataConfig):
-    """The raw documents as a Dataset with one column `text`."""
+def load_texts(cfg: DataConfig, field: str = CONFIG_FIELD):
+    """The raw documents as a Dataset with one column `text`; `field` names the files' origin in messages."""
     import datasets
 
     first = cfg.sources[0]
@@ -70,19 +75,19 @@ def load_texts(cfg: DataConfig):
                              f"(config {cfg.hub_config!r}, split {cfg.hub_split!r}): {e}") from None
         ds = _text_column(ds, cfg.text_column, f"hub dataset {name!r}")
     else:
-        files = resolve_files(cfg)
+        files = resolve_files(cfg, field)
         if all(f.stat().st_size == 0 for f in files):
-            raise UsageError(f"data.source: {cfg.source!r} holds no documents (every file is empty); "
+            raise UsageError(f"{field}: {cfg.source!r} holds no documents (every file is empty); "
                              "point it at files with text")
         loader = FILE_LOADERS[files[0].suffix.lower()]
         kwargs = {"sample_by": cfg.text_unit} if loader == "text" else {}
         try:
             ds = datasets.load_dataset(loader, data_files=[str(f) for f in files], split="train", **kwargs)
         except Exception as e:
-            raise UsageError(f"data.source: could not read {', '.join(map(str, files))}: {e}") from None
+            raise UsageError(f"{field}: could not read {', '.join(map(str, files))}: {e}") from None
         ds = _text_column(ds, "text" if loader == "text" else cfg.text_column, ", ".join(map(str, files)))
     if len(ds) == 0:
-        raise UsageError(f"data.source: {cfg.source!r} holds no documents; point it at files with text")
+        raise UsageError(f"{field}: {cfg.source!r} holds no documents; point it at files with text")
     return ds
 
 

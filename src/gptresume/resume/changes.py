@@ -226,9 +226,26 @@ def _action(c: Change) -> str:
 
 def format_changes(changes: list[Change]) -> str:
     rows = [("field", "checkpoint", "now", "class", "on resume")] + [
-        (c.key, _short(c.old), _short(c.new), c.kind, _action(c)) for c in changes]
+        (key, _short(old), _short(new), c.kind, _action(c)) for c in changes for key, old, new in _per_key(c)]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  " + "  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows)
+
+
+def _per_key(c: Change) -> list[tuple[str, object, object]]:
+    """A change of a mapping (model.from_scratch, lr_scheduler_kwargs) as one row per differing key, so
+    `model.from_scratch.n_layer 2 -> 4` shows instead of two dicts cut at 40 characters. Nested mappings go on
+    down; a key only one side has shows `None` on the other (as in the flat rows)."""
+    if not isinstance(c.old, dict) and not isinstance(c.new, dict):
+        return [(c.key, c.old, c.new)]
+    old, new = c.old if isinstance(c.old, dict) else {}, c.new if isinstance(c.new, dict) else {}
+    if not old and not new or (not isinstance(c.old, dict) and c.old is not None) or (
+            not isinstance(c.new, dict) and c.new is not None):
+        return [(c.key, c.old, c.new)]  # a mapping against a scalar: one row, as it is
+    rows = []
+    for k in sorted(set(old) | set(new), key=str):
+        if old.get(k) != new.get(k):
+            rows.extend(_per_key(Change(f"{c.key}.{k}", old.get(k), new.get(k), c.kind)))
+    return rows or [(c.key, c.old, c.new)]
 
 
 def _short(value) -> str:

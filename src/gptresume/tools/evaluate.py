@@ -22,12 +22,14 @@ import yaml
 from gptresume.checkpoint import newest_valid
 from gptresume.config import DataConfig
 from gptresume.data import CACHE_META_NAME, DATA_CACHE_DIR, PackedBlockCollator, load_texts, pack, prepare_data
+from gptresume.data.sources import resolve_files
 from gptresume.errors import UsageError
 from gptresume.rundir import CONFIG_NAME, perplexity, read_history
 from gptresume.tools.common import ModelSource, context_length, load_model_for, load_tokenizer_for, resolve_model
 
 log = logging.getLogger(__name__)
 
+DATA_OPTION = "eval --data"  # how messages name the files given on the command line
 DEFAULT_EVAL_BATCH_SIZE = 8  # TrainingArguments.per_device_eval_batch_size's default
 
 
@@ -56,6 +58,8 @@ class EvalResult:
 def evaluate(path, data_files: list[str] | None = None, batch_size: int | None = None,
              block_size: int | None = None, text_unit: str | None = None) -> EvalResult:
     source = resolve_model(path, "eval")
+    if data_files:  # a path or glob that matches nothing is reported before the model loads
+        resolve_files(DataConfig(source=list(data_files)), DATA_OPTION)
     run_cfg = _run_config(source)
     if batch_size is None:
         batch_size = int((run_cfg or {}).get("train", {}).get("per_device_eval_batch_size") or DEFAULT_EVAL_BATCH_SIZE)
@@ -141,8 +145,8 @@ def _file_blocks(files, tokenizer, block_size: int, run_data: DataConfig | None,
     cfg = DataConfig(source=list(files), text_unit=unit, text_column=column, validation_fraction=0)
     problems = cfg.problems("--data")
     if problems:
-        raise UsageError("eval: " + "; ".join(problems))
-    blocks, n_tokens = pack(load_texts(cfg), tokenizer, block_size)
+        raise UsageError("eval: " + "; ".join(p.replace("--data.source", "--data") for p in problems))
+    blocks, n_tokens = pack(load_texts(cfg, field=DATA_OPTION), tokenizer, block_size)
     if len(blocks) == 0:
         raise UsageError(f"eval: {', '.join(files)} hold {n_tokens} tokens, fewer than one block of {block_size}; "
                          "add text or pass a smaller --block-size")

@@ -27,6 +27,7 @@ class CommitCallback(TrainerCallback):
         self.keep_last, self.keep_best = keep_last, keep_best
         self.resume_state = resume_state  # () -> dict | None: what a changed resume decided, kept in each save
         self.deferred_step: int | None = None  # the step whose commit an asynchronous save's writer will run
+        self.save_started: float | None = None  # when the latest save began (for its committed line)
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps:
@@ -36,7 +37,13 @@ class CommitCallback(TrainerCallback):
             if stale.exists() or stale.is_symlink():  # an earlier attempt at this step (crashed save, other timeline)
                 log.warning(clear_the_way(stale))
         if control.should_save:  # the same on every rank (stop and timed saves are agreed across ranks)
+            self.save_started = time.perf_counter()
             distributed.barrier()  # no rank writes its RNG file into the old checkpoint before rank 0 moved it aside
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_save:  # an epoch-based save
+            self.save_started = time.perf_counter()
         return control
 
     def on_save(self, args, state, control, **kwargs):
@@ -52,6 +59,8 @@ class CommitCallback(TrainerCallback):
         manifest once every file is on disk, then apply retention. async_save.py runs it in its writer thread."""
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         step, epoch, world_size, extra = state.global_step, state.epoch, args.world_size, self.resume_state()
+        started = self.save_started if self.save_started is not None else time.perf_counter()
+        self.save_started = None
         if deferred:
             self.deferred_step = step
 
@@ -59,11 +68,13 @@ class CommitCallback(TrainerCallback):
             t0 = time.perf_counter()
             if extra:
                 atomic_write_text(ckpt / RESUME_STATE_NAME, json.dumps(extra, indent=1, sort_keys=True))
-            write_manifest(ckpt, step=step, epoch=epoch, config=self.spec.config,
-                           config_fingerprint=self.config_fingerprint, data_fingerprint=self.spec.data_fingerprint,
-                           world_size=world_size, train_samples=self.spec.train_samples)
+            manifest = write_manifest(ckpt, step=step, epoch=epoch, config=self.spec.config,
+                                      config_fingerprint=self.config_fingerprint,
+                                      data_fingerprint=self.spec.data_fingerprint,
+                                      world_size=world_size, train_samples=self.spec.train_samples)
+            log.info(commit_line(ckpt.name, manifest, time.perf_counter() - started))
             deleted = apply_retention(Path(args.output_dir), self.keep_last, ckpt, self.keep_best)
-            log.debug("Committed %s in %.3fs; removed %s", ckpt.name, time.perf_counter() - t0,
+            log.debug("Commit of %s took %.3fs; removed %s", ckpt.name, time.perf_counter() - t0,
                       [p.name for p in deleted])
 
         return commit
@@ -127,10 +138,11 @@ class ProgressLines(TrainerCallback):
             done = step - self.start_step
             rate = done / elapsed if elapsed > 0 else 0.0
             eta = (total - step) / rate if rate > 0 else 0.0
-            print(f"step {step:>6}/{total} | loss {logs['loss']:.4f} | lr {logs.get('learning_rate', 0):.2e} | "
-                  f"{rate * self.tokens_per_step:,.0f} tok/s | eta {_duration(eta)}", flush=True)
+            print(f"{clock()} step {step:>6}/{total} | loss {logs['loss']:.4f} | "
+                  f"lr {logs.get('learning_rate', 0):.2e} | {rate * self.tokens_per_step:,.0f} tok/s | "
+                  f"eta {_duration(eta)}", flush=True)
         elif "eval_loss" in logs:
-            print(f"step {step:>6}/{total} | eval loss {logs['eval_loss']:.4f} | "
+            print(f"{clock()} step {step:>6}/{total} | eval loss {logs['eval_loss']:.4f} | "
                   f"perplexity {perplexity(logs['eval_loss']):.2f}", flush=True)
 
 
@@ -138,18 +150,51 @@ def progress_bar_class():
     from transformers.trainer_callback import ProgressCallback
 
     class QuietProgressBar(ProgressCallback):
-        """Trainer's tqdm bar, with the latest loss in the bar instead of a printed dict per log."""
+        """Trainer's tqdm bar, with the latest loss, learning rate and tokens/s in the bar instead of a printed
+        dict per log (tqdm's own rate is s/it, which says little when steps differ in size)."""
+
+        def __init__(self, tokens_per_step: int | None = None, **kwargs):
+            super().__init__(**kwargs)
+            self.tokens_per_step = tokens_per_step
+            self.start, self.start_step = None, 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            super().on_train_begin(args, state, control, **kwargs)
+            self.start, self.start_step = time.perf_counter(), state.global_step
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and self.training_bar is not None and logs:
                 if "loss" in logs:
-                    self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}",
-                                                  lr=f"{logs.get('learning_rate', 0):.2e}", refresh=False)
+                    shown = {"loss": f"{logs['loss']:.4f}", "lr": f"{logs.get('learning_rate', 0):.2e}"}
+                    elapsed = time.perf_counter() - self.start if self.start is not None else 0
+                    if self.tokens_per_step and elapsed > 0:
+                        done = state.global_step - self.start_step
+                        shown["tok/s"] = f"{done * self.tokens_per_step / elapsed:,.0f}"
+                    self.training_bar.set_postfix(shown, refresh=False)
                 elif "eval_loss" in logs:
-                    self.training_bar.write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}, "
-                                            f"perplexity {perplexity(logs['eval_loss']):.2f}")
+                    self.training_bar.write(f"{clock()} step {state.global_step}: eval loss "
+                                            f"{logs['eval_loss']:.4f}, perplexity {perplexity(logs['eval_loss']):.2f}")
 
     return QuietProgressBar
+
+
+def clock() -> str:
+    """The wall-clock time that starts every progress line (so a log shows when each step happened)."""
+    return time.strftime("%H:%M:%S")
+
+
+def commit_line(name: str, manifest: dict, seconds: float) -> str:
+    """One line per committed save: `checkpoint-N committed (12.3 MB, 0.41 s)`; the seconds run from the save's
+    start (Trainer writing its files) to the manifest, the bytes are every file the manifest lists."""
+    size = sum(int(f.get("bytes", 0)) for f in (manifest or {}).get("files", {}).values())
+    return f"{clock()} {name} committed ({_size(size)}, {seconds:.2f} s)"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
 
 
 def _duration(seconds: float) -> str:

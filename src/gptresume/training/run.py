@@ -16,7 +16,15 @@ from gptresume.compat import warn_if_unchecked
 from gptresume.config import Config, dump_config
 from gptresume.data import PackedBlockCollator, load_texts, prepare_data, save_to_cache
 from gptresume.errors import EXIT_OK, UsageError
-from gptresume.modeling import build_model, check_model_source, context_problem, has_dropout, load_tokenizer
+from gptresume.hub import use_cache_if_offline
+from gptresume.modeling import (
+    build_model,
+    check_model_source,
+    context_problem,
+    has_dropout,
+    hub_names,
+    load_tokenizer,
+)
 from gptresume.resume.plan import ResumePlan, RunSpec
 from gptresume.rundir import CONFIG_NAME, FINAL_DIR, TOKENIZER_DIR, remove_leftovers, remove_path, run_lock
 from gptresume.training import distributed
@@ -33,7 +41,7 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
     run_dir = config.run_dir
     options = Options(resume=resume, allow_change=list(allow_change or []), allow_partial=allow_partial,
                       overwrite=overwrite, adopt=adopt_checkpoint, keep_last=config.checkpoint.keep_last,
-                      keep_best=config.checkpoint.keep_best, every_minutes=config.checkpoint.every_minutes,
+                      keep_best=keeps_best(config), every_minutes=config.checkpoint.every_minutes,
                       async_save=config.checkpoint.async_save, stop_at_step=stop_at_step)
     spec = RunSpec(run_dir, config.to_dict(), tokenizer_from_checkpoint=True)
     world_size = distributed.world_size()
@@ -90,6 +98,12 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
     return EXIT_OK
 
 
+def keeps_best(config: Config) -> bool:
+    """checkpoint.keep_best, implied by train.load_best_model_at_end: the checkpoint Trainer loads at the end must
+    survive keep_last retention (config/values.py `best_model_problems` refuses a metric keep_best cannot protect)."""
+    return config.checkpoint.keep_best or config.train.get("load_best_model_at_end") is True
+
+
 def _load_inputs(config: Config, plan: ResumePlan, tokenizer_dir: Path | None = None) -> dict:
     """Tokenizer, packed data and model. Everything that can be wrong with the input fails here, before RUN_DIR
     is touched. `tokenizer_dir`: where rank 0 left the tokenizer (ranks other than 0 load, never train, it)."""
@@ -100,6 +114,7 @@ def _load_inputs(config: Config, plan: ResumePlan, tokenizer_dir: Path | None = 
                             (config.model.tokenizer.name_or_path, "model.tokenizer.name_or_path")):
             if name:
                 check_model_source(name, field)
+        use_cache_if_offline(hub_names(config))  # no network: the cache at once, said once (hub.py)
         if config.model.tokenizer.train_vocab_size:
             texts = load_texts(config.data)
     tokenizer = load_tokenizer(config.model, texts, tokenizer_dir or ckpt)
@@ -137,7 +152,7 @@ def _use_progress_output(trainer, tokens_per_step: int) -> None:
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(progress_bar_class() if sys.stderr.isatty() else ProgressLines(tokens_per_step))
+    trainer.add_callback(progress_bar_class()(tokens_per_step) if sys.stderr.isatty() else ProgressLines(tokens_per_step))
 
 
 def save_final(trainer, run_dir: Path) -> None:
@@ -187,7 +202,7 @@ def _report_complete(config: Config, plan: ResumePlan) -> int:
     final = run_dir / FINAL_DIR
     with run_lock(run_dir):  # what a kill during the last commit's retention or during final/ left is finished
         remove_leftovers(run_dir)
-        apply_retention(run_dir, config.checkpoint.keep_last, plan.checkpoint.path, config.checkpoint.keep_best)
+        apply_retention(run_dir, config.checkpoint.keep_last, plan.checkpoint.path, keeps_best(config))
     if not final.is_dir():  # finished training but died before writing final/: write it from the checkpoint
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
