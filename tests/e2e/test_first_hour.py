@@ -60,3 +60,28 @@ def test_a_run_says_what_it_did_and_dry_run_leaves_it_byte_identical(tmp_path, c
     assert err.startswith("error: eval --data: no file matches"), err
     assert "data.source" not in err and "--set" not in err
     assert snapshot(run) == before
+
+
+def test_load_best_model_at_end_with_keep_last_keeps_and_loads_the_best(tmp_path):
+    """Without gptresume's protection keep_last: 1 would delete the best checkpoint before Trainer loads it at the
+    end (Trainer then only warns and keeps the last weights)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from conftest import assert_bitwise_equal
+
+    # A learning rate high enough that eval loss rises again after its minimum (as in test_checkpoint_policy.py).
+    config = write_config(tmp_path, corpus_chars=3600,
+                          train={"max_steps": 16, "save_steps": 2, "eval_steps": 2, "learning_rate": 0.05,
+                                 "warmup_steps": 0, "lr_scheduler_type": "constant", "load_best_model_at_end": True},
+                          checkpoint={"keep_last": 1})
+    result = run_cli(tmp_path, "train", config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = tmp_path / "run"
+    evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "eval_loss" in x]
+    best = min(evals, key=lambda r: r["eval_loss"])["step"]
+    assert best != 16, "this setting must put the best eval loss before the end, or the test proves nothing"
+    assert sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*")) == [best, 16]
+    assert_bitwise_equal(load_file(str(run / "final" / "model.safetensors")),
+                         load_file(str(run / f"checkpoint-{best}" / "model.safetensors")))

@@ -1,11 +1,13 @@
 """Names users bring from other trainers (Lightning, litgpt, axolotl, nanoGPT, older Transformers) and what
 gptresume calls them. An unknown key found here gets the right name, or the reason it has none, instead of
 difflib's nearest spelling, which points the wrong way for these (`batch_size` is closest to
-`auto_find_batch_size`, `max_epochs` to `max_steps`, `logging_dir` to `logging_first_step`). Pure data, no imports.
+`auto_find_batch_size`, `max_epochs` to `max_steps`, `logging_dir` to `logging_first_step`).
+Pure data, no imports.
 
-Each entry is `foreign name -> what to write instead`: a field name in the same section (shown as "it is called 'X' here"), or
-a sentence starting with a space or a punctuation mark (shown as it is). tests/unit/config/test_aliases.py checks
-that no foreign name is a real field and that every suggested name exists.
+Each entry is `foreign name -> what to write instead`: a field name in the same section (shown as "it is called
+'X' here"), or a sentence starting with a punctuation mark (shown as it is).
+tests/unit/config/test_first_hour.py checks that no foreign name is a real field and that every suggested name
+exists.
 """
 
 from __future__ import annotations
@@ -131,8 +133,8 @@ BY_SECTION = {"train": TRAIN, "data": DATA, "checkpoint": CHECKPOINT, "model": M
 
 
 def foreign_name_hint(key: str, where: str, valid: list[str]) -> str | None:
-    """The hint for `key` in section `where` if it is a known foreign name: "; it is called 'X' here" when X is valid there,
-    else the entry's explanation. None when `key` is not a known foreign name."""
+    """The hint for `key` in section `where` if it is a known foreign name: "; it is called 'X' here" when X is
+    valid there, else the entry's explanation. None when `key` is not a known foreign name."""
     entry = BY_SECTION.get(where, {}).get(str(key))
     if entry is None:
         return None

@@ -74,7 +74,7 @@ class CommitCallback(TrainerCallback):
                                       world_size=world_size, train_samples=self.spec.train_samples)
             log.info(commit_line(ckpt.name, manifest, time.perf_counter() - started))
             deleted = apply_retention(Path(args.output_dir), self.keep_last, ckpt, self.keep_best)
-            log.debug("Commit of %s took %.3fs; removed %s", ckpt.name, time.perf_counter() - t0,
+            log.debug("Committed %s in %.3fs; removed %s", ckpt.name, time.perf_counter() - t0,
                       [p.name for p in deleted])
 
         return commit

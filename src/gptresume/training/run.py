@@ -152,7 +152,8 @@ def _use_progress_output(trainer, tokens_per_step: int) -> None:
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(progress_bar_class()(tokens_per_step) if sys.stderr.isatty() else ProgressLines(tokens_per_step))
+    bar = sys.stderr.isatty()
+    trainer.add_callback(progress_bar_class()(tokens_per_step) if bar else ProgressLines(tokens_per_step))
 
 
 def save_final(trainer, run_dir: Path) -> None:
