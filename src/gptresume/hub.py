@@ -40,14 +40,17 @@ def use_cache_if_offline(names: list[str]) -> str | None:
         return offline_reason()
     if _verdict is None:
         host, port = hub_address()
+        via = proxy_address()  # behind a proxy the hub is reached through it: the proxy is what must answer
+        target = via or (host, port)
+        what = f"the proxy {via[0]}:{via[1]} to the hub ({host})" if via else f"the hub ({host})"
         try:
-            socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+            socket.create_connection(target, timeout=PROBE_TIMEOUT_S).close()
             _verdict = ""
         except OSError as e:
-            _verdict = f"the hub ({host}) cannot be reached ({e.strerror or e})"
+            _verdict = f"{what} cannot be reached ({e.strerror or e})"
             _go_offline()
             log.info("No connection to %s: loading %s from the local Hugging Face cache only, as with "
-                     "HF_HUB_OFFLINE=1 (set it to skip this check)", host, ", ".join(repr(n) for n in names))
+                     "HF_HUB_OFFLINE=1 (set it to skip this check)", what, ", ".join(repr(n) for n in names))
     return offline_reason()
 
 
@@ -64,6 +67,17 @@ def hub_address() -> tuple[str, int]:
     """Host and port of the hub endpoint (HF_ENDPOINT, default https://huggingface.co)."""
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
+def proxy_address() -> tuple[str, int] | None:
+    """Host and port of the HTTPS proxy the hub's requests go through (HTTPS_PROXY / ALL_PROXY), or None."""
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            url = urlparse(value if "://" in value else "http://" + value)
+            if url.hostname:
+                return url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    return None
 
 
 def _env_offline() -> bool:

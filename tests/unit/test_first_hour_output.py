@@ -146,7 +146,7 @@ def no_hub(monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # set first, so that undo also removes what hub.py sets
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):  # set first, so that undo also removes what hub.py sets
         monkeypatch.setenv(name, "0")
         monkeypatch.delenv(name)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", huggingface_hub.constants.HF_HUB_OFFLINE)
@@ -179,6 +179,17 @@ def test_offline_is_found_once_said_once_and_a_missing_model_is_one_message(no_h
     assert "model.name_or_path: 'someone/not-cached-model' is not in the local Hugging Face cache" in str(e.value)
     assert "cannot be reached" in str(e.value)
     assert not [r for r in caplog.records if "Retry" in r.getMessage()]
+
+
+def test_behind_a_proxy_the_proxy_is_what_must_answer(no_hub, monkeypatch):
+    with socket.socket() as server:  # a listening proxy: the hub counts as reachable through it
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert no_hub.use_cache_if_offline(["gpt2"]) is None
+    monkeypatch.setattr(no_hub, "_verdict", None)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:1")  # nothing listens there
+    assert "the proxy 127.0.0.1:1 to the hub" in no_hub.use_cache_if_offline(["gpt2"])
 
 
 def test_hf_hub_offline_set_by_the_user_skips_the_probe(no_hub, monkeypatch, caplog):
