@@ -52,6 +52,12 @@ def _without_save_bars(factory, args, kwargs):
     return factory(*args, **kwargs)
 
 
+def drop_noise(handler: logging.Handler) -> None:
+    """Put the known-noise filter on `handler` (once); for handlers that replace ours, such as the progress bar's."""
+    if not any(isinstance(f, _DropNoise) for f in handler.filters):
+        handler.addFilter(_DropNoise())
+
+
 class _DropNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -75,8 +81,7 @@ def _quiet_known_noise(interactive: bool) -> None:
     hub_logging.disable_propagation()
     handlers = hf_logging.get_logger().handlers + hub_logging.get_logger().handlers + logging.getLogger().handlers
     for handler in handlers:
-        if not any(isinstance(f, _DropNoise) for f in handler.filters):
-            handler.addFilter(_DropNoise())
+        drop_noise(handler)
     if getattr(hf_logging, "set_tqdm_hook", None) is not None:  # transformers >= 5: a public hook for its bars
         hf_logging.set_tqdm_hook(_without_save_bars)
     if not interactive:  # progress bars in logs and pipes are noise; our progress lines remain

@@ -78,6 +78,8 @@ def test_progress_lines_start_with_the_time(capsys):
 def test_the_terminal_bar_shows_tokens_per_second():
     from gptresume.training.callbacks import progress_bar_class
 
+    from tqdm.contrib.logging import _TqdmLoggingHandler
+
     bar = progress_bar_class()(tokens_per_step=128)
     args = SimpleNamespace()
     bar.on_train_begin(args, _state(0), None)
@@ -85,8 +87,11 @@ def test_the_terminal_bar_shows_tokens_per_second():
         bar.on_log(args, _state(2), None, logs={"loss": 3.5, "learning_rate": 1e-3})
         postfix = bar.training_bar.postfix
         assert "loss=3.5000" in postfix and re.search(r"tok/s=[\d,]+", postfix), postfix
+        # while the bar is shown, log lines (a committed checkpoint) are written above it, not into it
+        assert any(isinstance(h, _TqdmLoggingHandler) for h in logging.getLogger().handlers)
     finally:
-        bar.training_bar.close()
+        bar.on_train_end(args, _state(2), SimpleNamespace())
+    assert not any(isinstance(h, _TqdmLoggingHandler) for h in logging.getLogger().handlers)
 
 
 def test_one_line_per_committed_checkpoint_with_size_and_seconds(tmp_path, caplog):

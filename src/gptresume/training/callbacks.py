@@ -157,10 +157,26 @@ def progress_bar_class():
             super().__init__(**kwargs)
             self.tokens_per_step = tokens_per_step
             self.start, self.start_step = None, 0
+            self._redirect = None  # tqdm's logging redirect while the bar is shown
 
         def on_train_begin(self, args, state, control, **kwargs):
             super().on_train_begin(args, state, control, **kwargs)
             self.start, self.start_step = time.perf_counter(), state.global_step
+            if state.is_world_process_zero and self._redirect is None:  # log lines above the bar, not through it
+                from tqdm.contrib.logging import logging_redirect_tqdm
+
+                from gptresume.logs import drop_noise
+
+                self._redirect = logging_redirect_tqdm()
+                self._redirect.__enter__()
+                for handler in logging.getLogger().handlers:
+                    drop_noise(handler)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            super().on_train_end(args, state, control, **kwargs)
+            if self._redirect is not None:
+                self._redirect.__exit__(None, None, None)
+                self._redirect = None
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and self.training_bar is not None and logs:
