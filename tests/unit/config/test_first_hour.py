@@ -117,16 +117,19 @@ def test_load_best_model_at_end_keeps_the_best_checkpoint():
     assert config_from_dict(raw).train["metric_for_best_model"] == "accuracy"
 
 
-@pytest.mark.parametrize("gpu, cpu_bf16, expected", [
-    ((True, True), False, {"bf16": True}),                       # a bf16 GPU: bf16, on the GPU (no use_cpu)
-    ((True, False), False, {"bf16": False}),                     # an older GPU: fp32
-    ((False, False), True, {"bf16": True, "use_cpu": True}),     # a CPU with AVX512-BF16/AMX
-    ((False, False), False, {"bf16": False}),                    # a CPU without: fp32 (bf16 would be slower)
+@pytest.mark.parametrize("device, cpu_bf16, expected", [
+    (("cuda", True), False, {"bf16": True}),                    # a bf16 GPU: bf16, on the GPU (no use_cpu)
+    (("cuda", False), False, {"bf16": False}),                  # an older GPU: fp32
+    (("mps", False), False, {"bf16": False}),                   # Apple's GPU: fp32, not moved to the CPU
+    ((None, False), True, {"bf16": True, "use_cpu": True}),     # a CPU with AVX512-BF16/AMX
+    ((None, False), False, {"bf16": False, "use_cpu": True}),   # a CPU without: fp32 (bf16 would be slower)
 ])
-def test_bf16_auto_follows_the_hardware(gpu, cpu_bf16, expected):
-    resolved = resolve_precision({"output_dir": "x", "bf16": "auto"}, gpu=gpu, cpu_bf16=cpu_bf16)
+def test_bf16_auto_follows_the_hardware(device, cpu_bf16, expected):
+    resolved = resolve_precision({"output_dir": "x", "bf16": "auto"}, device=device, cpu_bf16=cpu_bf16)
     assert resolved == {"output_dir": "x", **expected}
-    assert resolve_precision({"bf16": True}, gpu=gpu, cpu_bf16=cpu_bf16) == {"bf16": True}  # only `auto` moves
+    assert resolve_precision({"bf16": True}, device=device, cpu_bf16=cpu_bf16) == {"bf16": True}  # only `auto`
+    on_cpu = resolve_precision({"bf16": "auto", "use_cpu": True}, device=device, cpu_bf16=cpu_bf16)
+    assert on_cpu == {"bf16": cpu_bf16, "use_cpu": True}  # use_cpu given: the CPU decides, whatever the GPU
 
 
 def test_the_demo_preset_resolves_on_this_machine():
@@ -135,5 +138,5 @@ def test_the_demo_preset_resolves_on_this_machine():
     import torch
 
     if not torch.cuda.is_available():
-        assert train["bf16"] is native and train.get("use_cpu", False) is native
+        assert train["bf16"] is native and train["use_cpu"] is True
     assert cpu_has_native_bf16("flags : fpu avx512f avx512_bf16") and not cpu_has_native_bf16("flags : fpu avx2")
