@@ -60,10 +60,13 @@ def peers_for(workload: str, plan: Plan) -> list[dict]:
     from gptresume.config.device import resolve_precision  # the preset's `bf16: auto`, as this machine resolves it
 
     train = resolve_precision(yaml.safe_load(DEMO_YAML.read_text())["train"])
-    preset = {k: v for k, v in train.items() if k in PERF_KEYS and v not in (False, None)}  # false: the default
+    # false is the default; use_cpu on a machine without a GPU changes nothing (the CPU is all there is)
+    ignored = () if _has_gpu() else ("use_cpu",)
+    preset = {k: v for k, v in train.items() if k in PERF_KEYS and v not in (False, None) and k not in ignored}
     for v in variants:  # a variant with the preset's settings is the plain Trainer run: measured once
         sets = dict(x.split("=", 1) for x in v["args"][v["args"].index("--set") + 1::2]) if "--set" in v["args"] else {}
         changed = {k.removeprefix("train."): yaml.safe_load(x) for k, x in sets.items()}
+        changed = {k: x for k, x in changed.items() if k not in ignored}
         if changed == preset and "--attn" not in v["args"]:
             v["same_as"] = {"trainer": "plain Trainer", "minimal": "minimal loop"}[v["peer"]]
     return same + variants
