@@ -6,7 +6,7 @@ Pure data, no imports.
 
 Each entry is `foreign name -> what to write instead`: a field name in the same section (shown as "it is called
 'X' here"), or a sentence starting with a punctuation mark (shown as it is).
-tests/unit/config/test_first_hour.py checks that no foreign name is a real field and that every suggested name
+tests/unit/config/test_config_first_hour.py checks that no foreign name is a real field and that every suggested name
 exists.
 """
 
