@@ -84,30 +84,92 @@ def load_tokenizer(cfg: ModelConfig, texts=None, checkpoint: Path | None = None)
     else:
         source = cfg.tokenizer.name_or_path or cfg.name_or_path
         field = "model.tokenizer.name_or_path" if cfg.tokenizer.name_or_path else "model.name_or_path"
-        tok = _from_pretrained(AutoTokenizer, source, field)
+        same_repo = {} if cfg.tokenizer.name_or_path else source_options(cfg, model=False)
+        tok = _from_pretrained(AutoTokenizer, source, field, **same_repo)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # GPT-2 ships without one; packed blocks never pad, generation needs it
     return tok
 
 
-def build_model(cfg: ModelConfig, tokenizer, seed: int, checkpoint: Path | None = None):
-    """The model to train. On resume it is built from the checkpoint (no hub access); Trainer then restores
-    the full training state from the same checkpoint."""
-    import transformers
-    from transformers import AutoModelForCausalLM, GPT2Config
+def source_options(cfg: ModelConfig, model: bool = True) -> dict:
+    """from_pretrained keywords for model.name_or_path: revision, trust_remote_code (only when the user set it:
+    it runs code from the repository), and for the model its dtype and attention implementation."""
+    out = {}
+    if cfg.revision:
+        out["revision"] = cfg.revision
+    if cfg.trust_remote_code:
+        out["trust_remote_code"] = True
+    if model:
+        out.update(model_options(cfg))
+    return out
 
-    if checkpoint is not None:
-        return AutoModelForCausalLM.from_pretrained(str(checkpoint))
+
+def model_options(cfg: ModelConfig) -> dict:
+    """dtype and attn_implementation when the config sets them (else Transformers' defaults), for a pretrained
+    model and a new one alike."""
+    import torch
+
+    out = {}
+    if cfg.dtype:
+        out["dtype"] = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+    if cfg.attn_implementation:
+        out["attn_implementation"] = cfg.attn_implementation
+    return out
+
+
+def build_model(cfg: ModelConfig, tokenizer, seed: int, checkpoint: Path | None = None):
+    """The model to train. On resume a full model is built from the checkpoint (no hub access), and Trainer then
+    restores the full training state from the same checkpoint; a LoRA run's checkpoints hold only the adapters, so
+    its base model is read again from model.name_or_path (pin model.revision) and Trainer loads the adapters.
+    `trust_remote_code` is passed only when the config sets it, also for checkpoints (their config.json could
+    name code to run)."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if checkpoint is not None and cfg.peft is None:
+        return AutoModelForCausalLM.from_pretrained(str(checkpoint), **model_options(cfg),
+                                                    **({"trust_remote_code": True} if cfg.trust_remote_code else {}))
     if cfg.from_scratch is not None:
         transformers.set_seed(seed)  # the initial weights depend on train.seed only
-        config = GPT2Config(**cfg.from_scratch, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        return AutoModelForCausalLM.from_config(config)
-    model = _from_pretrained(AutoModelForCausalLM, cfg.name_or_path, "model.name_or_path")
+        values = dict(cfg.from_scratch)
+        model_type = values.pop("model_type", "gpt2")
+        config = AutoConfig.for_model(model_type, **values, vocab_size=len(tokenizer),
+                                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                      pad_token_id=tokenizer.pad_token_id)
+        options = {k: v for k, v in model_options(cfg).items() if v != "auto"}  # a new model has no saved dtype
+        return AutoModelForCausalLM.from_config(config, **options)
+    model = _from_pretrained(AutoModelForCausalLM, cfg.name_or_path, "model.name_or_path", **source_options(cfg))
     check_vocab_fits(model, tokenizer, cfg)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.peft is not None:
+        model = add_lora(model, cfg, seed)
     return model
+
+
+def add_lora(model, cfg: ModelConfig, seed: int):
+    """The base model wrapped by peft with fresh LoRA adapters (seeded: the same start on every machine). Trainer
+    saves a PeftModel as adapter_model.safetensors + adapter_config.json and, on resume, loads the adapters back
+    (transformers 5.24 `_load_from_checkpoint`)."""
+    import transformers
+    from peft import get_peft_model
+
+    from gptresume.config.integrations import lora_config
+
+    transformers.set_seed(seed)
+    config = lora_config(cfg.peft)
+    config.base_model_name_or_path = cfg.name_or_path
+    config.revision = cfg.revision
+    return get_peft_model(model, config)
+
+
+def is_adapter_dir(path: Path) -> bool:
+    """A directory holding PEFT adapters (what a LoRA run's checkpoints and final/ hold instead of a model)."""
+    return (Path(path) / ADAPTER_CONFIG_NAME).is_file()
+
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 def check_vocab_fits(model, tokenizer, cfg: ModelConfig) -> None:

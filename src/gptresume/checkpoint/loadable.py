@@ -42,6 +42,37 @@ def load_faults(ckpt: Path, model_shapes: dict[str, tuple] | None = None) -> lis
     return faults
 
 
+ADAPTER_CONFIG_NAME = "adapter_config.json"  # what peft's save_pretrained writes (peft 0.21)
+ADAPTER_WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def is_adapter_checkpoint(ckpt: Path) -> bool:
+    """A PEFT run's checkpoint: adapters instead of the model's weights."""
+    return (Path(ckpt) / ADAPTER_CONFIG_NAME).is_file()
+
+
+def adapter_faults(ckpt: Path) -> list[str]:
+    """The adapters of a LoRA checkpoint load as Trainer loads them back (`model.load_adapter`): adapter_config.json
+    is a JSON object naming its peft_type, and the adapter weights parse (safetensors header, or a weights-only
+    load), holding only LoRA tensors. Their shapes are checked by peft when Trainer loads them."""
+    ckpt = Path(ckpt)
+    try:
+        config = json.loads((ckpt / ADAPTER_CONFIG_NAME).read_text())
+        if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
+            raise ValueError("not a JSON object with a peft_type")
+    except (ValueError, OSError) as e:
+        return [f"{ADAPTER_CONFIG_NAME}: unreadable ({_one_line(e)})"]
+    present = [n for n in ADAPTER_WEIGHT_NAMES if (ckpt / n).is_file()]
+    if not present:
+        return [f"{ADAPTER_WEIGHT_NAMES[0]}: missing (the checkpoint has {ADAPTER_CONFIG_NAME} but no adapter weights)"]
+    found, why = _tensor_shapes(ckpt / present[0])
+    if why:
+        return [f"{present[0]} does not load ({why})"]
+    if not found:
+        return [f"{present[0]}: holds no tensors"]
+    return []
+
+
 def torch_load_problem(path: Path, numpy_allowed: bool = False) -> str | None:
     """None when `path` loads weights-only (as Trainer loads it), else why not, in one line. What it holds is
     dropped (its tensors are memory-mapped, never read)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from gptresume.config.integrations import integration_problems, report_to_problems
 from gptresume.config.schema import SECTIONS, TRAIN_DEFAULTS, FORBIDDEN_TRAIN_KEYS, Config, DataConfig
 from gptresume.config.types import _type_name, _unknown_key, check_type
 from gptresume.config.values import (
@@ -107,6 +108,7 @@ def _problems(raw: dict, transformers: bool) -> tuple[list[str], dict, dict]:
                                  else obj.problems(name, transformers=False)))
         built[name] = obj
     every_minutes = built["checkpoint"].every_minutes
+    problems.extend(integration_problems(raw))  # missing packages: found before anything is written
     if not transformers:
         raw_train = raw.get("train") or {}
         problems.extend(_train_problems_without_transformers(raw_train))
@@ -117,7 +119,7 @@ def _problems(raw: dict, transformers: bool) -> tuple[list[str], dict, dict]:
         _default_evaluation(train, built["data"])
         errs = train_value_problems(train, every_minutes) + _model_size_problems(built)
         errs += best_model_problems(train, built["checkpoint"].keep_last)
-    problems.extend(errs or _training_arguments_problems(train))
+    problems.extend(errs or report_to_problems(train.get("report_to")) or _training_arguments_problems(train))
     return problems, built, train
 
 
@@ -125,8 +127,8 @@ def _model_size_problems(built: dict) -> list[str]:
     """A from-scratch GPT-2's sizes against each other and against data.block_size (GPT2Config's defaults for the
     fields not given); a pretrained model's context is checked when it is loaded (training/run.py)."""
     model = built["model"]
-    if not isinstance(model.from_scratch, dict):
-        return []
+    if not isinstance(model.from_scratch, dict) or model.from_scratch.get("model_type", "gpt2") != "gpt2":
+        return []  # another model type is checked against its own config class (schema.py)
     return from_scratch_problems(model.from_scratch, GPT2_SIZE_DEFAULTS, built["data"].block_size)
 
 

@@ -59,20 +59,48 @@ class ModelConfig:
     name_or_path: str | None = None
     """Pretrained model to fine-tune: a hub id such as `gpt2`, or a directory written by save_pretrained."""
     from_scratch: dict | None = None
-    """Train a new GPT-2 from random weights; keys are transformers.GPT2Config fields (n_layer, n_embd, ...)."""
+    """Train a new model from random weights; keys are the fields of the config class of `model_type` (default
+    gpt2: GPT2Config's n_layer, n_embd, ...; llama: LlamaConfig's hidden_size, num_hidden_layers, ...)."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     """Where the tokenizer comes from."""
     resize_embeddings: bool = False
     """Allow resizing the model's token embedding when the tokenizer is larger than it (new rows are random)."""
+    dtype: str | None = None
+    """Weights' dtype when loading model.name_or_path (`float32`, `bfloat16`, `float16`, `auto`); None: float32."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of model.name_or_path; pin a commit so that a resume of a LoRA run
+    reads the same base weights."""
+    trust_remote_code: bool = False
+    """Run the modelling code of model.name_or_path's repository (executes code from it). Never passed when
+    loading from gptresume's own checkpoints and run directories unless set here."""
+    attn_implementation: str | None = None
+    """`eager`, `sdpa`, `flash_attention_2`, ...; None: Transformers' default (sdpa where supported)."""
+    peft: dict | None = None
+    """LoRA adapters through the `peft` library: peft.LoraConfig fields by their own names (r, lora_alpha,
+    lora_dropout, target_modules, ...). Only the adapters train; checkpoints hold the adapters."""
 
     def problems(self, prefix: str, transformers: bool = True) -> list[str]:
-        """`transformers=False` leaves out the from_scratch keys, which are checked against GPT2Config."""
+        """`transformers=False` leaves out the from_scratch and peft keys, which are checked against the model
+        type's config class and peft.LoraConfig."""
         out = []
         if bool(self.name_or_path) == bool(self.from_scratch is not None):
             out.append(f"{prefix}: set exactly one of name_or_path (fine-tune) or from_scratch (new model)")
+        if self.dtype is not None and self.dtype not in MODEL_DTYPES:
+            out.append(f"{prefix}.dtype: {self.dtype!r} is not one of {', '.join(MODEL_DTYPES)}")
+        if self.peft is not None:
+            if not isinstance(self.peft, dict):
+                out.append(f"{prefix}.peft: must be a mapping of peft.LoraConfig fields (r, lora_alpha, ...)")
+            elif self.from_scratch is not None:
+                out.append(f"{prefix}.peft: LoRA adapts a pretrained model; with from_scratch the base weights are "
+                           "random and never saved (adapter checkpoints hold only the adapters); use "
+                           "model.name_or_path, or remove model.peft")
+            elif transformers:
+                from gptresume.config.integrations import lora_config_problems
+
+                out.extend(lora_config_problems(self.peft, f"{prefix}.peft"))
         if self.from_scratch is not None:
             if transformers:
-                out.extend(_gpt2_config_problems(self.from_scratch, f"{prefix}.from_scratch"))
+                out.extend(_from_scratch_config_problems(self.from_scratch, f"{prefix}.from_scratch"))
             if not self.tokenizer.name_or_path and not self.tokenizer.train_vocab_size:
                 out.append(
                     f"{prefix}.tokenizer: a from-scratch model needs a tokenizer: "
@@ -183,6 +211,8 @@ class Config:
         return TrainingArguments(**{**self.train, **extra})
 
 
+MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEFAULT_MODEL_TYPE = "gpt2"
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "checkpoint": CheckpointConfig}
 
 
@@ -190,15 +220,22 @@ def fingerprint_of(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _gpt2_config_problems(values: dict, prefix: str) -> list[str]:
-    from transformers import GPT2Config
+def _from_scratch_config_problems(values: dict, prefix: str) -> list[str]:
+    """from_scratch keys against the config class of its `model_type` (GPT2Config by default)."""
+    from transformers import AutoConfig, CONFIG_MAPPING
 
     if not isinstance(values, dict):
-        return [f"{prefix}: must be a mapping of GPT2Config fields"]
-    defaults = GPT2Config().to_dict()
+        return [f"{prefix}: must be a mapping of config fields (GPT2Config's by default)"]
+    model_type = values.get("model_type", DEFAULT_MODEL_TYPE)
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        return [_unknown_key(model_type, list(CONFIG_MAPPING.keys()), where=f"{prefix}.model_type")
+                .replace("unknown key", "unknown model type")]
+    defaults = AutoConfig.for_model(model_type).to_dict()
     out = []
     for key, value in values.items():
-        if key in ("vocab_size", "bos_token_id", "eos_token_id"):
+        if key == "model_type":
+            continue
+        if key in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"):
             out.append(f"{prefix}.{key}: set from the tokenizer; remove it")
         elif key not in defaults:
             out.append(_unknown_key(key, [k for k in defaults if not k.startswith("_")], where=prefix))
@@ -206,4 +243,15 @@ def _gpt2_config_problems(values: dict, prefix: str) -> list[str]:
             ok, _ = check_type(value, type(defaults[key]) | None)
             if not ok:
                 out.append(f"{prefix}.{key}: expected a number, got {value!r}")
+    if out or model_type == DEFAULT_MODEL_TYPE:
+        return out  # GPT-2's sizes are checked without transformers (config/values.py)
+    given = {k: v for k, v in values.items() if k != "model_type"}
+    try:
+        config = AutoConfig.for_model(model_type, **given)
+    except Exception as e:  # the config class's own validation: its message names the field
+        return [f"{prefix}: {model_type} config rejected the values: {' '.join(str(e).split())[:300]}"]
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads:
+        out.append(f"{prefix}.hidden_size: {hidden} is not a multiple of num_attention_heads ({heads}); change one "
+                   "of them")
     return out

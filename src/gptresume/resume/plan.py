@@ -279,11 +279,13 @@ def loads(spec: RunSpec):
     tokenizer loads when the resume takes it from the checkpoint. Faults name the file."""
 
     def check(info: CheckpointInfo) -> list[str]:
-        from gptresume.checkpoint.loadable import load_faults
+        from gptresume.checkpoint.loadable import adapter_faults, is_adapter_checkpoint, load_faults
         from gptresume.modeling import checkpoint_model_shapes, tokenizer_problem
 
         faults, shapes = [], spec.model_shapes
-        if shapes is None:
+        if is_adapter_checkpoint(info.path):  # LoRA: adapters only; the base model is read from its source
+            faults += adapter_faults(info.path)
+        elif shapes is None:
             shapes, why = checkpoint_model_shapes(info.path)
             faults += [why] if why else []
         if spec.tokenizer_from_checkpoint:
