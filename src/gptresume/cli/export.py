@@ -6,6 +6,8 @@ EXAMPLES = """\
 examples:
   gptresume export runs/demo/checkpoint-120 models/demo-120
   gptresume export runs/demo models/demo --force   # final/ (or the newest valid checkpoint); replace models/demo
+  gptresume export runs/lora models/lora-merged --merge   # LoRA run: base model with the adapters merged in
+  gptresume export runs/demo models/demo --push-to-hub me/demo   # then upload OUT to the hub (committed content)
   python -c "from transformers import pipeline; print(pipeline('text-generation', model='models/demo')('The'))"
 
 exit code 0 done, 2 invalid checkpoint or OUT exists and is not empty (without --force); OUT is never half-written."""
@@ -20,6 +22,11 @@ def add_parser(subparsers):
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint-N directory (or a run directory)")
     p.add_argument("out", metavar="OUT", help="directory to create")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists and is not empty")
+    p.add_argument("--merge", action="store_true",
+                   help="LoRA run: write the base model with the adapters merged in (default: the adapters)")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
+                   help="upload OUT to this hub model repository (private if new) once it is complete; only a "
+                        "verified checkpoint or final/ is exported, so only committed content is pushed")
     return p
 
 
@@ -28,6 +35,7 @@ def run(args) -> int:
     from gptresume.tools.export import export
 
     quiet_transformers()  # Transformers' known noise out (logs.py)
-    out, source = export(args.checkpoint, args.out, force=args.force)
-    print(f"Exported {source.label} to {out}")
+    out, source = export(args.checkpoint, args.out, force=args.force, merge=args.merge,
+                         push_to_hub=args.push_to_hub)
+    print(f"Exported {source.label} to {out}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
     return 0

@@ -12,6 +12,8 @@ from gptresume.rundir import TOKENIZER_DIR
 from gptresume.rundir import CONFIG_NAME, FINAL_DIR, HISTORY_NAME, METRICS_NAME
 
 MODEL_CONFIG_NAME = "config.json"
+ADAPTER_CONFIG_NAME = "adapter_config.json"  # a LoRA run's checkpoints, final/ and adapter exports (peft)
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 WHAT_TO_GIVE = "give a run directory (train.output_dir), a checkpoint-N directory, or a save_pretrained/export directory"
 
@@ -29,7 +31,14 @@ def is_checkpoint_dir(path: Path) -> bool:
 
 def is_model_dir(path: Path) -> bool:
     path = Path(path)
-    return (path / MODEL_CONFIG_NAME).is_file() and any((path / w).is_file() for w in WEIGHT_FILES)
+    return ((path / MODEL_CONFIG_NAME).is_file() and any((path / w).is_file() for w in WEIGHT_FILES)) \
+        or is_adapter_dir(path)
+
+
+def is_adapter_dir(path: Path) -> bool:
+    """PEFT adapters (adapter_config.json + adapter weights) instead of a whole model."""
+    path = Path(path)
+    return (path / ADAPTER_CONFIG_NAME).is_file() and any((path / w).is_file() for w in ADAPTER_WEIGHT_FILES)
 
 
 def require_run_dir(path: str | Path, command: str) -> Path:
@@ -114,12 +123,16 @@ def load_tokenizer_for(source: ModelSource, command: str):
 
 
 def load_model_for(source: ModelSource, command: str):
-    """The model in eval mode, in float32, on the GPU when there is one."""
+    """The model in eval mode, in float32, on the GPU when there is one. Adapters (a LoRA run) are loaded onto
+    their base model (adapter_config.json's base_model_name_or_path and revision), never with trust_remote_code."""
     import torch
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(source.model_dir), dtype=torch.float32)
+        if is_adapter_dir(source.model_dir):
+            model = load_adapter_model(source.model_dir, command)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(source.model_dir), dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: weights whose shapes are not the config's
         raise UsageError(f"{command}: could not load a causal LM from {source.model_dir}: "
                          f"{' '.join(str(e).split())[:300]}") from None
@@ -127,6 +140,30 @@ def load_model_for(source: ModelSource, command: str):
         model.to("cuda")
     model.eval()
     return model
+
+
+def load_adapter_model(adapter_dir: Path, command: str):
+    """Base model + LoRA adapters, in float32 (peft's PeftModel, ready for generate and forward)."""
+    import json
+
+    import torch
+
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise UsageError(f"{command}: {adapter_dir} holds LoRA adapters, which need the peft package; "
+                         "pip install 'gptresume[peft]' (or peft)") from None
+    from transformers import AutoModelForCausalLM
+
+    config = json.loads((Path(adapter_dir) / ADAPTER_CONFIG_NAME).read_text())
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str) or not base:
+        raise UsageError(f"{command}: {adapter_dir / ADAPTER_CONFIG_NAME} names no base_model_name_or_path; "
+                         "export a merged model (gptresume export --merge) from the run instead")
+    revision = config.get("revision") if isinstance(config.get("revision"), str) else None
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, revision=revision,
+                                                 trust_remote_code=False)
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
 
 
 def context_length(model) -> int | None:

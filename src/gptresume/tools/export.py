@@ -4,6 +4,14 @@ The model and tokenizer files are copied byte for byte from a verified checkpoin
 exported weights are exactly the trained ones; optimizer, scheduler, RNG and trainer state are left behind.
 The directory is assembled under a temporary name next to OUT and renamed into place: OUT is either absent,
 the previous contents (on failure), or complete.
+
+A LoRA run's checkpoint (or final/) exports its adapters (adapter_config.json, adapter_model.safetensors, byte for
+byte), or with `merge=True` a whole model: the base model with the adapters merged into its weights
+(peft's merge_and_unload), saved with save_pretrained.
+
+`push_to_hub=REPO_ID` uploads OUT once it is complete (huggingface_hub's create_repo + upload_folder): only a
+verified, committed checkpoint (or final/) is ever exported, so nothing uncommitted is pushed. The repository id
+and the hub's reachability (HF_HUB_OFFLINE) are checked before anything is written.
 """
 
 from __future__ import annotations
@@ -18,26 +26,37 @@ from pathlib import Path
 from gptresume.checkpoint import fsync_dir
 from gptresume.errors import UsageError
 from gptresume.rundir import TOKENIZER_DIR
-from gptresume.tools.common import ModelSource, resolve_model
+from gptresume.tools.common import ADAPTER_CONFIG_NAME, ModelSource, is_adapter_dir, load_adapter_model, resolve_model
 
 EXPORT_INFO_NAME = "gptresume-export.json"
 # What from_pretrained needs; everything else in a checkpoint is training state.
 MODEL_PATTERNS = ("config.json", "generation_config.json", "model.safetensors", "model-*.safetensors",
                   "model.safetensors.index.json")
+ADAPTER_PATTERNS = (ADAPTER_CONFIG_NAME, "adapter_model.safetensors")
 TOKENIZER_PATTERNS = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                       "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 
 
-def export(path: str | Path, out: str | Path, force: bool = False) -> tuple[Path, ModelSource]:
+def export(path: str | Path, out: str | Path, force: bool = False, merge: bool = False,
+           push_to_hub: str | None = None) -> tuple[Path, ModelSource]:
+    if push_to_hub is not None:
+        check_hub_target(push_to_hub)
     source = resolve_model(path, "export")
+    adapters = is_adapter_dir(source.model_dir)
+    if merge and not adapters:
+        raise UsageError(f"export --merge: {source.model_dir} holds a whole model, not LoRA adapters; export it "
+                         "without --merge")
     out = Path(out)
     _check_target(out, source, force)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        copied = _copy_matching(source.model_dir, tmp, MODEL_PATTERNS)
-        if not any(name.endswith(".safetensors") for name in copied):
+        if merge:
+            load_adapter_model(source.model_dir, "export --merge").merge_and_unload().save_pretrained(str(tmp))
+        elif adapters:
+            _copy_matching(source.model_dir, tmp, ADAPTER_PATTERNS)
+        elif not any(name.endswith(".safetensors") for name in _copy_matching(source.model_dir, tmp, MODEL_PATTERNS)):
             _convert_to_safetensors(source, tmp)  # e.g. a checkpoint written with save_safetensors=False
         tokenizer_dir = source.model_dir
         if not _copy_matching(tokenizer_dir, tmp, TOKENIZER_PATTERNS) and source.run_dir is not None:
@@ -53,7 +72,39 @@ def export(path: str | Path, out: str | Path, force: bool = False) -> tuple[Path
         _replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if push_to_hub is not None:
+        push(out, push_to_hub, source)
     return out, source
+
+
+def check_hub_target(repo_id: str) -> None:
+    """Refuse (exit 2, before anything is written) a malformed repository id or a hub switched off."""
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise UsageError(f"export --push-to-hub: {repo_id!r} is not a hub repository id ({e}); give NAME or "
+                         "ORG/NAME") from None
+    if HF_HUB_OFFLINE:
+        raise UsageError("export --push-to-hub: the hub is switched off (HF_HUB_OFFLINE is set); unset it to "
+                         "upload, or export without --push-to-hub and upload the directory later")
+
+
+def push(out: Path, repo_id: str, source: ModelSource) -> None:
+    """Upload the complete export OUT to the hub model repository `repo_id` (created if missing, private)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type="model", private=True, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(out),
+                          commit_message=f"gptresume export of {source.label}")
+    except Exception as e:  # network, authentication, permissions: the export itself is complete in OUT
+        raise UsageError(f"export --push-to-hub: {out} is complete but the upload to {repo_id} failed "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); re-run the command (with "
+                         "--force) or upload the directory with `huggingface-cli upload`") from None
 
 
 def _check_target(out: Path, source: ModelSource, force: bool) -> None:
@@ -98,6 +149,8 @@ def _provenance(source: ModelSource, tokenizer_dir: Path) -> dict:
         info.update(step=m.get("step"), epoch=m.get("epoch"), config_fingerprint=m.get("config_fingerprint"),
                     data_fingerprint=m.get("data_fingerprint"),
                     model_sha256={k: v["sha256"] for k, v in m["files"].items() if k.endswith(".safetensors")})
+    if is_adapter_dir(source.model_dir):
+        info["adapters"] = True
     return info
 
 

@@ -21,7 +21,7 @@ from gptresume.checkpoint import (
     verify_checkpoint,
 )
 from gptresume.rundir import CONFIG_NAME, FINAL_DIR, LOCK_NAME, read_history, read_metrics
-from gptresume.tools.common import require_run_dir
+from gptresume.tools.common import is_adapter_dir, require_run_dir
 
 
 @dataclass
@@ -76,7 +76,7 @@ def collect_status(run_dir: str | Path) -> RunStatus:
 
     state = _trainer_state(chosen.path) if chosen else {}
     global_step, max_steps = state.get("global_step"), state.get("max_steps") or _configured_max_steps(run_dir)
-    has_final = (run_dir / FINAL_DIR / "config.json").is_file()
+    has_final = (run_dir / FINAL_DIR / "config.json").is_file() or is_adapter_dir(run_dir / FINAL_DIR)
     reached = global_step is not None and bool(max_steps) and global_step >= max_steps
     if reached:
         complete = True

@@ -207,11 +207,19 @@ def _report_complete(config: Config, plan: ResumePlan) -> int:
     if not final.is_dir():  # finished training but died before writing final/: write it from the checkpoint
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from gptresume.checkpoint.loadable import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHT_NAMES, is_adapter_checkpoint
+
         with run_lock(run_dir):
-            model = AutoModelForCausalLM.from_pretrained(str(plan.checkpoint.path))
             tokenizer = AutoTokenizer.from_pretrained(str(plan.checkpoint.path))
             tmp = run_dir / f".{FINAL_DIR}.tmp-{os.getpid()}"
-            model.save_pretrained(tmp)
+            if is_adapter_checkpoint(plan.checkpoint.path):  # LoRA: final/ holds the adapters, as save_model writes
+                tmp.mkdir()
+                for name in (ADAPTER_CONFIG_NAME, *ADAPTER_WEIGHT_NAMES):
+                    if (plan.checkpoint.path / name).is_file():
+                        shutil.copyfile(plan.checkpoint.path / name, tmp / name)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(str(plan.checkpoint.path))
+                model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             os.replace(tmp, final)
     print(f"Run complete: {run_dir} reached step {plan.step} ({plan.checkpoint.path.name}); nothing to train. "
