@@ -119,6 +119,18 @@ PRIVATE: tuple[Private, ...] = (
     P("transformers.integrations.TensorBoardCallback.on_train_begin", "ordering", TRAINER, "the writer opens in "
       "on_train_begin, after the override has read the resume step",
       source=("if self.tb_writer is None", "self._init_summary_writer(args)")),
+    P("transformers.integrations.WandbCallback.setup", "rule", TRAINER, "ContinuedWandbCallback opens (or re-opens, "
+      "resume='allow') the wandb run before setup; setup then uses that run instead of calling wandb.init",
+      params=("self", "args", "state", "model"), source=("if self._wandb.run is None:", "self._wandb.init(")),
+    P("transformers.integrations.WandbCallback.on_train_begin", "ordering", TRAINER, "setup runs from "
+      "on_train_begin, after Trainer restored the checkpoint's state", source=("self.setup(args, state, model",)),
+    P("transformers.integrations.MLflowCallback.setup", "option", TRAINER, "a resumed process re-attaches with "
+      "MLFLOW_RUN_ID and logs no parameters again (MLFLOW_MAX_LOG_PARAMS=0; MLflow refuses a changed value)",
+      params=("self", "args", "state", "model"),
+      source=('os.getenv("MLFLOW_RUN_ID"', 'os.getenv("MLFLOW_MAX_LOG_PARAMS"', "combined_dict_items[:max_log_params]")),
+    P("transformers.integrations.MLflowCallback.on_log", "rule", TRAINER, "metric names are sanitised with this "
+      "regex before logging: ContinuedMLflowCallback looks the held steps up under the same names",
+      source=('re.sub(r"[^0-9A-Za-z_\\-\\.\\ :/]", "_", k)', "step=state.global_step")),
     P("transformers.trainer_callback.ProgressCallback.__init__", "attribute read", "gptresume/training/callbacks.py", "the progress bar shows "
       "the loss in Trainer's tqdm bar, training_bar", source=("self.training_bar = None",)),
     *(P("transformers.trainer." + name, "file name", FILES, "checkpoint/ names Trainer's files without importing "

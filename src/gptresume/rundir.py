@@ -25,11 +25,12 @@ METRICS_NAME = "metrics.jsonl"
 HISTORY_NAME = "history.jsonl"
 FINAL_DIR = "final"
 TENSORBOARD_DIR = "tensorboard"
+TRACKERS_NAME = "trackers.json"  # the wandb / MLflow run each tracker continues on resume (training/trackers.py)
 LOCK_NAME = ".lock"
 TOKENIZER_DIR = "tokenizer"
 DATA_CACHE_DIR = "data-cache"
 # What --overwrite removes besides the checkpoints (the data cache stays: it is keyed by its inputs).
-RUN_FILES = (CONFIG_NAME, METRICS_NAME, HISTORY_NAME, FINAL_DIR, TOKENIZER_DIR, TENSORBOARD_DIR)
+RUN_FILES = (CONFIG_NAME, METRICS_NAME, HISTORY_NAME, FINAL_DIR, TOKENIZER_DIR, TENSORBOARD_DIR, TRACKERS_NAME)
 # Temporary names written under the run lock and renamed into place: a kill can leave one behind.
 TEMPORARIES = (f".{FINAL_DIR}.tmp*", f".{FINAL_DIR}.old-*", f"{CONFIG_NAME}.tmp", ".*.tmp-*",
                f"{DATA_CACHE_DIR}/*.tmp-*")
@@ -71,6 +72,23 @@ def read_history(run_dir: Path) -> list[dict]:
 def resume_steps(history: list[dict]) -> list[int]:
     """Steps at which the run was resumed in a new process, in the order of the resumes."""
     return [int(e.get("step") or 0) for e in history if e.get("event") == "resume"]
+
+
+def read_trackers(run_dir: Path) -> dict:
+    """RUN_DIR/trackers.json: tracker name -> its record (run id, where it logs, the last step it holds); {} when
+    absent or torn."""
+    try:
+        data = json.loads((Path(run_dir) / TRACKERS_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_tracker(run_dir: Path, name: str, record: dict) -> None:
+    """Replace tracker `name`'s record in RUN_DIR/trackers.json (atomically; rank 0 only)."""
+    data = read_trackers(run_dir)
+    data[name] = record
+    atomic_write_text(Path(run_dir) / TRACKERS_NAME, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 # ---------------------------------------------------------------- the run lock

@@ -210,6 +210,9 @@ class Session:
                        async_saver=BackgroundSaver() if o.async_save else None,
                        async_commit=self._commit if o.async_save else None)
         use_run_tensorboard(trainer, self.spec.run_dir)  # one TensorBoard curve across resumes
+        from gptresume.training.trackers import tracker_resume, use_continued_trackers
+
+        use_continued_trackers(trainer, self.spec.run_dir, tracker_resume(plan))  # one wandb / MLflow run
 
     def run(self, trainer) -> Outcome:
         """Train (or resume) until done or stopped; every save committed, an in-flight async save finished."""
