@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e '.[test,tools]'
+	$(PY) -m pip install --quiet -e '.[test,tools,trackers,peft]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -321,6 +321,7 @@ def continued_tracker_classes():
             self.run_dir, self.resume = Path(run_dir), resume
             self.skip_through = 0
             self.logged_through = 0
+            self.opened = False  # this callback opened the wandb run (else the script did: it closes it)
 
         def setup(self, args, state, model, **kwargs):
             import wandb
@@ -343,6 +344,7 @@ def continued_tracker_classes():
                              f" (steps up to {held} are already logged)" if held > self.resume.step else "")
                 else:
                     wandb.init(**init)
+                self.opened = True
                 self._record()
             return super().setup(args, state, model, **kwargs)
 
@@ -353,6 +355,14 @@ def continued_tracker_classes():
             if state.is_world_process_zero and state.global_step > self.logged_through:
                 self.logged_through = state.global_step
                 self._record()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            import wandb
+
+            super().on_train_end(args, state, control, **kwargs)
+            if state.is_world_process_zero and wandb.run is not None and self.opened:
+                wandb.finish()  # flushed and closed now, not at interpreter exit (which a forked or killed
+                self.opened = False  # process may never reach)
 
         def _record(self) -> None:
             import wandb
