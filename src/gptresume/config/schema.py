@@ -194,7 +194,8 @@ class Config:
 
     def to_dict(self) -> dict:
         return {
-            "model": dataclasses.asdict(self.model),
+            "model": {k: v for k, v in dataclasses.asdict(self.model).items()
+                      if not (k in OPTIONAL_MODEL_FIELDS and v == OPTIONAL_MODEL_FIELDS[k])},
             "data": dataclasses.asdict(self.data),
             "train": dict(self.train),
             "checkpoint": dataclasses.asdict(self.checkpoint),
@@ -211,6 +212,10 @@ class Config:
         return TrainingArguments(**{**self.train, **extra})
 
 
+# model fields added after runs existed (issue 18): in the resolved config only when set, so a run that does not
+# use them keeps the config (and fingerprint) its checkpoints recorded, and resumes without a "change".
+OPTIONAL_MODEL_FIELDS = {"dtype": None, "revision": None, "trust_remote_code": False, "attn_implementation": None,
+                         "peft": None}
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_MODEL_TYPE = "gpt2"
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "checkpoint": CheckpointConfig}

@@ -85,3 +85,15 @@ def test_a_missing_package_is_named_with_what_to_install(monkeypatch):
     monkeypatch.delitem(sys.modules, "wandb")
     monkeypatch.delitem(sys.modules, "peft")
     assert integration_problems(raw) == []
+
+
+def test_a_config_without_the_new_model_fields_resolves_as_before():
+    """Checkpoints written before these fields existed recorded no such keys: a resume must see no change."""
+    from gptresume.resume.changes import config_changes
+
+    plain = config_from_dict(base(from_scratch={"n_layer": 2}, tokenizer={"train_vocab_size": 500})).to_dict()
+    assert not {"dtype", "revision", "trust_remote_code", "attn_implementation", "peft"} & set(plain["model"])
+    lora = config_from_dict(base(name_or_path="gpt2", peft={"r": 4}, revision="v1")).to_dict()
+    assert lora["model"]["peft"] == {"r": 4} and lora["model"]["revision"] == "v1"
+    changed = config_changes(plain, {**plain, "model": {**plain["model"], "attn_implementation": "eager"}})
+    assert [(c.key, c.kind) for c in changed] == [("model.attn_implementation", "never")]
