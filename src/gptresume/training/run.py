@@ -24,6 +24,7 @@ from gptresume.modeling import (
     has_dropout,
     hub_names,
     load_tokenizer,
+    looks_like_path,
 )
 from gptresume.resume.plan import ResumePlan, RunSpec
 from gptresume.rundir import CONFIG_NAME, FINAL_DIR, TOKENIZER_DIR, remove_leftovers, remove_path, run_lock
@@ -117,6 +118,10 @@ def _load_inputs(config: Config, plan: ResumePlan, tokenizer_dir: Path | None = 
         use_cache_if_offline(hub_names(config))  # no network: the cache at once, said once (hub.py)
         if config.model.tokenizer.train_vocab_size:
             texts = load_texts(config.data)
+    elif config.model.peft is not None and config.model.name_or_path:  # a LoRA resume reads its base model again
+        check_model_source(config.model.name_or_path, "model.name_or_path")
+        if not looks_like_path(config.model.name_or_path):
+            use_cache_if_offline([config.model.name_or_path])
     tokenizer = load_tokenizer(config.model, texts, tokenizer_dir or ckpt)
     data = prepare_data(config.data, tokenizer, config.run_dir, texts)
     model = build_model(config.model, tokenizer, config.train.get("seed", 42), ckpt)
