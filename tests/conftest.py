@@ -204,13 +204,12 @@ def ddp_env(tmp):
 
 def split_ids(run_dir: Path) -> tuple[list[str], set]:
     """The sample ids (data.sample_id) of a run's cached training blocks, in order, and of its validation blocks."""
-    import datasets
-
     from gptresume.data import sample_id
+    from gptresume.data.packing import open_cache
 
-    (cache,) = (run_dir / "data-cache").iterdir()
-    dd = datasets.load_from_disk(str(cache))
-    return ([sample_id(r) for r in dd["train"]["input_ids"]], {sample_id(r) for r in dd["validation"]["input_ids"]})
+    (meta,) = (run_dir / "data-cache").glob("*/meta.json")
+    data = open_cache(meta.parent, json.loads(meta.read_text())["block_size"])
+    return ([sample_id(r["input_ids"]) for r in data.train], {sample_id(r["input_ids"]) for r in data.validation})
 
 
 def wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 180) -> bool:

@@ -127,6 +127,11 @@ def _model_size_problems(built: dict) -> list[str]:
     """A from-scratch GPT-2's sizes against each other and against data.block_size (GPT2Config's defaults for the
     fields not given); a pretrained model's context is checked when it is loaded (training/run.py)."""
     model = built["model"]
+    data = built["data"]
+    if model.tokenizer.train_vocab_size and (data.token_dtype is not None or any(
+            str(s).lower().endswith(".bin") for s in data.sources)):
+        return ["model.tokenizer.train_vocab_size: the data source is already tokenized (no text to train a "
+                "tokenizer on); set model.tokenizer.name_or_path to the tokenizer that wrote the ids"]
     if not isinstance(model.from_scratch, dict) or model.from_scratch.get("model_type", "gpt2") != "gpt2":
         return []  # another model type is checked against its own config class (schema.py)
     return from_scratch_problems(model.from_scratch, GPT2_SIZE_DEFAULTS, built["data"].block_size)
@@ -213,7 +218,7 @@ def _build_train(raw: dict):
 def _default_evaluation(train: dict, data: DataConfig) -> None:
     """Evaluate at every save when there is a validation split, unless the user chose otherwise."""
     if "eval_strategy" not in train:
-        train["eval_strategy"] = "steps" if data.validation_fraction > 0 else "no"
+        train["eval_strategy"] = "steps" if data.validation_fraction > 0 or data.validation_source else "no"
     if train["eval_strategy"] == "steps" and "eval_steps" not in train and (train.get("save_steps") or 0) > 0:
         train["eval_steps"] = train.get("save_steps")
 

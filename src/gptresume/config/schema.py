@@ -18,6 +18,7 @@ BUILTIN_PREFIX = "builtin:"
 HUB_PREFIX = "hub:"
 BUILTIN_CORPORA = ("python-docs",)
 TEXT_UNITS = ("document", "paragraph", "line")
+TOKEN_DTYPES = ("uint16", "uint32", "int32", "int64")  # of a flat token file (data.token_dtype)
 
 # TrainingArguments fields we refuse, each with the reason and what to use instead.
 FORBIDDEN_TRAIN_KEYS = {
@@ -129,7 +130,16 @@ class DataConfig:
     validation_fraction: float = 0.05
     """Share of packed blocks held out for evaluation (0 disables evaluation)."""
     num_proc: int | None = None
-    """Processes for tokenization (datasets.map num_proc); None tokenizes in this process."""
+    """Processes that tokenize; None: the usable cores for 64 MB of text or more, else this process alone."""
+    token_dtype: str | None = None
+    """dtype of a flat token file source (`.bin`, e.g. nanoGPT's uint16 train.bin): uint16, uint32, int32, int64."""
+    validation_source: str | list[str] | None = None
+    """Evaluate on this source instead of a held-out fraction (files, globs, a .bin, a saved dataset, or
+    `hub:NAME` with data.validation_split); needs validation_fraction: 0."""
+    validation_split: str | None = None
+    """Split of a `hub:` validation_source (default: validation)."""
+    max_train_tokens: int | None = None
+    """Read at most this many tokens of the training source (the stream is cut there, before any split)."""
 
     def problems(self, prefix: str) -> list[str]:
         out = []
@@ -150,11 +160,32 @@ class DataConfig:
             out.append(f"{prefix}.validation_fraction: must be in [0, 1) (got {self.validation_fraction})")
         if self.num_proc is not None and self.num_proc < 1:
             out.append(f"{prefix}.num_proc: must be at least 1 or null (got {self.num_proc})")
+        out.extend(_pretokenized_problems(self, prefix))
         return out
 
     @property
     def sources(self) -> list[str]:
         return [self.source] if isinstance(self.source, str) else list(self.source)
+
+
+def _pretokenized_problems(cfg: DataConfig, prefix: str) -> list[str]:
+    out = []
+    if cfg.token_dtype is not None and cfg.token_dtype not in TOKEN_DTYPES:
+        out.append(f"{prefix}.token_dtype: {cfg.token_dtype!r} is not one of {', '.join(TOKEN_DTYPES)}")
+    if cfg.validation_source is not None:
+        vs = [cfg.validation_source] if isinstance(cfg.validation_source, str) else list(cfg.validation_source)
+        if not vs or any(not v for v in vs) or any(v.startswith(BUILTIN_PREFIX) for v in vs):
+            out.append(f"{prefix}.validation_source: must name files, a glob, a .bin, a saved dataset or hub:NAME")
+        if cfg.validation_fraction:
+            out.append(f"{prefix}.validation_fraction: set it to 0 with validation_source (the validation blocks "
+                       f"come from {cfg.validation_source!r}, none are held out of the training source)")
+    if cfg.validation_split is not None and not (isinstance(cfg.validation_source, str)
+                                                 and cfg.validation_source.startswith(HUB_PREFIX)):
+        out.append(f"{prefix}.validation_split: only for a hub:NAME validation_source")
+    if cfg.max_train_tokens is not None and cfg.max_train_tokens < cfg.block_size:
+        out.append(f"{prefix}.max_train_tokens: {cfg.max_train_tokens} is less than one block "
+                   f"(data.block_size={cfg.block_size}); raise it or remove it")
+    return out
 
 
 @dataclass

@@ -25,7 +25,8 @@ class PackedBlockCollator:
     def __call__(self, examples):
         import torch
 
-        ids = torch.tensor([ex["input_ids"] for ex in examples], dtype=torch.long)
+        # rows are lists (datasets) or int64 arrays (memory-mapped blocks): one array, then one tensor
+        ids = torch.from_numpy(np.array([ex["input_ids"] for ex in examples], dtype=np.int64))
         if SAMPLE_LOG_ENV in os.environ:
             log_batch_samples(ids, os.environ[SAMPLE_LOG_ENV])
         labels = ids.clone()

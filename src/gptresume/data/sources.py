@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
 
 from gptresume.config import BUILTIN_PREFIX, HUB_PREFIX, DataConfig, fingerprint_of
 from gptresume.errors import UsageError
+from gptresume.rundir import DATA_CACHE_DIR
 
 FILE_LOADERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".csv": "csv",
                 ".parquet": "parquet"}
@@ -41,20 +43,79 @@ def resolve_files(cfg: DataConfig, field: str = CONFIG_FIELD) -> list[Path]:
     return files
 
 
-def source_fingerprint(cfg: DataConfig) -> str:
-    """Cheap identity of the raw source, for the tokenization cache key (content hash for local files)."""
+def local_files(cfg: DataConfig) -> list[Path]:
+    """The local files a source reads (text files, one token file, or every file of a saved dataset)."""
+    from gptresume.data.pretokenized import pretokenized_kind, token_file
+
+    kind = pretokenized_kind(cfg.sources)
+    if kind == "saved":
+        root = Path(os.path.expanduser(cfg.sources[0]))
+        return sorted(p for p in root.rglob("*") if p.is_file())
+    if kind == "tokens":
+        return [token_file(cfg.sources, "data.source")]
+    return resolve_files(cfg)
+
+
+def source_fingerprint(cfg: DataConfig, run_dir: Path | None = None) -> str:
+    """Identity of the raw source, for the data cache key: a content hash of local files (their paths and bytes).
+
+    With `run_dir`, the hash is taken from RUN_DIR/data-cache/sources.json when every file has the path, size,
+    mtime_ns and inode it had when it was hashed (`remember_source_fingerprint`), so a resume does not read the
+    corpus again; any of those changed, the files are hashed again."""
     first = cfg.sources[0]
     if first.startswith(BUILTIN_PREFIX):
         return fingerprint_of([first, sys.version_info[:3]])
     if first.startswith(HUB_PREFIX):
         return fingerprint_of([first, cfg.hub_config, cfg.hub_split])
+    files = local_files(cfg)
+    stat_key = _stat_key(files)
+    if run_dir is not None:
+        known = _read_stat_cache(run_dir).get(stat_key)
+        if known:
+            return known
     h = hashlib.sha256()
-    for f in resolve_files(cfg):
+    for f in files:
         h.update(str(f).encode())
         with open(f, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
-    return h.hexdigest()[:16]
+    fp = h.hexdigest()[:16]
+    _PENDING[stat_key] = fp
+    return fp
+
+
+STAT_CACHE_NAME = "sources.json"
+_PENDING: dict[str, str] = {}  # hashed in this process, written to the stat cache once the run is accepted
+
+
+def _stat_key(files: list[Path]) -> str:
+    rows = []
+    for f in files:
+        st = os.stat(f)
+        rows.append([os.path.abspath(f), st.st_size, st.st_mtime_ns, st.st_ino])
+    return fingerprint_of(rows)
+
+
+def _read_stat_cache(run_dir: Path) -> dict:
+    path = Path(run_dir) / DATA_CACHE_DIR / STAT_CACHE_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(data, dict) else {}
+
+
+def remember_source_fingerprint(run_dir: Path) -> None:
+    """Record the content hashes taken in this process under their files' (path, size, mtime_ns, inode)."""
+    if not _PENDING:
+        return
+    from gptresume.durable import atomic_write_text
+
+    known = _read_stat_cache(run_dir)
+    known.update(_PENDING)
+    _PENDING.clear()
+    (Path(run_dir) / DATA_CACHE_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(run_dir) / DATA_CACHE_DIR / STAT_CACHE_NAME, json.dumps(known, indent=0))
 
 
 def load_texts(cfg: DataConfig, field: str = CONFIG_FIELD):

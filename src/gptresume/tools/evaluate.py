@@ -14,6 +14,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import yaml
 from gptresume.checkpoint import newest_valid
 from gptresume.config import DataConfig
 from gptresume.data import CACHE_META_NAME, DATA_CACHE_DIR, PackedBlockCollator, load_texts, pack, prepare_data
+from gptresume.data.packing import open_cache
 from gptresume.data.sources import resolve_files
 from gptresume.errors import UsageError
 from gptresume.rundir import CONFIG_NAME, perplexity, read_history
@@ -105,7 +107,7 @@ def mean_eval_loss(model, blocks, batch_size: int) -> tuple[float, float]:
         accepts_kwargs = any(p.kind == inspect.Parameter.VAR_KEYWORD
                              for p in inspect.signature(model.forward).parameters.values())
     counts_shifted = _trainer_counts_shifted_labels(model)
-    ids_all = blocks.with_format("numpy")["input_ids"]
+    ids_all = blocks.array() if hasattr(blocks, "array") else blocks.with_format("numpy")["input_ids"]
     per_example, token_sum, token_count = [], 0.0, 0
     model.eval()
     with torch.no_grad():
@@ -167,12 +169,18 @@ def _validation_blocks(source: ModelSource, run_data: DataConfig | None, tokeniz
     for meta_path in sorted(cache_root.glob(f"*/{CACHE_META_NAME}")):
         meta = json.loads(meta_path.read_text())
         if meta.get("fingerprint") == expected and meta.get("block_size") == run_data.block_size:
-            dd = datasets.load_from_disk(str(meta_path.parent))
-            if "validation" in dd:
-                return dd["validation"], run_data.block_size, f"validation split of {source.run_dir} ({meta_path.parent})"
-    # No cached split with that fingerprint: pack the source again with the same code, and insist it is the same.
+            cached = open_cache(meta_path.parent, run_data.block_size)
+            if cached.validation is not None:
+                return (cached.validation, run_data.block_size,
+                        f"validation split of {source.run_dir} ({meta_path.parent})")
+    # No cached split with that fingerprint: pack the source again with the same code (in a temporary directory:
+    # eval never writes into the run), and insist it is the same.
     try:
-        prepared = prepare_data(run_data, tokenizer, source.run_dir)
+        with tempfile.TemporaryDirectory(prefix="gptresume-eval-") as tmp:
+            prepared = prepare_data(run_data, tokenizer, Path(tmp))
+            if prepared.validation is not None:  # small: read into memory before the directory goes
+                prepared.validation = datasets.Dataset.from_dict(
+                    {"input_ids": [row["input_ids"].tolist() for row in prepared.validation]})
     except UsageError as e:
         raise UsageError(f"eval: {cache_root} has no split with data fingerprint {expected}, and packing the run's "
                          f"data source again failed: {e}") from None

@@ -62,10 +62,14 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
 
         def accept() -> None:  # rank 0: every input check, then the run directory (locked until training ends)
             inputs.update(_load_inputs(config, plan))
-            spec.data_fingerprint, spec.train_samples = inputs["data"].fingerprint, len(inputs["data"].train)
-            session.check_inputs(has_dropout(inputs["model"]))
-            session.prepare_run_dir(world_size, lambda: _write_inputs(config, plan, inputs["data"],
-                                                                      inputs["tokenizer"]))
+            try:
+                spec.data_fingerprint, spec.train_samples = inputs["data"].fingerprint, len(inputs["data"].train)
+                session.check_inputs(has_dropout(inputs["model"]))
+                session.prepare_run_dir(world_size, lambda: _write_inputs(config, plan, inputs["data"],
+                                                                          inputs["tokenizer"]))
+            except BaseException:
+                inputs["data"].discard()  # packed blocks staged in data-cache/: a refused run leaves none
+                raise
 
         distributed.on_main(accept)
         if not inputs:  # the other ranks read what rank 0 checked and wrote: tokenizer/, data-cache/
@@ -124,10 +128,14 @@ def _load_inputs(config: Config, plan: ResumePlan, tokenizer_dir: Path | None = 
             use_cache_if_offline([config.model.name_or_path])
     tokenizer = load_tokenizer(config.model, texts, tokenizer_dir or ckpt)
     data = prepare_data(config.data, tokenizer, config.run_dir, texts)
-    model = build_model(config.model, tokenizer, config.train.get("seed", 42), ckpt)
-    too_long = context_problem(model, config.data.block_size)  # a pretrained model's context, known only now
-    if too_long:
-        raise UsageError(too_long)
+    try:
+        model = build_model(config.model, tokenizer, config.train.get("seed", 42), ckpt)
+        too_long = context_problem(model, config.data.block_size)  # a pretrained model's context, known only now
+        if too_long:
+            raise UsageError(too_long)
+    except BaseException:
+        data.discard()
+        raise
     return {"tokenizer": tokenizer, "data": data, "model": model}
 
 

@@ -1,6 +1,7 @@
 """Sources, packing and the tokenization cache."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -111,9 +112,13 @@ def test_cache_makes_resume_skip_tokenization(tmp_path, tokenizer):
     (tmp_path / "c.txt").write_text("\n\n".join(corpus_texts(4)))
     cfg = DataConfig(source=str(tmp_path / "c.txt"), block_size=16, validation_fraction=0.1)
     run = tmp_path / "run"
+    refused = prepare_data(cfg, tokenizer, run)
+    assert [p.name for p in (run / "data-cache").iterdir()] == [refused.staging.name]  # staged, not yet kept
+    refused.discard()
+    assert not run.exists()  # a refused run: RUN_DIR as it was
     first = prepare_data(cfg, tokenizer, run)
-    assert not run.exists()  # preparing writes nothing: bad input must leave RUN_DIR alone
     save_to_cache(first, cfg, tokenizer, run)
+    assert first.staging is None and len(first.train) == len(refused.train)
 
     class NoTokenizing:  # same vocabulary, but calling it fails: proves the cache is used
         backend_tokenizer = tokenizer.backend_tokenizer
@@ -123,10 +128,18 @@ def test_cache_makes_resume_skip_tokenization(tmp_path, tokenizer):
 
     again = prepare_data(cfg, NoTokenizing(), run)
     assert again.fingerprint == first.fingerprint
-    assert np.array_equal(np.array(again.train["input_ids"]), np.array(first.train["input_ids"]))
+    assert np.array_equal(again.train.array(), first.train.array())
 
+    # The stat cache: same path, size, mtime_ns and inode -> the recorded hash, the file is not read. An edit that
+    # keeps all four (same length, mtime set back) is not seen: the documented limit.
+    st = (tmp_path / "c.txt").stat()
+    text = (tmp_path / "c.txt").read_text()
+    with open(tmp_path / "c.txt", "r+") as f:
+        f.write(text[:10].upper())
+    os.utime(tmp_path / "c.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert prepare_data(cfg, NoTokenizing(), run).fingerprint == first.fingerprint
     (tmp_path / "c.txt").write_text("\n\n".join(corpus_texts(5)))  # changed data: new key, new fingerprint
     changed = prepare_data(cfg, tokenizer, run)
     assert changed.fingerprint != first.fingerprint
-    meta = json.loads(next(run.glob("data-cache/*/meta.json")).read_text())
+    meta = json.loads((run / "data-cache" / first.key / "meta.json").read_text())
     assert meta["fingerprint"] == first.fingerprint
