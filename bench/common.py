@@ -42,12 +42,13 @@ class Plan:
     goodput_save_steps: int | None = None  # None: the demo config's save_steps
     matmul_n: int = 3072
     workloads: tuple = ("demo", "gpt2")
+    packing_mb: tuple = (1024, 2048)  # generated text packed by the packing section: a size and twice it
 
 
 FULL = Plan()
 QUICK = Plan(reps=1, demo_warmup=2, demo_steps=5, gpt2_warmup=1, gpt2_steps=2, ckpt_demo_saves=3,
              ckpt_gpt2_every=2, long_position=50_000, goodput_seconds=30.0, goodput_interval=20.0, goodput_save_steps=10,
-             matmul_n=2048)
+             matmul_n=2048, packing_mb=(16, 32))
 
 
 # ---------------------------------------------------------------- processes

@@ -17,7 +17,7 @@ def fmt(x, spec=".2f"):
 
 def render(results: dict) -> str:
     """The markdown report: machine, targets, then one part per section that results holds."""
-    parts = (_header, _targets, _peak, _throughput, _checkpoint, _resume, _goodput)
+    parts = (_header, _targets, _peak, _throughput, _checkpoint, _resume, _goodput, _packing)
     return "\n".join(line for part in parts for line in part(results))
 
 
@@ -183,6 +183,23 @@ def _goodput(results: dict) -> list[str]:
         lines.append(f"| {kind} | {g['wall_s']:.1f} | {g['starts']} | {fmt(g.get('goodput', 1.0), '.3f')} | "
                      f"{g['load_before']:.1f} / {g['load']:.1f} | "
                      f"{'–' if g.get('exact', 0) is None or kind == 'uninterrupted' else ('yes' if g['exact'] else '**no**')} |")
+    lines.append("")
+    return lines
+
+
+def _packing(results: dict) -> list[str]:
+    """Tokens/s and peak memory of the three packings at each corpus size."""
+    pk = results.get("packing")
+    if not pk:
+        return []
+    lines = ["## Packing", "",
+             "Generated text (lines of random words) packed into blocks of 1024 tokens by the demo tokenizer; "
+             "peak RSS of the process and of its largest tokenizing worker (ru_maxrss).", "",
+             "| text | packing | tokens/s | peak RSS MB | largest worker MB |", "|---|---|---:|---:|---:|"]
+    for mb, runs in sorted(pk["runs"].items(), key=lambda kv: int(kv[0])):
+        for peer, v in runs.items():
+            lines.append(f"| {mb} MB | {peer} | {v['tokens_per_s']:,.0f} | {v['peak_rss_mb']:.0f} | "
+                         f"{v['peak_worker_rss_mb']:.0f} |")
     lines.append("")
     return lines
 

@@ -13,6 +13,8 @@ Sections (`--only` runs some of them; the machine description is always written)
   resume      process start to first step: fresh start, resume at batch 10 and at batch 50,000 of one epoch
   goodput     a fixed-length run stopped every T seconds by SIGTERM (then by SIGKILL), re-run after each exit,
               against its uninterrupted wall time; also checks the final weights equal the uninterrupted run's
+  packing     tokens/s and peak memory packing generated text of two sizes (1 and 2 GB; --quick 16 and 32 MB):
+              gptresume vs run_clm.py-style and nanoGPT prepare.py-style packing
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 # beside this one import by their plain names.
 from common import BENCH, FULL, QUICK, Runner, loadavg, machine
 from render import fmt, write_results
-from sections import SECTIONS, checkpoint, goodput, peak, resume, throughput
+from sections import SECTIONS, checkpoint, goodput, packing, peak, resume, throughput
 from workloads import prepare_template, write_workloads
 
 
@@ -89,6 +91,8 @@ def main() -> int:
                 rate = results.get("throughput", {}).get("demo", {}).get("peers", {}).get(
                     "gptresume train", {}).get("tokens_per_s")
                 results["goodput"] = goodput.measure(r, plan, configs, tpls, rate)
+            elif name == "packing":
+                results["packing"] = packing.measure(r, plan)
             results["timing_s"][name] = time.time() - s0
     finally:
         results["wall_s"] = time.time() - t0

@@ -17,6 +17,9 @@ TARGETS = {
                    "without waits for a previous save still being written)",
     "resume_late": "resume latency at batch 50,000 within 10% of batch 10",
     "goodput": "goodput >= 0.9 with SIGTERM every 60 s (demo model)",
+    "packing_speed": "gptresume packing >= the faster of run_clm.py-style and nanoGPT-style packing (larger corpus)",
+    "packing_memory_growth": "gptresume packing peak RSS: twice the corpus within 10% of the smaller one",
+    "packing_memory": "gptresume packing peak RSS (process and largest worker) under 2 GB",
 }
 
 
@@ -44,9 +47,18 @@ def targets(results: dict) -> dict:
     gp = results.get("goodput", {}).get("runs", {}).get("SIGTERM")
     if gp:
         t["goodput"] = gp["goodput"], 0.90
+    pk = results.get("packing", {}).get("runs")
+    if pk:
+        small, large = pk[min(pk, key=int)], pk[max(pk, key=int)]
+        faster_peer = max(large["run_clm"]["tokens_per_s"], large["nanogpt"]["tokens_per_s"])
+        t["packing_speed"] = ratio(large["gptresume"]["tokens_per_s"], faster_peer), 1.0
+        peak = lambda run: max(run["gptresume"]["peak_rss_mb"], run["gptresume"]["peak_worker_rss_mb"])  # noqa: E731
+        t["packing_memory_growth"] = ratio(peak(large), peak(small)), 1.10
+        t["packing_memory"] = max(peak(small), peak(large)) / 1024, 2.0
     out = {}
     for name, (value, limit) in t.items():
-        lower_is_better = name in ("async_block", "resume_late", "own_code")
+        lower_is_better = name in ("async_block", "resume_late", "own_code", "packing_memory_growth",
+                                   "packing_memory")
         met = value is not None and (value <= limit if lower_is_better else value >= limit)
         out[name] = {"what": TARGETS[name], "value": value, "limit": limit, "met": met}
     return out

@@ -513,8 +513,22 @@ def main() -> None:
     t.add_argument("--exit-when-saved", action="store_true",
                    help="gptresume: write the result and exit once training ended and its saves are committed")
     t.add_argument("--cli-args", nargs=argparse.REMAINDER, default=[], help="more `gptresume train` arguments")
+    k = sub.add_parser("pack")
+    k.add_argument("--peer", choices=("gptresume", "run_clm", "nanogpt"), required=True)
+    k.add_argument("--corpus", required=True, help="directory of generated .txt files")
+    k.add_argument("--tokenizer", required=True)
+    k.add_argument("--work", required=True)
+    k.add_argument("--out", required=True)
     a = p.parse_args()
-    {"matmul": cmd_matmul, "setup-tokenizers": cmd_setup_tokenizers, "train": cmd_train}[a.cmd](a)
+    {"matmul": cmd_matmul, "setup-tokenizers": cmd_setup_tokenizers, "train": cmd_train, "pack": cmd_pack}[a.cmd](a)
+
+
+def cmd_pack(a) -> None:
+    """Pack generated text one way (packing_peers.py) and report tokens/s and peak memory."""
+    from packing_peers import run
+
+    files = sorted(str(p) for p in Path(a.corpus).glob("*.txt"))
+    write_json(a.out, run(a.peer, files, a.tokenizer, Path(a.work)))
 
 
 if __name__ == "__main__":
