@@ -53,7 +53,7 @@ def pack_gptresume(files, tokenizer_dir, work: Path) -> int:
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     cfg = DataConfig(source=files, text_unit="line", block_size=BLOCK, validation_fraction=0.0005)
-    data = prepare_data(cfg, tok, work / "run", _texts(files, work / "hf"))
+    data = prepare_data(cfg, tok, work / "run")  # reads the files itself, lazily (as `gptresume train` does)
     save_to_cache(data, cfg, tok, work / "run")
     return data.num_tokens
 

@@ -177,7 +177,8 @@ def _token_stream(cfg: DataConfig, tokenizer, texts, out: Path, role: str, exter
     """(file, dtype, tokens) of one source's token stream: a checked flat token file where it lies, a saved
     dataset flattened into `out`, or text tokenized into `out`."""
     from gptresume.data.pretokenized import copy_saved_tokens, open_saved_dataset, pretokenized_kind
-    from gptresume.data.tokens import TOKEN_DTYPE, tokenize_to_file
+    from gptresume.data.sources import _batches_of, text_batches
+    from gptresume.data.tokens import BATCH_DOCS, TOKEN_DTYPE, tokenize_to_file
 
     field_name = "data.source" if role == "train" else "data.validation_source"
     if role in external:
@@ -191,9 +192,11 @@ def _token_stream(cfg: DataConfig, tokenizer, texts, out: Path, role: str, exter
         return out, np.dtype(TOKEN_DTYPE).name, n
     if tokenizer.eos_token_id is None:
         raise UsageError("model.tokenizer: the tokenizer has no EOS token, needed between documents")
-    if texts is None or role != "train":
-        texts = load_texts(cfg if role == "train" else _validation_config(cfg))
-    n = tokenize_to_file(texts, tokenizer, out, cfg.num_proc, max_tokens)
+    if texts is not None and role == "train":  # already loaded (to train the tokenizer): read from it
+        batches, text_bytes = _batches_of(texts, BATCH_DOCS), getattr(texts.data, "nbytes", 0)
+    else:
+        batches, text_bytes = text_batches(cfg if role == "train" else _validation_config(cfg), BATCH_DOCS)
+    n = tokenize_to_file(batches, text_bytes, tokenizer, out, cfg.num_proc, max_tokens)
     return out, np.dtype(TOKEN_DTYPE).name, n
 
 

@@ -152,6 +152,49 @@ def load_texts(cfg: DataConfig, field: str = CONFIG_FIELD):
     return ds
 
 
+def text_batches(cfg: DataConfig, batch_docs: int):
+    """(lists of documents, bytes of text): the documents `load_texts` gives, in the same order, read lazily.
+
+    Local files are read through `datasets`' streaming mode (the same builders, so the same documents), without
+    the Arrow copy `load_texts` writes and memory-maps: a corpus larger than memory is never resident. The
+    built-in corpus and hub datasets come from `load_texts`."""
+    first = cfg.sources[0]
+    if first.startswith((BUILTIN_PREFIX, HUB_PREFIX)):
+        ds = load_texts(cfg)
+        return _batches_of(ds, batch_docs), getattr(ds.data, "nbytes", 0)
+    import datasets
+
+    files = resolve_files(cfg)
+    loader = FILE_LOADERS[files[0].suffix.lower()]
+    kwargs = {"sample_by": cfg.text_unit} if loader == "text" else {}
+    column = "text" if loader == "text" else cfg.text_column
+    where = ", ".join(map(str, files))
+    try:
+        ds = datasets.load_dataset(loader, data_files=[str(f) for f in files], split="train", streaming=True,
+                                   **kwargs)
+    except Exception as e:
+        raise UsageError(f"data.source: could not read {where}: {e}") from None
+
+    def batches():
+        try:
+            for batch in ds.iter(batch_size=batch_docs):
+                if column not in batch:
+                    raise UsageError(f"data.text_column: {where} has no column {column!r}; its columns are "
+                                     f"{', '.join(batch)}; set data.text_column")
+                yield batch[column]
+        except UsageError:
+            raise
+        except Exception as e:  # a malformed line or file, found while reading
+            raise UsageError(f"data.source: could not read {where}: {e}") from None
+
+    return batches(), sum(f.stat().st_size for f in files)
+
+
+def _batches_of(ds, batch_docs: int):
+    for start in range(0, len(ds), batch_docs):
+        yield ds[start:start + batch_docs]["text"]
+
+
 def _text_column(ds, column: str, where: str):
     if column not in ds.column_names:
         raise UsageError(f"data.text_column: {where} has no column {column!r}; its columns are "

@@ -1,10 +1,9 @@
 """Text documents -> one flat file of int32 token ids (each document followed by EOS), written as it is produced.
 
 Why a file and not an in-memory table: the token stream of a large corpus does not fit in memory (9B tokens of
-OpenWebText are 36 GB as int32). Documents are tokenized in batches, in this process or in `num_proc` forked
-workers (each worker reads its documents from the memory-mapped Arrow table it inherited and returns one numpy
-array per batch), and appended in document order; at most a few batches are in flight, so memory stays bounded by
-the batch size, not by the corpus.
+OpenWebText are 36 GB as int32). Documents arrive in batches (read lazily, data/sources.py `text_batches`), are
+tokenized in this process or in `num_proc` forked workers (each returns one numpy array per batch), and appended in
+document order; at most a few batches are in flight, so memory stays bounded by the batch size, not the corpus.
 """
 
 from __future__ import annotations
@@ -34,15 +33,11 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def processes_for(texts, num_proc: int | None) -> int:
+def processes_for(text_bytes: int, num_proc: int | None) -> int:
     """data.num_proc, or by default the usable cores when the text is large enough to pay for the workers."""
     if num_proc is not None:
         return num_proc
-    try:
-        size = texts.data.nbytes
-    except AttributeError:
-        size = 0
-    return usable_cores() if size >= PARALLEL_MIN_BYTES else 1
+    return usable_cores() if text_bytes >= PARALLEL_MIN_BYTES else 1
 
 
 def encode_batch(tokenizer, docs: list[str], eos: int) -> np.ndarray:
@@ -52,20 +47,17 @@ def encode_batch(tokenizer, docs: list[str], eos: int) -> np.ndarray:
     return np.fromiter(chain.from_iterable(x + [eos] for x in ids), dtype=TOKEN_DTYPE, count=total)
 
 
-def _encode_range(bounds: tuple[int, int]) -> np.ndarray:
-    start, stop = bounds
-    return encode_batch(_WORK["tokenizer"], _WORK["texts"][start:stop]["text"], _WORK["eos"])
+def _encode(docs: list[str]) -> np.ndarray:
+    return encode_batch(_WORK["tokenizer"], docs, _WORK["eos"])
 
 
-def tokenize_to_file(texts, tokenizer, path: Path, num_proc: int | None = None,
+def tokenize_to_file(batches, text_bytes: int, tokenizer, path: Path, num_proc: int | None = None,
                      max_tokens: int | None = None) -> int:
-    """Append the token stream of `texts` (a Dataset with column `text`) to `path`; returns the tokens written.
+    """Append the token stream of `batches` (lists of documents, in order) to `path`; returns the tokens written.
 
     `max_tokens` stops reading the documents once that many tokens are written (the stream is cut there)."""
     eos = tokenizer.eos_token_id
-    n_docs = len(texts)
-    ranges = [(s, min(s + BATCH_DOCS, n_docs)) for s in range(0, n_docs, BATCH_DOCS)]
-    procs = min(processes_for(texts, num_proc), max(1, len(ranges)))
+    procs = processes_for(text_bytes, num_proc)
     written = 0
     with open(path, "ab") as out:
 
@@ -81,27 +73,27 @@ def tokenize_to_file(texts, tokenizer, path: Path, num_proc: int | None = None,
             return True
 
         if procs <= 1:
-            for bounds in ranges:
-                if not write(encode_batch(tokenizer, texts[bounds[0]:bounds[1]]["text"], eos)):
+            for docs in batches:
+                if not write(encode_batch(tokenizer, docs, eos)):
                     break
         else:
-            _tokenize_in_workers(texts, tokenizer, eos, ranges, procs, write)
-    log.debug("Tokenized %d documents into %d tokens (%d process(es))", n_docs, written, procs)
+            _tokenize_in_workers(batches, tokenizer, eos, procs, write)
+    log.debug("Tokenized %d tokens (%d process(es))", written, procs)
     return written
 
 
-def _tokenize_in_workers(texts, tokenizer, eos, ranges, procs, write) -> None:
-    """Forked workers tokenize batches; results are written in document order, at most 2 x procs in flight."""
+def _tokenize_in_workers(batches, tokenizer, eos, procs, write) -> None:
+    """Forked workers tokenize batches sent to them; results are written in document order, at most 2 x procs
+    batches in flight (memory bounded by the batch size, not the corpus)."""
     import multiprocessing
 
-    _WORK.update(tokenizer=tokenizer, texts=texts, eos=eos)
+    _WORK.update(tokenizer=tokenizer, eos=eos)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked: the tokenizer's own threads are off anyway
     try:
         with multiprocessing.get_context("fork").Pool(procs) as pool:
             pending: deque = deque()
-            todo = iter(ranges)
-            for bounds in todo:
-                pending.append(pool.apply_async(_encode_range, (bounds,)))
+            for docs in batches:
+                pending.append(pool.apply_async(_encode, (docs,)))
                 if len(pending) >= 2 * procs:
                     if not write(pending.popleft().get()):
                         return
