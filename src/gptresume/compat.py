@@ -84,6 +84,12 @@ PRIVATE: tuple[Private, ...] = (
     P(T + "_load_rng_state", "override", TRAINER, "another process count: Trainer's loader reads the mapped RNG "
       "file from a temporary directory, and skips a missing one", params=("self", "checkpoint"),
       source=("if checkpoint is None", "if not os.path.isfile(rng_file)")),
+    P(T + "get_batch_samples", "override", TRAINER, "a streaming resume restores the RNG state after it, once the "
+      "DataLoader iterator drew its seed on the first fetch (as Trainer's own skip path does)",
+      params=("self", "epoch_iterator", "num_batches", "device")),
+    P(T + "_run_epoch", "ordering", TRAINER, "with ignore_data_skip the RNG state is loaded before "
+      "iter(train_dataloader); the streaming resume defers it to get_batch_samples",
+      source=("elif steps_trained_in_current_epoch == 0:",)),
     P(T + "_save_checkpoint", "override", TRAINER, "checkpoint.async_save copies this body: the snapshot on the "
       "training thread, the writing in the background", params=("self", "model", "trial"), sha256="a9111e30faa99339"),
     *(P(T + name, "call", TRAINER, "the async save's copy of _save_checkpoint calls it", params=params)

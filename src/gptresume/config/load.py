@@ -112,15 +112,37 @@ def _problems(raw: dict, transformers: bool) -> tuple[list[str], dict, dict]:
     if not transformers:
         raw_train = raw.get("train") or {}
         problems.extend(_train_problems_without_transformers(raw_train))
-        problems.extend(train_value_problems(raw_train, every_minutes) + _model_size_problems(built))
+        problems.extend(train_value_problems(raw_train, every_minutes) + _model_size_problems(built)
+                        + _streaming_problems(built, raw_train))
         return problems, built, {}
     train, errs = _build_train(raw.get("train") or {})
     if not errs:
         _default_evaluation(train, built["data"])
-        errs = train_value_problems(train, every_minutes) + _model_size_problems(built)
+        errs = (train_value_problems(train, every_minutes) + _model_size_problems(built)
+                + _streaming_problems(built, train))
         errs += best_model_problems(train, built["checkpoint"].keep_last)
     problems.extend(errs or report_to_problems(train.get("report_to")) or _training_arguments_problems(train))
     return problems, built, train
+
+
+def _streaming_problems(built: dict, train: dict) -> list[str]:
+    """A streamed source has no length: Trainer needs max_steps; its position lives in this process's reader, so
+    DataLoader worker processes would hold it out of reach."""
+    data = built.get("data")
+    if data is None or not data.streaming or not isinstance(train, dict):
+        return []
+    out = []
+    steps = train.get("max_steps")
+    if not isinstance(steps, int) or steps < 1:
+        out.append("train.max_steps: a streaming run (data.streaming) needs a positive max_steps (a stream has no "
+                   "epochs to count)")
+    if built.get("checkpoint") is not None and built["checkpoint"].async_save:
+        out.append("checkpoint.async_save: not with data.streaming yet (the stream's state is written with the "
+                   "synchronous save)")
+    if train.get("dataloader_num_workers"):
+        out.append("train.dataloader_num_workers: must be 0 with data.streaming (the stream's position is kept in "
+                   "the training process)")
+    return out
 
 
 def _model_size_problems(built: dict) -> list[str]:

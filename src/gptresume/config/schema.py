@@ -140,6 +140,11 @@ class DataConfig:
     """Split of a `hub:` validation_source (default: validation)."""
     max_train_tokens: int | None = None
     """Read at most this many tokens of the training source (the stream is cut there, before any split)."""
+    streaming: bool | None = None
+    """Stream the training source (hub datasets, local text/jsonl/parquet files): read, tokenized and packed on
+    the fly, shuffled through a buffer; the position is saved in each checkpoint. Needs train.max_steps."""
+    shuffle_buffer: int | None = None
+    """Blocks in a streaming run's shuffle buffer (default 1000)."""
 
     def problems(self, prefix: str) -> list[str]:
         out = []
@@ -182,6 +187,16 @@ def _pretokenized_problems(cfg: DataConfig, prefix: str) -> list[str]:
     if cfg.validation_split is not None and not (isinstance(cfg.validation_source, str)
                                                  and cfg.validation_source.startswith(HUB_PREFIX)):
         out.append(f"{prefix}.validation_split: only for a hub:NAME validation_source")
+    if cfg.streaming:
+        if cfg.validation_fraction or cfg.validation_source is not None:
+            out.append(f"{prefix}.streaming: a streamed source has no held-out split yet; set "
+                       "validation_fraction: 0 and no validation_source")
+        if cfg.token_dtype is not None or cfg.max_train_tokens is not None:
+            out.append(f"{prefix}.streaming: token_dtype and max_train_tokens apply to packed sources only")
+        if any(s.startswith(BUILTIN_PREFIX) for s in cfg.sources):
+            out.append(f"{prefix}.streaming: the built-in corpus is small; train it without streaming")
+    if cfg.shuffle_buffer is not None and cfg.shuffle_buffer < 1:
+        out.append(f"{prefix}.shuffle_buffer: must be at least 1 (got {cfg.shuffle_buffer})")
     if cfg.max_train_tokens is not None and cfg.max_train_tokens < cfg.block_size:
         out.append(f"{prefix}.max_train_tokens: {cfg.max_train_tokens} is less than one block "
                    f"(data.block_size={cfg.block_size}); raise it or remove it")

@@ -71,6 +71,9 @@ NEVER_REASONS = {
     "train.seed": "the data order and dropout masks of the trained steps came from the old seed; the RNG "
                   "state in the checkpoint continues that stream, a new seed cannot",
     "train.data_seed": "the data order of the current epoch came from the old data_seed",
+    "data.streaming": "the checkpoint's data position is a sample count (packed) or a reader state (streaming); "
+                      "one cannot become the other",
+    "data.shuffle_buffer": "the streamed blocks in the checkpoint's shuffle buffer, and their order, depend on it",
 }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from gptresume.compat import warn_if_unchecked
 from gptresume.config import Config, dump_config
 from gptresume.data import PackedBlockCollator, load_texts, prepare_data, save_to_cache
+from gptresume.data.sources import remember_source_fingerprint
 from gptresume.errors import EXIT_OK, UsageError
 from gptresume.hub import use_cache_if_offline
 from gptresume.modeling import (
@@ -63,8 +64,12 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
         def accept() -> None:  # rank 0: every input check, then the run directory (locked until training ends)
             inputs.update(_load_inputs(config, plan))
             try:
-                spec.data_fingerprint, spec.train_samples = inputs["data"].fingerprint, len(inputs["data"].train)
+                data = inputs["data"]
+                spec.data_fingerprint = data.fingerprint
+                spec.train_samples = len(data.train) if hasattr(data.train, "__len__") else None
                 session.check_inputs(has_dropout(inputs["model"]))
+                if config.data.streaming:
+                    _check_streaming_resume(plan, world_size)
                 session.prepare_run_dir(world_size, lambda: _write_inputs(config, plan, inputs["data"],
                                                                           inputs["tokenizer"]))
             except BaseException:
@@ -76,6 +81,12 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
             inputs.update(_load_inputs(config, plan, tokenizer_dir=ckpt or run_dir / TOKENIZER_DIR))
         tokenizer, data, model = inputs["tokenizer"], inputs["data"], inputs["model"]
         trainer = _make_trainer(config, model, tokenizer, data)
+        if config.data.streaming:  # before the session's commit callback: the state is in the committed files
+            from gptresume.data.streaming import StreamStateCallback
+
+            trainer.add_callback(StreamStateCallback(data.stream))
+            if ckpt is not None:
+                data.stream.load_state(ckpt)
         tokens_per_step = (trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
                            * trainer.args.world_size * data.block_size)
         session.attach(trainer, tokens_per_step)
@@ -127,7 +138,12 @@ def _load_inputs(config: Config, plan: ResumePlan, tokenizer_dir: Path | None = 
         if not looks_like_path(config.model.name_or_path):
             use_cache_if_offline([config.model.name_or_path])
     tokenizer = load_tokenizer(config.model, texts, tokenizer_dir or ckpt)
-    data = prepare_data(config.data, tokenizer, config.run_dir, texts)
+    if config.data.streaming:
+        from gptresume.data.streaming import streamed_data
+
+        data = streamed_data(config.data, tokenizer, config.run_dir, int(config.train.get("seed", 42)))
+    else:
+        data = prepare_data(config.data, tokenizer, config.run_dir, texts)
     try:
         model = build_model(config.model, tokenizer, config.train.get("seed", 42), ckpt)
         too_long = context_problem(model, config.data.block_size)  # a pretrained model's context, known only now
@@ -142,17 +158,32 @@ def _load_inputs(config: Config, plan: ResumePlan, tokenizer_dir: Path | None = 
 def _write_inputs(config: Config, plan: ResumePlan, data, tokenizer) -> None:
     """The CLI's own run files: the data cache, the tokenizer it trained or chose, the resolved config."""
     run_dir = config.run_dir
-    save_to_cache(data, config.data, tokenizer, run_dir)
+    if config.data.streaming:
+        remember_source_fingerprint(run_dir)  # the source's hash, stat-cached: a resume does not re-read it
+    else:
+        save_to_cache(data, config.data, tokenizer, run_dir)
     if plan.checkpoint is None:
         tokenizer.save_pretrained(run_dir / TOKENIZER_DIR)
     dump_config(config, run_dir / CONFIG_NAME)
+
+
+def _check_streaming_resume(plan: ResumePlan, world_size: int) -> None:
+    from gptresume.data.streaming import streaming_refusal
+
+    if world_size > 1:
+        raise UsageError(f"data.streaming: {world_size} processes; streaming runs with one process for now "
+                         "(each rank would need its own part of the source and its own saved position)")
+    why = streaming_refusal(plan) if plan.checkpoint else None
+    if why:
+        raise UsageError(f"resume refused: {why}")
 
 
 def _make_trainer(config: Config, model, tokenizer, data):
     """A plain `transformers.Trainer`, as a script would build it; the session makes it resumable."""
     from transformers import Trainer
 
-    args = config.training_arguments(disable_tqdm=True, **distributed.training_defaults(config.train))
+    extra = {"ignore_data_skip": True} if config.data.streaming else {}  # the stream restores its own position
+    args = config.training_arguments(disable_tqdm=True, **distributed.training_defaults(config.train), **extra)
     return Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
                    data_collator=PackedBlockCollator(), processing_class=tokenizer)
 

@@ -183,12 +183,13 @@ class Session:
         from gptresume.training.trainer import ResumeOverrides, make_resumable
 
         args, plan, o = trainer.args, self.plan, self.options
-        n = len(trainer.train_dataset)
+        # A streamed dataset has no length and keeps its own position (data/streaming.py): no StreamSampler.
+        n = len(trainer.train_dataset) if hasattr(trainer.train_dataset, "__len__") else None
         self._stop = StopCallback(StopRequest(), o.stop_at_step)
         callbacks = [self._stop, MetricsCallback(self.spec.run_dir / METRICS_NAME, tokens_per_step)]
         if o.every_minutes:
             callbacks.append(TimedSaveCallback(o.every_minutes))
-        stream = data_stream(plan, self.spec, n, args.world_size)
+        stream = data_stream(plan, self.spec, n, args.world_size) if n is not None else None
         overrides = ResumeOverrides(plan.step, plan.optimizer_values(), plan.schedule_replanned(),
                                     plan.schedule_plan(), set(trainer.get_decay_parameter_names(trainer.model)))
         callbacks.append(overrides)
@@ -208,7 +209,7 @@ class Session:
         seed = args.data_seed if args.data_seed is not None else args.seed
         make_resumable(trainer, stream=StreamSampler(n, seed, stream["offset"]) if stream else None,
                        async_saver=BackgroundSaver() if o.async_save else None,
-                       async_commit=self._commit if o.async_save else None)
+                       async_commit=self._commit if o.async_save else None, streaming=n is None)
         use_run_tensorboard(trainer, self.spec.run_dir)  # one TensorBoard curve across resumes
         from gptresume.training.trackers import tracker_resume, use_continued_trackers
 

@@ -56,7 +56,29 @@ class ResumableTrainerMixin:
         stream = self._gptresume_stream
         return stream if stream is not None else super()._get_train_sampler(train_dataset)
 
-    def _load_rng_state(self, checkpoint):  # checked with transformers 5.24 (Trainer skips a missing file)
+    _gptresume_streaming = False
+    """A streamed training set (data/streaming.py) restores its own position: Trainer skips nothing
+    (ignore_data_skip), and the RNG state is restored after the epoch's DataLoader iterator exists."""
+    _gptresume_rng_pending = None
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):  # checked with transformers 5.24
+        """A streaming resume: the checkpoint's RNG state is restored after the first batches are fetched, once
+        the DataLoader iterator (created lazily by accelerate's DataLoaderShard on the first fetch) has drawn its
+        seed from the global generator, as Trainer's own skip path does (`rng_to_sync`); restoring it before (what
+        `ignore_data_skip` does) would shift every later dropout mask by that one draw."""
+        batches = super().get_batch_samples(epoch_iterator, num_batches, device)
+        pending, self._gptresume_rng_pending = self._gptresume_rng_pending, None
+        if pending is not None:
+            self._load_rng_state(pending, deferred=True)
+        return batches
+
+    def _load_rng_state(self, checkpoint, deferred: bool = False):  # checked with transformers 5.24
+        if self._gptresume_streaming and checkpoint is not None and not deferred:
+            self._gptresume_rng_pending = checkpoint
+            return None
+        return self._load_rng_state_now(checkpoint)
+
+    def _load_rng_state_now(self, checkpoint):  # (Trainer skips a missing file)
         """Resuming on another number of processes: rank r takes the RNG file of the checkpoint's rank r, and a
         rank the checkpoint did not have gets generators seeded from (seed, step, rank), so every rank's random
         stream is defined and a repeated resume is reproducible. Same process count: Trainer's own code."""
@@ -176,13 +198,14 @@ class ResumableTrainerMixin:
 
 
 def make_resumable(trainer, stream: StreamSampler | None = None, async_saver: BackgroundSaver | None = None,
-                   async_commit=None):
+                   async_commit=None, streaming: bool = False):
     """Give `trainer` (any Trainer subclass instance) the `ResumableTrainerMixin` behaviour by swapping its class
     for a subclass that puts the mixin first. Idempotent; the script's own overrides still run (super())."""
     cls = type(trainer)
     if not isinstance(trainer, ResumableTrainerMixin):
         trainer.__class__ = type(f"Resumable{cls.__name__}", (ResumableTrainerMixin, cls), {})
     trainer._gptresume_stream = stream
+    trainer._gptresume_streaming = streaming
     trainer.async_saver, trainer.async_commit = async_saver, async_commit
     return trainer
 

@@ -1,0 +1,233 @@
+"""Streaming sources (`data.streaming: true`): documents read lazily (hub datasets in streaming mode, local
+text/jsonl/parquet files through `datasets`' streaming builders), tokenized and packed on the fly, and shuffled
+through a seeded buffer of blocks. Nothing is packed ahead and nothing is written to data-cache/.
+
+The data position is state, not a count: after each block it yields, the stream can describe itself exactly
+(`datasets.IterableDataset.state_dict()` for the reader's file and row, the tokens carried over to the next
+block, the blocks in the shuffle buffer, the buffer's random generator, the epoch). The blocks a checkpoint has
+trained on are known (step x per-device batch x accumulation), so the state at that count is written into the
+checkpoint (`data_state.json`, `data_buffer.npy`), and a resume loads it and continues with the next block: no
+batch is replayed, and the blocks are those the uninterrupted run would have trained on (bitwise, same world size).
+`datasets`' own shuffle buffer is not used: its state_dict drops the buffer's contents, so a resume would differ.
+
+Resuming positions the reader with `IterableDataset.load_state_dict`: it skips to the file and row, re-reading the
+rows of the current file before that row without tokenizing them; it never replays batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from gptresume.config import HUB_PREFIX, DataConfig, fingerprint_of
+from gptresume.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "data_state.json"
+BUFFER_NAME = "data_buffer.npy"
+DEFAULT_SHUFFLE_BUFFER = 1000  # blocks
+DOCS_PER_READ = 64
+KEPT_SNAPSHOTS = 64  # states of the last blocks yielded: the DataLoader reads ahead of the trained step
+
+
+def open_documents(cfg: DataConfig):
+    """The source as a `datasets.IterableDataset` with one column `text` (hub: streaming=True; local files: the
+    same builders as packing, streaming)."""
+    import datasets
+
+    from gptresume.data.sources import FILE_LOADERS, resolve_files
+
+    first = cfg.sources[0]
+    if first.startswith(HUB_PREFIX):
+        name = first[len(HUB_PREFIX):]
+        try:
+            ds = datasets.load_dataset(name, cfg.hub_config, split=cfg.hub_split, streaming=True)
+        except Exception as e:  # offline, unknown id, unknown split: all user-fixable
+            raise UsageError(f"data.source: could not open hub dataset {name!r} for streaming (config "
+                             f"{cfg.hub_config!r}, split {cfg.hub_split!r}): {e}") from None
+        column = cfg.text_column
+    else:
+        files = resolve_files(cfg)
+        loader = FILE_LOADERS[files[0].suffix.lower()]
+        kwargs = {"sample_by": cfg.text_unit} if loader == "text" else {}
+        ds = datasets.load_dataset(loader, data_files=[str(f) for f in files], split="train", streaming=True,
+                                   **kwargs)
+        column = "text" if loader == "text" else cfg.text_column
+    return ds, column
+
+
+class PackedStream:
+    """An endless stream of packed blocks ({"input_ids": int64 array}); epoch e+1 re-reads the source with the
+    buffer's generator carried on. Map-style it is not: Trainer needs `max_steps` (checked with the config)."""
+
+    def __init__(self, cfg: DataConfig, tokenizer, seed: int, block_size: int):
+        self.cfg, self.tokenizer, self.seed, self.block_size = cfg, tokenizer, seed, block_size
+        self.buffer_size = cfg.shuffle_buffer or DEFAULT_SHUFFLE_BUFFER
+        self._restored: dict | None = None
+        self.snapshots: OrderedDict[int, dict] = OrderedDict()
+
+    # torch's DataLoader treats anything with __iter__ and no __getitem__ as iterable-style only if it subclasses
+    # torch.utils.data.IterableDataset: `as_torch` gives that class.
+    def __iter__(self):
+        # Every iterator starts at the restored position (or the beginning): a second iterator (a peek, a new
+        # DataLoader) must not see a different stream. The stream is endless: Trainer never starts another epoch.
+        state = self._restored or {"epoch": 0, "reader": None, "carry": [], "buffer": [], "pending": [],
+                                   "yielded": 0, "rng": np.random.default_rng(self.seed).bit_generator.state}
+        epoch, reader_state = state["epoch"], state["reader"]
+        carry = np.asarray(state["carry"], dtype=np.int64)
+        buffer, pending = list(state["buffer"]), list(state["pending"])
+        pending.reverse()  # popped from the end
+        yielded = state["yielded"]
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng"]
+        eos = self.tokenizer.eos_token_id
+        bs = self.block_size
+        while True:
+            ds, column = open_documents(self.cfg)
+            if reader_state is not None:
+                ds.load_state_dict(reader_state)
+            it, docs_seen = iter(ds), reader_state is not None
+            while True:
+                while pending:
+                    block = pending.pop()
+                    if len(buffer) < self.buffer_size:
+                        buffer.append(block)
+                        continue
+                    j = int(rng.integers(len(buffer)))
+                    out, buffer[j] = buffer[j], block
+                    yielded += 1
+                    self._snapshot(yielded, epoch, reader_state, carry, buffer, pending, rng)
+                    yield {"input_ids": out}
+                docs = [ex[column] for _, ex in zip(range(DOCS_PER_READ), it)]
+                if not docs:
+                    break
+                docs_seen = True
+                reader_state = ds.state_dict()
+                ids = self.tokenizer(docs, add_special_tokens=False)["input_ids"]
+                carry = np.concatenate([carry] + [np.asarray(x + [eos], dtype=np.int64) for x in ids])
+                n = len(carry) // bs
+                pending = [carry[i * bs:(i + 1) * bs] for i in reversed(range(n))]
+                carry = carry[n * bs:]
+            if not docs_seen:
+                raise UsageError(f"data.source: {self.cfg.source!r} holds no documents to stream")
+            epoch, reader_state = epoch + 1, None  # the files again, in order; the buffer's generator carries on
+
+    def _snapshot(self, yielded, epoch, reader_state, carry, buffer, pending, rng) -> None:
+        self.snapshots[yielded] = {"epoch": epoch, "reader": reader_state, "carry": carry, "buffer": list(buffer),
+                                   "pending": pending[::-1], "yielded": yielded, "rng": rng.bit_generator.state}
+        while len(self.snapshots) > KEPT_SNAPSHOTS:
+            self.snapshots.popitem(last=False)
+
+    # ------------------------------------------------------------ checkpoint state
+
+    def save_state(self, blocks_trained: int, directory: Path) -> None:
+        """Write the stream's state after `blocks_trained` blocks into a checkpoint directory."""
+        if blocks_trained == 0:
+            return
+        state = self.snapshots.get(blocks_trained)
+        if state is None:
+            raise RuntimeError(f"streaming: no state kept for block {blocks_trained} (kept: "
+                               f"{list(self.snapshots)[:1]}..{list(self.snapshots)[-1:]})")
+        rows = state["buffer"] + state["pending"]
+        np.save(directory / BUFFER_NAME, np.stack(rows) if rows else np.zeros((0, self.block_size), np.int64))
+        record = {k: v for k, v in state.items() if k not in ("buffer", "pending")}
+        record.update(carry=[int(x) for x in state["carry"]], buffered=len(state["buffer"]))
+        (directory / STATE_NAME).write_text(json.dumps(record))
+
+    def load_state(self, checkpoint: Path) -> None:
+        """Continue after the blocks the checkpoint trained on (its data_state.json and data_buffer.npy)."""
+        path = Path(checkpoint) / STATE_NAME
+        if not path.is_file():
+            raise UsageError(f"streaming: {checkpoint} has no {STATE_NAME} (not written by a streaming run); resume "
+                             "it without data.streaming, or start a new run")
+        state = json.loads(path.read_text())
+        rows = [row for row in np.load(Path(checkpoint) / BUFFER_NAME, allow_pickle=False).astype(np.int64)]
+        state["buffer"], state["pending"] = rows[:state["buffered"]], rows[state["buffered"]:]
+        self._restored = state
+
+
+def as_torch(stream: PackedStream):
+    """The stream as a `torch.utils.data.IterableDataset` (what DataLoader and Trainer test for)."""
+    from torch.utils.data import IterableDataset
+
+    class TorchPackedStream(IterableDataset):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __iter__(self):
+            return iter(self.inner)
+
+    return TorchPackedStream(stream)
+
+
+def stream_fingerprint(cfg: DataConfig, tokenizer, run_dir: Path, seed: int) -> str:
+    """The identity of a streamed training stream: its source (content hash of local files, stat-cached; name,
+    config and split of a hub dataset), the tokenizer and the packing and shuffling settings."""
+    from gptresume.data.sources import source_fingerprint
+
+    tok = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+    return fingerprint_of(["stream", source_fingerprint(cfg, run_dir), tok, cfg.block_size,
+                           cfg.shuffle_buffer or DEFAULT_SHUFFLE_BUFFER, seed])
+
+
+def streaming_refusal(plan) -> str | None:
+    """A resume of a streaming run that would need the data position as a sample count: another process count
+    (each rank's reader state belongs to its part of the source), another global batch, other data."""
+    for c in plan.changes:
+        other_world = c.key == "world_size"
+        other_batch = c.kind == "batch" and not c.note.startswith("same")
+        other_data = c.kind == "data" and c.note != "same packed tokens"
+        if other_world or other_batch or other_data:
+            return (f"{c.key} changed ({c.old!r} -> {c.new!r}) on a streaming run: its data position is the "
+                    "reader's state after the blocks trained (per process), not a sample count, so it cannot be "
+                    "carried to another process count, global batch or data; resume with the original values, or "
+                    "start a new run (fine-tuning from this one's final/ model)")
+    return None
+
+
+class StreamedData:
+    """What `prepare_data` gives for a packed source, for a streamed one: the training stream, no validation."""
+
+    def __init__(self, stream: PackedStream, fingerprint: str, block_size: int):
+        self.stream = stream
+        self.train = as_torch(stream)
+        self.validation = None
+        self.fingerprint = fingerprint
+        self.num_tokens = None
+        self.block_size = block_size
+
+    def discard(self) -> None:  # nothing was written
+        pass
+
+
+def streamed_data(cfg: DataConfig, tokenizer, run_dir: Path, seed: int) -> StreamedData:
+    if tokenizer.eos_token_id is None:
+        raise UsageError("model.tokenizer: the tokenizer has no EOS token, needed between documents")
+    open_documents(cfg)  # a missing file or an unreachable hub dataset fails here, before anything is written
+    stream = PackedStream(cfg, tokenizer, seed, cfg.block_size)
+    return StreamedData(stream, stream_fingerprint(cfg, tokenizer, run_dir, seed), cfg.block_size)
+
+
+def _callback_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class StreamStateCallback(_callback_base()):
+    """On every save, the stream's state after the blocks the saved step trained on, into the checkpoint (before
+    gptresume's commit callback, so the manifest lists and hashes it)."""
+
+    def __init__(self, stream: PackedStream):
+        self.stream = stream
+
+    def on_save(self, args, state, control, **kwargs):
+        directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        blocks = state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps
+        self.stream.save_state(blocks, directory)

@@ -1,0 +1,72 @@
+"""The streamed source's position as state: a stream restored from the state saved after block k yields exactly
+the blocks the uninterrupted stream yields after k (across file and epoch boundaries, with the shuffle buffer);
+resumes that would need the position as a count are refused."""
+
+import numpy as np
+import pytest
+
+from conftest import corpus_texts
+from gptresume.config import DataConfig
+from gptresume.data.streaming import PackedStream, streaming_refusal
+from gptresume.modeling import train_tokenizer
+from gptresume.resume.changes import BATCH, DATA, Change
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(corpus_texts(), 400)
+
+
+def take(stream, n):
+    it = iter(stream)
+    return [next(it)["input_ids"] for _ in range(n)]
+
+
+@pytest.mark.parametrize("fmt", ["txt", "jsonl"])
+def test_a_restored_stream_continues_with_the_next_block(tmp_path, tokenizer, fmt):
+    import json
+
+    docs = [d[:700] for d in corpus_texts(5)]  # ~60 blocks: 400 blocks are several epochs
+    if fmt == "txt":
+        (tmp_path / "a.txt").write_text("\n\n".join(docs[:3]))
+        (tmp_path / "b.txt").write_text("\n\n".join(docs[3:]))
+        cfg = DataConfig(source=str(tmp_path / "*.txt"), text_unit="paragraph", block_size=16, streaming=True,
+                         validation_fraction=0, shuffle_buffer=7)
+    else:
+        (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for d in docs
+                                                  for p in d.split("\n\n")))
+        cfg = DataConfig(source=str(tmp_path / "d.jsonl"), block_size=16, streaming=True, validation_fraction=0,
+                         shuffle_buffer=7)
+    whole = PackedStream(cfg, tokenizer, seed=3, block_size=16)
+    blocks = take(whole, 400)  # several epochs of this small source
+    epochs = {s["epoch"] for s in whole.snapshots.values()}
+    assert max(epochs) >= 1, "the test must cross an epoch boundary"
+    assert len({b.tobytes() for b in blocks[:50]}) > 45  # shuffled blocks, not one block repeated
+    for k in (1, 123, 390):
+        source = PackedStream(cfg, tokenizer, seed=3, block_size=16)
+        take(source, k + 5)  # read ahead of the trained count, as the DataLoader does
+        ckpt = tmp_path / f"ckpt-{k}"
+        ckpt.mkdir()
+        source.save_state(k, ckpt)
+        resumed = PackedStream(cfg, tokenizer, seed=3, block_size=16)
+        resumed.load_state(ckpt)
+        assert all(np.array_equal(a, b) for a, b in zip(take(resumed, 10), blocks[k:k + 10]))
+    other_seed = take(PackedStream(cfg, tokenizer, seed=4, block_size=16), 20)
+    assert not all(np.array_equal(a, b) for a, b in zip(other_seed, blocks[:20]))
+
+
+class Plan:
+    def __init__(self, *changes):
+        self.changes = list(changes)
+
+
+def test_resumes_that_need_a_sample_count_are_refused():
+    assert streaming_refusal(Plan()) is None
+    assert streaming_refusal(Plan(Change("train.per_device_train_batch_size", 4, 2, BATCH, True,
+                                         "same global batch (8): same samples per step"))) is None
+    assert streaming_refusal(Plan(Change("data.source", "a", "b", DATA, True, "same packed tokens"))) is None
+    elastic = streaming_refusal(Plan(Change("world_size", 1, 2, BATCH, True, "same global batch (8)")))
+    assert "world_size changed (1 -> 2)" in elastic and "process count" in elastic
+    assert "global batch" in streaming_refusal(Plan(Change("train.per_device_train_batch_size", 4, 2, BATCH, True,
+                                                           "global batch 8 -> 4")))
+    assert streaming_refusal(Plan(Change("data", "f1", "f2", DATA, True, "the packed training tokens differ")))
