@@ -135,8 +135,8 @@ class DataConfig:
     """dtype of a flat token file source (`.bin`, e.g. nanoGPT's uint16 train.bin): uint16, uint32, int32, int64."""
     validation_source: str | list[str] | None = None
     """Evaluate on this source instead of a held-out fraction (files, globs, a .bin, a saved dataset, or
-    `hub:NAME` with data.validation_split); needs validation_fraction: 0."""
-    validation_split: str | None = None
+    `hub:NAME` with data.validation_hub_split); needs validation_fraction: 0."""
+    validation_hub_split: str | None = None
     """Split of a `hub:` validation_source (default: validation)."""
     max_train_tokens: int | None = None
     """Read at most this many tokens of the training source (the stream is cut there, before any split)."""
@@ -184,9 +184,9 @@ def _pretokenized_problems(cfg: DataConfig, prefix: str) -> list[str]:
         if cfg.validation_fraction:
             out.append(f"{prefix}.validation_fraction: set it to 0 with validation_source (the validation blocks "
                        f"come from {cfg.validation_source!r}, none are held out of the training source)")
-    if cfg.validation_split is not None and not (isinstance(cfg.validation_source, str)
+    if cfg.validation_hub_split is not None and not (isinstance(cfg.validation_source, str)
                                                  and cfg.validation_source.startswith(HUB_PREFIX)):
-        out.append(f"{prefix}.validation_split: only for a hub:NAME validation_source")
+        out.append(f"{prefix}.validation_hub_split: only for a hub:NAME validation_source")
     if cfg.streaming:
         if cfg.validation_fraction or cfg.validation_source is not None:
             out.append(f"{prefix}.streaming: a streamed source has no held-out split yet; set "

@@ -203,7 +203,7 @@ def _token_stream(cfg: DataConfig, tokenizer, texts, out: Path, role: str, exter
 def _validation_config(cfg: DataConfig) -> DataConfig:
     hub = isinstance(cfg.validation_source, str) and cfg.validation_source.startswith("hub:")
     return replace(cfg, source=cfg.validation_source, validation_source=None, max_train_tokens=None,
-                   hub_split=(cfg.validation_split or "validation") if hub else cfg.hub_split)
+                   hub_split=(cfg.validation_hub_split or "validation") if hub else cfg.hub_split)
 
 
 def _blocks_of(file: Path, dtype: str, n_tokens: int, block_size: int, staged: bool) -> int:

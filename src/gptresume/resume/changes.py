@@ -59,7 +59,7 @@ SCHEDULE_KEYS = {"train.max_steps", "train.num_train_epochs", "train.warmup_step
                  "train.lr_scheduler_type", "train.lr_scheduler_kwargs"}
 BATCH_KEYS = {"train.per_device_train_batch_size", "train.gradient_accumulation_steps", "world_size"}
 DATA_KEYS = {"data.source", "data.text_column", "data.text_unit", "data.hub_config", "data.hub_split",
-             "data.validation_fraction", "data.token_dtype", "data.validation_source", "data.validation_split",
+             "data.validation_fraction", "data.token_dtype", "data.validation_source", "data.validation_hub_split",
              "data.max_train_tokens", "data"}
 
 # Why these can never change under a checkpoint.

@@ -3,7 +3,7 @@
 It runs the same phases as `run_training` up to the point where the run directory would be touched: the config
 (already validated by the caller), the resume plan (newest verified checkpoint, its state test-loaded, the config
 compared with the checkpoint's: a refusal is the same exit 2 and table), the tokenizer, the packed data (from
-RUN_DIR/data-cache when present, else tokenized in memory), the model and its context, and the data and eval-cadence
+RUN_DIR/data-cache when present, else packed in a staging directory removed afterwards), the model and its context, and the data and eval-cadence
 checks against the checkpoint. Then it prints what `train` would do. The run lock is not taken (nothing is
 written, so a training process that holds it is not disturbed); the run directory stays byte-identical, and is
 not created when it does not exist (tests/e2e/test_first_hour.py checks both).
@@ -38,9 +38,12 @@ def dry_run(config: Config, resume: str = "auto", overwrite: bool = False, allow
         return EXIT_OK
     inputs = _load_inputs(config, plan)
     data, model = inputs["data"], inputs["model"]
-    spec.data_fingerprint = data.fingerprint
-    check_inputs(plan, data.fingerprint, has_dropout(model))
-    print(summary(config, plan, data, model))
+    try:
+        spec.data_fingerprint = data.fingerprint
+        check_inputs(plan, data.fingerprint, has_dropout(model))
+        print(summary(config, plan, data, model))
+    finally:
+        data.discard()  # blocks packed for the check were staged in data-cache/: a dry run leaves nothing
     return EXIT_OK
 
 
@@ -50,8 +53,9 @@ def summary(config: Config, plan, data, model) -> str:
     n_val = 0 if data.validation is None else len(data.validation)
     lines = [f"Dry run of {config.run_dir}: config, data, model and resume plan check out; nothing was written.",
              f"  model:  {type(model).__name__}, {params:,} parameters",
-             f"  data:   {len(data.train):,} training and {n_val:,} validation blocks of {data.block_size} tokens "
-             f"(data fingerprint {data.fingerprint})"]
+             (f"  data:   {len(data.train):,} training and {n_val:,} validation blocks of {data.block_size} tokens "
+              if hasattr(data.train, "__len__") else f"  data:   streamed in blocks of {data.block_size} tokens ")
+             + f"(data fingerprint {data.fingerprint})"]
     if plan.checkpoint is None:
         what = "start a new run"
         if plan.overwrite:

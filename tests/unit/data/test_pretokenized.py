@@ -116,4 +116,4 @@ def test_config_problems_of_the_new_fields():
                for p in DataConfig(validation_source="v.txt").problems("data"))
     assert not DataConfig(validation_source="v.txt", validation_fraction=0).problems("data")
     assert any("less than one block" in p for p in DataConfig(max_train_tokens=10).problems("data"))
-    assert any("only for a hub:NAME" in p for p in DataConfig(validation_split="test").problems("data"))
+    assert any("only for a hub:NAME" in p for p in DataConfig(validation_hub_split="test").problems("data"))
