@@ -31,7 +31,7 @@ import numpy as np
 from gptresume.config import DataConfig, fingerprint_of
 from gptresume.data.collator import PackedBlockCollator  # noqa: F401 (re-exported)
 from gptresume.data.blocks import SPLIT_SEED, BlockDataset, Split, blocks_fingerprint, split_indices
-from gptresume.data.sources import load_texts, remember_source_fingerprint, source_fingerprint
+from gptresume.data.sources import remember_source_fingerprint, source_fingerprint
 from gptresume.errors import UsageError
 from gptresume.rundir import DATA_CACHE_DIR  # noqa: F401 (re-exported)
 

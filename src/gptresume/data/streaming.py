@@ -33,7 +33,8 @@ STATE_NAME = "data_state.json"
 BUFFER_NAME = "data_buffer.npy"
 DEFAULT_SHUFFLE_BUFFER = 1000  # blocks
 DOCS_PER_READ = 64
-KEPT_SNAPSHOTS = 64  # states of the last blocks yielded: the DataLoader reads ahead of the trained step
+KEPT_SNAPSHOTS = 64  # states of the last blocks yielded, beyond 4 optimizer steps' worth (the DataLoader reads
+# ahead of the trained step: accelerate one batch, Trainer the step's accumulation batches)
 
 
 def open_documents(cfg: DataConfig):
@@ -71,6 +72,7 @@ class PackedStream:
         self.buffer_size = cfg.shuffle_buffer or DEFAULT_SHUFFLE_BUFFER
         self._restored: dict | None = None
         self.snapshots: OrderedDict[int, dict] = OrderedDict()
+        self.keep = KEPT_SNAPSHOTS
 
     # torch's DataLoader treats anything with __iter__ and no __getitem__ as iterable-style only if it subclasses
     # torch.utils.data.IterableDataset: `as_torch` gives that class.
@@ -121,7 +123,7 @@ class PackedStream:
     def _snapshot(self, yielded, epoch, reader_state, carry, buffer, pending, rng) -> None:
         self.snapshots[yielded] = {"epoch": epoch, "reader": reader_state, "carry": carry, "buffer": list(buffer),
                                    "pending": pending[::-1], "yielded": yielded, "rng": rng.bit_generator.state}
-        while len(self.snapshots) > KEPT_SNAPSHOTS:
+        while len(self.snapshots) > self.keep:
             self.snapshots.popitem(last=False)
 
     # ------------------------------------------------------------ checkpoint state
@@ -226,6 +228,9 @@ class StreamStateCallback(_callback_base()):
 
     def __init__(self, stream: PackedStream):
         self.stream = stream
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.stream.keep = KEPT_SNAPSHOTS + 4 * args.per_device_train_batch_size * args.gradient_accumulation_steps
 
     def on_save(self, args, state, control, **kwargs):
         directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
