@@ -242,7 +242,8 @@ class Config:
         return {
             "model": {k: v for k, v in dataclasses.asdict(self.model).items()
                       if not (k in OPTIONAL_MODEL_FIELDS and v == OPTIONAL_MODEL_FIELDS[k])},
-            "data": dataclasses.asdict(self.data),
+            "data": {k: v for k, v in dataclasses.asdict(self.data).items()
+                     if not (k in OPTIONAL_DATA_FIELDS and v == OPTIONAL_DATA_FIELDS[k])},
             "train": dict(self.train),
             "checkpoint": dataclasses.asdict(self.checkpoint),
         }
@@ -262,6 +263,9 @@ class Config:
 # use them keeps the config (and fingerprint) its checkpoints recorded, and resumes without a "change".
 OPTIONAL_MODEL_FIELDS = {"dtype": None, "revision": None, "trust_remote_code": False, "attn_implementation": None,
                          "peft": None}
+# data fields added after runs existed (issue 15), the same way: in the resolved config only when set.
+OPTIONAL_DATA_FIELDS = {"token_dtype": None, "validation_source": None, "validation_hub_split": None,
+                        "max_train_tokens": None, "streaming": None, "shuffle_buffer": None}
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_MODEL_TYPE = "gpt2"
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "checkpoint": CheckpointConfig}

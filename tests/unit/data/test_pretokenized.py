@@ -117,3 +117,16 @@ def test_config_problems_of_the_new_fields():
     assert not DataConfig(validation_source="v.txt", validation_fraction=0).problems("data")
     assert any("less than one block" in p for p in DataConfig(max_train_tokens=10).problems("data"))
     assert any("only for a hub:NAME" in p for p in DataConfig(validation_hub_split="test").problems("data"))
+
+
+def test_the_new_data_fields_enter_the_resolved_config_only_when_set():
+    """A run that does not use them keeps the config (and config fingerprint) its checkpoints recorded."""
+    from gptresume.config import CheckpointConfig, Config, ModelConfig
+
+    def data_of(**fields):
+        return Config(ModelConfig(name_or_path="gpt2"), DataConfig(**fields), {"output_dir": "r"},
+                      CheckpointConfig()).to_dict()["data"]
+
+    assert set(data_of()) == {"source", "text_column", "text_unit", "hub_config", "hub_split", "block_size",
+                              "validation_fraction", "num_proc"}
+    assert data_of(streaming=True, max_train_tokens=500)["streaming"] is True
