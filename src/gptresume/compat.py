@@ -84,6 +84,9 @@ PRIVATE: tuple[Private, ...] = (
     P(T + "_load_rng_state", "override", TRAINER, "another process count: Trainer's loader reads the mapped RNG "
       "file from a temporary directory, and skips a missing one", params=("self", "checkpoint"),
       source=("if checkpoint is None", "if not os.path.isfile(rng_file)")),
+    P(T + "_get_grad_norm", "override", TRAINER, "run health reads each step's gradient norm (called once per "
+      "optimizer step, after clipping, before the optimizer step)", params=("self", "model", "grad_norm"),
+      source=("if grad_norm is None:",)),
     P(T + "_save_checkpoint", "override", TRAINER, "checkpoint.async_save copies this body: the snapshot on the "
       "training thread, the writing in the background", params=("self", "model", "trial"), sha256="a9111e30faa99339"),
     *(P(T + name, "call", TRAINER, "the async save's copy of _save_checkpoint calls it", params=params)
