@@ -33,10 +33,16 @@ def rollbacks_so_far(history: list[dict]) -> int:
 
 def pending_skip(history: list[dict], step: int) -> int:
     """Samples a resume from the checkpoint of `step` skips: those of the newest rollback to that step (0 if none).
-    A rollback's `skip_samples` already includes what an earlier rollback to the same checkpoint skipped."""
+    A rollback's `skip_samples` already includes what an earlier rollback to the same checkpoint skipped. A later
+    rollback to an earlier step moved that checkpoint aside: a checkpoint of the same step written since is
+    another one, and the older record does not apply to it."""
     for e in reversed(since_last_start(history)):
-        if e.get("event") == ROLLBACK_EVENT and e.get("to_step") == step:
+        if e.get("event") != ROLLBACK_EVENT or not isinstance(e.get("to_step"), int):
+            continue
+        if e["to_step"] == step:
             return int(e.get("skip_samples") or 0)
+        if e["to_step"] < step:
+            return 0
     return 0
 
 
@@ -56,10 +62,9 @@ def rollback_target(run_dir: Path, event_step: int, rollback_steps: int, check=N
 
 
 def newest_good(run_dir: Path, before_step: int) -> Path | None:
-    """The newest committed (size-checked) checkpoint before `before_step`: the one a NaN stop names and protects."""
+    """The newest verified checkpoint before `before_step`: the one a NaN stop names and protects."""
     for path in reversed(list_checkpoints(run_dir)):
-        if int(CHECKPOINT_RE.match(path.name).group(1)) < before_step and verify_checkpoint(
-                path, hash_files=False).valid:
+        if int(CHECKPOINT_RE.match(path.name).group(1)) < before_step and verify_checkpoint(path).valid:
             return path
     return None
 
