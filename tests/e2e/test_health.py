@@ -120,3 +120,17 @@ def test_a_confirmed_spike_stops_before_it_is_committed(tmp_path):
     assert "loss spike" in result.stderr and "from step 9" in result.stderr, result.stderr
     assert committed(tmp_path / "run") == [3, 6]  # step 9's save waited while the loss was suspect
     assert not (tmp_path / "run" / "checkpoint-9").exists()
+
+
+def test_every_auto_measures_the_save_pause_and_status_reports_it(tmp_path):
+    cfg = config(tmp_path, checkpoint={"every": "auto", "auto_min_seconds": 0.05,
+                                       "expected_interruptions_per_hour": 50})
+    run = tmp_path / "run"
+    assert run_cli(tmp_path, "train", cfg, "--stop-at-step", "5").returncode == 75
+    assert run_cli(tmp_path, "train", cfg).returncode == 0
+    intervals = [e for e in history(run) if e["event"] == "interval"]
+    assert intervals and all(e["delta_s"] > 0 and e["interval_s"] >= 0.05 for e in intervals)
+    resumed = [e for e in intervals if e["pid"] == history(run)[-1]["pid"]]
+    assert resumed and resumed[0]["interruptions"] == 1  # the stop is counted into M
+    text = run_cli(tmp_path, "status", run).stdout
+    assert "checkpoint interval (every: auto)" in text and "goodput:" in text, text

@@ -121,7 +121,7 @@ class AutoInterval(TrainerCallback):
         self.probe = _PauseProbe(self)
         self._recompute()
 
-    def _recompute(self) -> None:
+    def _recompute(self, step: int | None = None) -> None:
         hours = self.past_hours + (time.monotonic() - self.session_start) / 3600.0
         rate = interruption_rate(self.past_interruptions, hours, self.cfg.expected_interruptions_per_hour)
         if self.delta is None:
@@ -139,7 +139,7 @@ class AutoInterval(TrainerCallback):
             if distributed.is_main():
                 from gptresume.rundir import append_history
 
-                append_history(self.run_dir, "interval", **self.choice.to_dict(),
+                append_history(self.run_dir, "interval", step=step, **self.choice.to_dict(),
                                interruptions=self.past_interruptions, training_hours=round(hours, 4))
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -150,11 +150,11 @@ class AutoInterval(TrainerCallback):
         self._pause_start = time.perf_counter()
         return control
 
-    def saved(self) -> None:
+    def saved(self, step: int) -> None:
         if self._pause_start is not None:
             self.delta = time.perf_counter() - self._pause_start
         self.last_save = time.monotonic()
-        self._recompute()
+        self._recompute(step)
 
 
 class _PauseProbe(TrainerCallback):
@@ -162,7 +162,7 @@ class _PauseProbe(TrainerCallback):
         self.auto = auto
 
     def on_save(self, args, state, control, **kwargs):
-        self.auto.saved()
+        self.auto.saved(state.global_step)
 
 
 # ---------------------------------------------------------------- after an event
