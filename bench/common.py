@@ -40,6 +40,8 @@ class Plan:
     goodput_seconds: float = 130.0  # uninterrupted length of the goodput run (steps set from the measured rate)
     goodput_interval: float = 60.0
     goodput_save_steps: int | None = None  # None: the demo config's save_steps
+    goodput_settings: tuple = ("auto", 10, 40, 160)  # checkpoint.every: auto against these save_steps (issue 16)
+    goodput_kinds: tuple = ("SIGTERM", "SIGKILL")
     matmul_n: int = 3072
     workloads: tuple = ("demo", "gpt2")
 
@@ -47,7 +49,7 @@ class Plan:
 FULL = Plan()
 QUICK = Plan(reps=1, demo_warmup=2, demo_steps=5, gpt2_warmup=1, gpt2_steps=2, ckpt_demo_saves=3,
              ckpt_gpt2_every=2, long_position=50_000, goodput_seconds=30.0, goodput_interval=20.0, goodput_save_steps=10,
-             matmul_n=2048)
+             goodput_kinds=("SIGKILL",), matmul_n=2048)
 
 
 # ---------------------------------------------------------------- processes

@@ -184,6 +184,29 @@ def _goodput(results: dict) -> list[str]:
                      f"{g['load_before']:.1f} / {g['load']:.1f} | "
                      f"{'–' if g.get('exact', 0) is None or kind == 'uninterrupted' else ('yes' if g['exact'] else '**no**')} |")
     lines.append("")
+    return lines + _intervals(gp.get("intervals"))
+
+
+def _intervals(iv: dict | None) -> list[str]:
+    """checkpoint.every: auto against fixed save_steps (issue 16)."""
+    if not iv:
+        return []
+    lines = ["### Checkpoint interval: `every: auto` against fixed save_steps", "",
+             f"{iv['max_steps']} steps, interrupted {iv['interval_s']:.0f} s after each start; goodput = the "
+             f"uninterrupted run that saves only at its end ({iv['base_wall_s']:.1f} s) / wall time. Measured: "
+             f"{iv['step_s']:.3f} s per step, restart {iv['restart_s']:.1f} s, save pause delta "
+             f"{fmt(iv.get('delta_s'), '.3f')} s. Predicted: one session of the periodic interruption (a restart, "
+             "then a save every tau pausing delta; a kill keeps the work up to the last save, a stop all of it).", "",
+             "| signal | setting | wall s | starts | goodput | predicted | auto's intervals (s) |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for kind, rows in iv["runs"].items():
+        pred = iv.get("summary", {}).get(kind, {}).get("predicted", {})
+        for setting, g in rows.items():
+            chosen = ", ".join(f"{x:.1f}" for x in g.get("chosen_s", [])) or "–"
+            lines.append(f"| {kind} | {setting if setting == 'auto' else 'save_steps ' + setting} | "
+                         f"{g['wall_s']:.1f} | {g['starts']} | {g['goodput']:.3f} | {fmt(pred.get(setting), '.3f')} | "
+                         f"{chosen} |")
+    lines.append("")
     return lines
 
 

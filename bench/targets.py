@@ -17,6 +17,11 @@ TARGETS = {
                    "without waits for a previous save still being written)",
     "resume_late": "resume latency at batch 50,000 within 10% of batch 10",
     "goodput": "goodput >= 0.9 with SIGTERM every 60 s (demo model)",
+    **{f"auto_vs_best_{k}": f"checkpoint.every auto within 2% of the best fixed save_steps (10, 40, 160), {k} every "
+                            "60 s (demo model)" for k in ("SIGTERM", "SIGKILL")},
+    **{f"auto_margin_{k}": f"checkpoint.every auto ahead of the worst fixed save_steps by the margin Daly's model "
+                           f"predicts (measured minus predicted margin >= -0.02), {k} every 60 s"
+       for k in ("SIGTERM", "SIGKILL")},
 }
 
 
@@ -44,6 +49,9 @@ def targets(results: dict) -> dict:
     gp = results.get("goodput", {}).get("runs", {}).get("SIGTERM")
     if gp:
         t["goodput"] = gp["goodput"], 0.90
+    for kind, sm in results.get("goodput", {}).get("intervals", {}).get("summary", {}).items():
+        t[f"auto_vs_best_{kind}"] = sm["auto_vs_best"], 0.98
+        t[f"auto_margin_{kind}"] = sm["margin_vs_worst"] - sm["predicted_margin_vs_worst"], -0.02
     out = {}
     for name, (value, limit) in t.items():
         lower_is_better = name in ("async_block", "resume_late", "own_code")

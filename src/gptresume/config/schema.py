@@ -147,8 +147,9 @@ class CheckpointConfig:
     """`auto`: save when Daly's optimum interval has passed since the last save, from the measured pause per save
     and the run's own rate of interruptions (health/interval.py); train.save_steps is then not used."""
     expected_interruptions_per_hour: float = 0.5
-    """With every: auto, the prior rate of interruptions per training hour (preemptions, kills, crashes), pooled
-    with the rate the run's history shows (weighted as one hour of observation)."""
+    """With every: auto, the prior rate per training hour of interruptions that lose work (kills, crashes,
+    preemptions without a SIGTERM; a graceful stop commits first), pooled with the rate the run's history shows
+    (weighted as one hour of observation)."""
     auto_min_seconds: float = 10.0
     """With every: auto, the shortest interval between saves."""
     auto_max_seconds: float = 3600.0

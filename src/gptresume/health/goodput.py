@@ -79,15 +79,18 @@ def sessions(history: list[dict], metrics: list[dict] | None = None, running: bo
 
 
 def interruptions(history: list[dict]) -> tuple[int, float]:
-    """(interruptions, training hours): sessions that ended by a signal or a kill and were not the end of the run
-    (a complete run, a rollback in the same process and a health stop are not interruptions)."""
+    """(interruptions that lost work, training hours): sessions that ended with no line of their own (killed or
+    crashed) and were followed by another process. A graceful stop commits first and loses nothing, so it does
+    not shorten Daly's M (`stops` counts them); a rollback in the same process and the end of the run are not
+    interruptions either."""
     ss = sessions(history)
-    count = 0
-    for i, s in enumerate(ss):
-        followed_by_other = i + 1 < len(ss) and ss[i + 1].pid != s.pid
-        if s.ended_by == "stopped" or (s.ended_by is None and followed_by_other):
-            count += 1
+    count = sum(1 for i, s in enumerate(ss) if s.ended_by is None and i + 1 < len(ss) and ss[i + 1].pid != s.pid)
     return count, sum(s.seconds for s in ss) / 3600.0
+
+
+def stops(history: list[dict]) -> int:
+    """Graceful stops (SIGTERM, SIGINT, SIGUSR1, --stop-at-step): each committed a checkpoint first."""
+    return sum(1 for s in sessions(history) if s.ended_by == "stopped")
 
 
 @dataclass

@@ -109,7 +109,7 @@ def collect_status(run_dir: str | Path) -> RunStatus:
 def _health(run_dir: Path, history: list[dict], metrics: list[dict], committed_step: int, running: bool) -> dict:
     """health/: what status reports about the run's health and its checkpoint interval."""
     from gptresume.checkpoint import protected
-    from gptresume.health.goodput import goodput, interruptions
+    from gptresume.health.goodput import goodput, interruptions, stops
     from gptresume.health.rollback import ROLLBACK_EVENT, UNHEALTHY_EVENT
 
     intervals = [e for e in history if e.get("event") == "interval"]
@@ -117,7 +117,7 @@ def _health(run_dir: Path, history: list[dict], metrics: list[dict], committed_s
     return {"rollbacks": [e for e in history if e.get("event") == ROLLBACK_EVENT],
             "health_stops": [e for e in history if e.get("event") == UNHEALTHY_EVENT],
             "protected": protected(run_dir), "interval": intervals[-1] if intervals else None,
-            "interruptions": count, "training_hours": round(hours, 4),
+            "interruptions": count, "stops": stops(history), "training_hours": round(hours, 4),
             "goodput": goodput(history, metrics, committed_step, running).to_dict()}
 
 
@@ -236,8 +236,8 @@ def _health_lines(h: dict) -> list[str]:
     g = h.get("goodput") or {}
     if g.get("goodput") is not None:
         out.append(f"goodput: {g['goodput']:.1%} ({g['useful_s']:.1f}s of training up to the newest commit, step "
-                   f"{g['committed_step']}, in {g['wall_s']:.1f}s of wall time; {h['interruptions']} interruption(s) "
-                   f"in {h['training_hours']:.3f} training hours)")
+                   f"{g['committed_step']}, in {g['wall_s']:.1f}s of wall time; {h['interruptions']} kill(s) or crash(es) and "
+                   f"{h['stops']} stop(s) in {h['training_hours']:.3f} training hours)")
     iv = h.get("interval")
     if iv:
         out.append(f"checkpoint interval (every: auto): {iv['interval_s']:.1f}s, from delta {iv['delta_s']:.3f}s per "

@@ -4,13 +4,13 @@ metrics rows up to the newest committed step."""
 
 import pytest
 
-from gptresume.health.goodput import goodput, interruptions, sessions
+from gptresume.health.goodput import goodput, interruptions, sessions, stops
 
 
 HISTORY = [
     {"event": "start", "t": 110.0, "launched": 100.0, "pid": 1},
-    {"event": "stopped", "t": 200.0, "pid": 1},                       # SIGTERM: interruption 1
-    {"event": "resume", "t": 215.0, "launched": 210.0, "pid": 2},     # then killed: interruption 2
+    {"event": "stopped", "t": 200.0, "pid": 1},                       # SIGTERM: a stop, nothing lost
+    {"event": "resume", "t": 215.0, "launched": 210.0, "pid": 2},     # then killed: an interruption
     {"event": "resume", "t": 305.0, "launched": 300.0, "pid": 3},
     {"event": "rollback", "t": 350.0, "pid": 3},
     {"event": "resume", "t": 352.0, "launched": 300.0, "pid": 3},     # same process after its rollback
@@ -24,9 +24,9 @@ def test_sessions_and_their_ends():
         (100.0, 200.0, "stopped"), (210.0, 300.0, None), (300.0, 350.0, "rollback"), (350.0, 400.0, "complete")]
 
 
-def test_interruptions_count_stops_and_kills_only():
+def test_interruptions_count_kills_only_and_stops_apart():
     count, hours = interruptions(HISTORY)
-    assert count == 2
+    assert count == 1 and stops(HISTORY) == 1  # the kill lost work; the SIGTERM committed first
     assert hours == pytest.approx((100 + 90 + 50 + 50) / 3600)
 
 
