@@ -101,6 +101,12 @@ def test_rollback_is_deterministic_and_a_stop_after_it_resumes_exactly(tmp_path)
     text = run_cli(c, "status", c / "run").stdout
     assert "goodput:" in text and "rollback 1: step 8" in text, text
 
+    from gptresume.tools.plot import plot_run, rollback_marks
+
+    assert rollback_marks(history(a / "run")) == [(8, 3)]
+    assert plot_run(a / "run", tmp_path / "a.png") == []  # the rollback's own resume is drawn as the rollback
+    assert (tmp_path / "a.png").stat().st_size > 0
+
 
 def test_a_recurring_fault_ends_at_max_rollbacks(tmp_path):
     cfg = config(tmp_path, health={"on_nan": "rollback", "max_rollbacks": 1})

@@ -17,6 +17,12 @@ from gptresume.tools.common import require_run_dir
 IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
+def rollback_marks(history: list[dict]) -> list[tuple[int, int]]:
+    """(step detected, step rolled back to) of each rollback in history.jsonl, as the plot marks them."""
+    return [(int(e["step"]), int(e.get("to_step") or 0)) for e in history
+            if e.get("event") == "rollback" and isinstance(e.get("step"), int)]
+
+
 def plot_run(run_dir: str | Path, out: str | Path, dpi: int = 110) -> list[int]:
     """Write the figure to `out`; returns the resume steps marked on it (one line per resume)."""
     run_dir = require_run_dir(run_dir, "plot")
@@ -33,8 +39,7 @@ def plot_run(run_dir: str | Path, out: str | Path, dpi: int = 110) -> list[int]:
         raise UsageError(f"plot: {run_dir / METRICS_NAME} holds no logged loss yet; train for at least "
                          "logging_steps steps first")
     history = read_history(run_dir)
-    rollbacks = [(int(e["step"]), int(e.get("to_step") or 0)) for e in history
-                 if e.get("event") == "rollback" and isinstance(e.get("step"), int)]
+    rollbacks = rollback_marks(history)
     rolled_back = {to for _, to in rollbacks}
     resumes = [s for s in resume_steps(history) if s not in rolled_back]  # a rollback's resume is drawn as one
 
