@@ -48,7 +48,7 @@ class Plan:
 
 FULL = Plan()
 QUICK = Plan(reps=1, demo_warmup=2, demo_steps=5, gpt2_warmup=1, gpt2_steps=2, ckpt_demo_saves=3,
-             ckpt_gpt2_every=2, long_position=50_000, goodput_seconds=30.0, goodput_interval=20.0, goodput_save_steps=10,
+             ckpt_gpt2_every=2, long_position=50_000, goodput_seconds=30.0, goodput_interval=30.0, goodput_save_steps=10,
              goodput_kinds=("SIGKILL",), matmul_n=2048)
 
 

@@ -53,9 +53,20 @@ def _train_until_done(r: Runner, cmd: list[str], run, kind: str, interval: float
             "load": loadavg(), "finished": code == 0}
 
 
+def _native_bf16() -> bool:
+    """The demo preset's bf16 autocast is fast only with AVX512-BF16 or AMX (as examples/demo.py decides)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _base_cmd(configs: dict, run, steps: int) -> list[str]:
+    precision = [] if _native_bf16() else ["--set", "train.bf16=false"]  # else bf16 autocast is many times slower
     return [sys.executable, "-m", "gptresume", "train", str(configs["demo"]), "--set", f"train.output_dir={run}",
-            "--set", f"train.max_steps={steps}"]
+            "--set", f"train.max_steps={steps}", *precision]
 
 
 def _steps(plan: Plan, configs: dict, demo_rate: float | None) -> int:
