@@ -40,16 +40,20 @@ class Plan:
     goodput_seconds: float = 130.0  # uninterrupted length of the goodput run (steps set from the measured rate)
     goodput_interval: float = 60.0
     goodput_save_steps: int | None = None  # None: the demo config's save_steps
-    goodput_settings: tuple = ("auto", 10, 40, 160)  # checkpoint.every: auto against these save_steps (issue 16)
-    goodput_kinds: tuple = ("SIGTERM", "SIGKILL")
+    interval_settings: tuple = ("auto", 10, 40, 160)  # checkpoint.every: auto against these save_steps (issue 16)
+    interval_kinds: tuple = ("SIGTERM", "SIGKILL")
+    interval_every: float = 60.0  # seconds from each start to its signal
+    interval_steps: int | None = None  # None: goodput_seconds of training at the measured rate
+    interval_model: dict | None = None  # None: the demo model; QUICK: a smaller one, so a loaded machine finishes
     matmul_n: int = 3072
     workloads: tuple = ("demo", "gpt2")
 
 
 FULL = Plan()
 QUICK = Plan(reps=1, demo_warmup=2, demo_steps=5, gpt2_warmup=1, gpt2_steps=2, ckpt_demo_saves=3,
-             ckpt_gpt2_every=2, long_position=50_000, goodput_seconds=30.0, goodput_interval=30.0, goodput_save_steps=10,
-             goodput_kinds=("SIGKILL",), matmul_n=2048)
+             ckpt_gpt2_every=2, long_position=50_000, goodput_seconds=30.0, goodput_interval=20.0, goodput_save_steps=10,
+             interval_kinds=("SIGKILL",), interval_every=45.0, interval_steps=400,
+             interval_model={"n_layer": 2, "n_head": 2, "n_embd": 64}, matmul_n=2048)
 
 
 # ---------------------------------------------------------------- processes

@@ -17,7 +17,8 @@ def fmt(x, spec=".2f"):
 
 def render(results: dict) -> str:
     """The markdown report: machine, targets, then one part per section that results holds."""
-    parts = (_header, _targets, _peak, _throughput, _checkpoint, _resume, _goodput)
+    parts = (_header, _targets, _peak, _throughput, _checkpoint, _resume, _goodput,
+             lambda results: _intervals(results.get("interval")))
     return "\n".join(line for part in parts for line in part(results))
 
 
@@ -184,15 +185,16 @@ def _goodput(results: dict) -> list[str]:
                      f"{g['load_before']:.1f} / {g['load']:.1f} | "
                      f"{'–' if g.get('exact', 0) is None or kind == 'uninterrupted' else ('yes' if g['exact'] else '**no**')} |")
     lines.append("")
-    return lines + _intervals(gp.get("intervals"))
+    return lines
 
 
 def _intervals(iv: dict | None) -> list[str]:
     """checkpoint.every: auto against fixed save_steps (issue 16)."""
     if not iv:
         return []
-    lines = ["### Checkpoint interval: `every: auto` against fixed save_steps", "",
-             f"{iv['max_steps']} steps, interrupted {iv['interval_s']:.0f} s after each start; goodput = the "
+    model = "the demo model" if iv.get("model") == "demo" else f"the demo config with model {iv.get('model')}"
+    lines = ["## Checkpoint interval: `every: auto` against fixed save_steps", "",
+             f"{model}, {iv['max_steps']} steps, interrupted {iv['interval_s']:.0f} s after each start; goodput = the "
              f"uninterrupted run that saves only at its end ({iv['base_wall_s']:.1f} s) / wall time. Measured: "
              f"{iv['step_s']:.3f} s per step, restart {iv['restart_s']:.1f} s, save pause delta "
              f"{fmt(iv.get('delta_s'), '.3f')} s. Predicted: one session of the periodic interruption (a restart, "

@@ -13,6 +13,8 @@ Sections (`--only` runs some of them; the machine description is always written)
   resume      process start to first step: fresh start, resume at batch 10 and at batch 50,000 of one epoch
   goodput     a fixed-length run stopped every T seconds by SIGTERM (then by SIGKILL), re-run after each exit,
               against its uninterrupted wall time; also checks the final weights equal the uninterrupted run's
+  interval    checkpoint.every: auto (Daly's interval) against save_steps 10, 40, 160 under SIGTERM and SIGKILL
+              every 60 s: goodput, and the margin over the worst fixed interval that the model predicts
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def main() -> int:
         configs = write_workloads(work, plan)
         if not (work / "tok-gpt2").is_dir():
             r.worker("setup-tokenizers", "--work", str(work))
-        needs = {"throughput", "checkpoint", "goodput"} & set(sections)
+        needs = {"throughput", "checkpoint", "goodput", "interval"} & set(sections)
         tpls = {name: prepare_template(r, name, configs[name]) for name in ("demo", "gpt2")} if needs else {}
         for name in sections:
             s0 = time.time()
@@ -89,6 +91,10 @@ def main() -> int:
                 rate = results.get("throughput", {}).get("demo", {}).get("peers", {}).get(
                     "gptresume train", {}).get("tokens_per_s")
                 results["goodput"] = goodput.measure(r, plan, configs, tpls, rate)
+            elif name == "interval":
+                rate = results.get("throughput", {}).get("demo", {}).get("peers", {}).get(
+                    "gptresume train", {}).get("tokens_per_s")
+                results["interval"] = goodput.measure_intervals(r, plan, configs, tpls, rate)
             results["timing_s"][name] = time.time() - s0
     finally:
         results["wall_s"] = time.time() - t0

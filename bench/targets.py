@@ -49,7 +49,7 @@ def targets(results: dict) -> dict:
     gp = results.get("goodput", {}).get("runs", {}).get("SIGTERM")
     if gp:
         t["goodput"] = gp["goodput"], 0.90
-    for kind, sm in results.get("goodput", {}).get("intervals", {}).get("summary", {}).items():
+    for kind, sm in results.get("interval", {}).get("summary", {}).items():
         t[f"auto_vs_best_{kind}"] = sm["auto_vs_best"], 0.98
         t[f"auto_margin_{kind}"] = sm["margin_vs_worst"] - sm["predicted_margin_vs_worst"], -0.02
     out = {}

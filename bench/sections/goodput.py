@@ -104,33 +104,36 @@ def measure(r: Runner, plan: Plan, configs: dict, tpls: dict, demo_rate: float |
             continue
         same = all(bool((weights[kind][k] == weights["uninterrupted"][k]).all()) for k in weights["uninterrupted"])
         row.update(goodput=base / row["wall_s"], exact=same)
-    if plan.goodput_settings:
-        out["intervals"] = measure_intervals(r, plan, configs, tpls, steps)
     return out
 
 
-def measure_intervals(r: Runner, plan: Plan, configs: dict, tpls: dict, steps: int) -> dict:
+def measure_intervals(r: Runner, plan: Plan, configs: dict, tpls: dict, demo_rate: float | None) -> dict:
     """`every: auto` against fixed save_steps under SIGTERM and SIGKILL every T s, goodput against one uninterrupted
     run that saves only at its end (eval off everywhere: only checkpointing differs)."""
-    interval = plan.goodput_interval
-    common = ["--set", "train.eval_strategy=no", "--set", "checkpoint.keep_last=2"]
+    interval = plan.interval_every
+    steps = plan.interval_steps or _steps(plan, configs, demo_rate)
+    common = ["--set", "train.eval_strategy=no", "--set", "checkpoint.keep_last=2", "--set", "train.logging_steps=5"]
+    for key, value in (plan.interval_model or {}).items():
+        common += ["--set", f"model.from_scratch.{key}={value}"]
     run = fresh_run_dir(r, tpls["demo"], "interval-base")
     base = _train_until_done(r, _base_cmd(configs, run, steps) + common + ["--set", f"train.save_steps={steps}"],
                              run, "uninterrupted", interval, "interval-base")
     step_s, restart_s = _step_and_restart(run)
     shutil.rmtree(run, ignore_errors=True)
-    out = {"max_steps": steps, "interval_s": interval, "base_wall_s": base["wall_s"], "step_s": step_s,
-           "restart_s": restart_s, "runs": {}}
+    out = {"max_steps": steps, "interval_s": interval, "model": plan.interval_model or "demo",
+           "base_wall_s": base["wall_s"], "step_s": step_s, "restart_s": restart_s, "load_before": base["load_before"],
+           "runs": {}}
     r.log(f"  interval base (final save only): {base['wall_s']:.1f}s; {step_s:.3f}s/step, restart {restart_s:.1f}s")
     deltas = []
-    for kind in plan.goodput_kinds:
+    for kind in plan.interval_kinds:
         rows = out["runs"].setdefault(kind, {})
-        for setting in plan.goodput_settings:
+        for setting in plan.interval_settings:
             run = fresh_run_dir(r, tpls["demo"], f"interval-{kind}-{setting}")
             if setting == "auto":  # the prior is the known preemption rate, as a user would configure it
+                rate = 3600.0 / interval if kind == "SIGKILL" else 0.5  # a SIGTERM loses no work: the default
                 extra = ["--set", "checkpoint.every=auto", "--set",
-                         f"checkpoint.expected_interruptions_per_hour={3600.0 / interval:g}",
-                         "--set", "checkpoint.auto_min_seconds=1"]
+                         f"checkpoint.expected_interruptions_per_hour={rate:g}", "--set",
+                         "checkpoint.auto_min_seconds=1"]
             else:
                 extra = ["--set", f"train.save_steps={setting}"]
             row = _train_until_done(r, _base_cmd(configs, run, steps) + common + extra, run, kind, interval,
@@ -186,7 +189,7 @@ def _summary(out: dict, plan: Plan) -> dict:
             continue
         best, worst = max(fixed, key=fixed.get), min(fixed, key=fixed.get)
         tau = {k: int(k) * out["step_s"] for k in fixed}
-        chosen = rows["auto"].get("chosen_s") or [plan.goodput_interval]
+        chosen = rows["auto"].get("chosen_s") or [plan.interval_every]
         tau["auto"] = statistics.median(chosen)
         pred = {k: predicted_goodput(t, delta, out["interval_s"], out["restart_s"], kind == "SIGKILL")
                 for k, t in tau.items()}
