@@ -112,7 +112,7 @@ def measure_intervals(r: Runner, plan: Plan, configs: dict, tpls: dict, demo_rat
     run that saves only at its end (eval off everywhere: only checkpointing differs)."""
     interval = plan.interval_every
     steps = plan.interval_steps or _steps(plan, configs, demo_rate)
-    common = ["--set", "train.eval_strategy=no", "--set", "checkpoint.keep_last=2", "--set", "train.logging_steps=5"]
+    common = ["--set", 'train.eval_strategy="no"', "--set", "checkpoint.keep_last=2", "--set", "train.logging_steps=5"]
     for key, value in (plan.interval_model or {}).items():
         common += ["--set", f"model.from_scratch.{key}={value}"]
     run = fresh_run_dir(r, tpls["demo"], "interval-base")
