@@ -44,7 +44,7 @@ class Plan:
     interval_kinds: tuple = ("SIGTERM", "SIGKILL")
     interval_every: float = 60.0  # seconds from each start to its signal
     interval_steps: int | None = None  # None: goodput_seconds of training at the measured rate
-    interval_model: dict | None = None  # None: the demo model; QUICK: a smaller one, so a loaded machine finishes
+    interval_overrides: dict | None = None  # --set KEY=VALUE for every run; QUICK: a smaller model and batch
     matmul_n: int = 3072
     workloads: tuple = ("demo", "gpt2")
 
@@ -52,8 +52,10 @@ class Plan:
 FULL = Plan()
 QUICK = Plan(reps=1, demo_warmup=2, demo_steps=5, gpt2_warmup=1, gpt2_steps=2, ckpt_demo_saves=3,
              ckpt_gpt2_every=2, long_position=50_000, goodput_seconds=30.0, goodput_interval=20.0, goodput_save_steps=10,
-             interval_kinds=("SIGKILL",), interval_every=45.0, interval_steps=400,
-             interval_model={"n_layer": 2, "n_head": 2, "n_embd": 64}, matmul_n=2048)
+             interval_kinds=("SIGKILL",), interval_every=40.0, interval_steps=80,
+             interval_overrides={"model.from_scratch.n_layer": 1, "model.from_scratch.n_head": 2,
+                                 "model.from_scratch.n_embd": 32, "train.per_device_train_batch_size": 2},
+             matmul_n=2048)
 
 
 # ---------------------------------------------------------------- processes

@@ -192,7 +192,7 @@ def _intervals(iv: dict | None) -> list[str]:
     """checkpoint.every: auto against fixed save_steps (issue 16)."""
     if not iv:
         return []
-    model = "the demo model" if iv.get("model") == "demo" else f"the demo config with model {iv.get('model')}"
+    model = "the demo model" if iv.get("model") == "demo" else f"the demo config with {iv.get('model')}"
     lines = ["## Checkpoint interval: `every: auto` against fixed save_steps", "",
              f"{model}, {iv['max_steps']} steps, interrupted {iv['interval_s']:.0f} s after each start; goodput = the "
              f"uninterrupted run that saves only at its end ({iv['base_wall_s']:.1f} s) / wall time. Measured: "

@@ -113,14 +113,14 @@ def measure_intervals(r: Runner, plan: Plan, configs: dict, tpls: dict, demo_rat
     interval = plan.interval_every
     steps = plan.interval_steps or _steps(plan, configs, demo_rate)
     common = ["--set", 'train.eval_strategy="no"', "--set", "checkpoint.keep_last=2", "--set", "train.logging_steps=5"]
-    for key, value in (plan.interval_model or {}).items():
-        common += ["--set", f"model.from_scratch.{key}={value}"]
+    for key, value in (plan.interval_overrides or {}).items():
+        common += ["--set", f"{key}={value}"]
     run = fresh_run_dir(r, tpls["demo"], "interval-base")
     base = _train_until_done(r, _base_cmd(configs, run, steps) + common + ["--set", f"train.save_steps={steps}"],
                              run, "uninterrupted", interval, "interval-base")
     step_s, restart_s = _step_and_restart(run)
     shutil.rmtree(run, ignore_errors=True)
-    out = {"max_steps": steps, "interval_s": interval, "model": plan.interval_model or "demo",
+    out = {"max_steps": steps, "interval_s": interval, "model": plan.interval_overrides or "demo",
            "base_wall_s": base["wall_s"], "step_s": step_s, "restart_s": restart_s, "load_before": base["load_before"],
            "runs": {}}
     r.log(f"  interval base (final save only): {base['wall_s']:.1f}s; {step_s:.3f}s/step, restart {restart_s:.1f}s")
