@@ -40,6 +40,11 @@ class Plan:
     goodput_seconds: float = 130.0  # uninterrupted length of the goodput run (steps set from the measured rate)
     goodput_interval: float = 60.0
     goodput_save_steps: int | None = None  # None: the demo config's save_steps
+    interval_settings: tuple = ("auto", 10, 40, 160)  # checkpoint.every: auto against these save_steps (issue 16)
+    interval_kinds: tuple = ("SIGTERM", "SIGKILL")
+    interval_every: float = 60.0  # seconds from each start to its signal
+    interval_steps: int | None = None  # None: goodput_seconds of training at the measured rate
+    interval_overrides: dict | None = None  # --set KEY=VALUE for every run; QUICK: a smaller model and batch
     matmul_n: int = 3072
     workloads: tuple = ("demo", "gpt2")
     packing_mb: tuple = (1024, 2048)  # generated text packed by the packing section: a size and twice it
@@ -48,6 +53,10 @@ class Plan:
 FULL = Plan()
 QUICK = Plan(reps=1, demo_warmup=2, demo_steps=5, gpt2_warmup=1, gpt2_steps=2, ckpt_demo_saves=3,
              ckpt_gpt2_every=2, long_position=50_000, goodput_seconds=30.0, goodput_interval=20.0, goodput_save_steps=10,
+             interval_kinds=("SIGKILL",), interval_settings=("auto", 10, 40), interval_every=90.0,
+             interval_steps=100,
+             interval_overrides={"model.from_scratch.n_layer": 1, "model.from_scratch.n_head": 2,
+                                 "model.from_scratch.n_embd": 32, "train.per_device_train_batch_size": 2},
              matmul_n=2048, packing_mb=(16, 32))
 
 

@@ -17,7 +17,8 @@ def fmt(x, spec=".2f"):
 
 def render(results: dict) -> str:
     """The markdown report: machine, targets, then one part per section that results holds."""
-    parts = (_header, _targets, _peak, _throughput, _checkpoint, _resume, _goodput, _packing)
+    parts = (_header, _targets, _peak, _throughput, _checkpoint, _resume, _goodput, _packing,
+             lambda results: _intervals(results.get("interval")))
     return "\n".join(line for part in parts for line in part(results))
 
 
@@ -200,6 +201,30 @@ def _packing(results: dict) -> list[str]:
         for peer, v in runs.items():
             lines.append(f"| {mb} MB | {peer} | {v['tokens_per_s']:,.0f} | {v['peak_rss_mb']:.0f} | "
                          f"{v['peak_worker_rss_mb']:.0f} |")
+    lines.append("")
+    return lines
+
+
+def _intervals(iv: dict | None) -> list[str]:
+    """checkpoint.every: auto against fixed save_steps (issue 16)."""
+    if not iv:
+        return []
+    model = "the demo model" if iv.get("model") == "demo" else f"the demo config with {iv.get('model')}"
+    lines = ["## Checkpoint interval: `every: auto` against fixed save_steps", "",
+             f"{model}, {iv['max_steps']} steps, interrupted {iv['interval_s']:.0f} s after each start; goodput = the "
+             f"uninterrupted run that saves only at its end ({iv['base_wall_s']:.1f} s) / wall time. Measured: "
+             f"{iv['step_s']:.3f} s per step, restart {iv['restart_s']:.1f} s, save pause delta "
+             f"{fmt(iv.get('delta_s'), '.3f')} s. Predicted: one session of the periodic interruption (a restart, "
+             "then a save every tau pausing delta; a kill keeps the work up to the last save, a stop all of it).", "",
+             "| signal | setting | wall s | starts | goodput | predicted | auto's intervals (s) |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for kind, rows in iv["runs"].items():
+        pred = iv.get("summary", {}).get(kind, {}).get("predicted", {})
+        for setting, g in rows.items():
+            chosen = ", ".join(f"{x:.1f}" for x in g.get("chosen_s", [])) or "–"
+            lines.append(f"| {kind} | {setting if setting == 'auto' else 'save_steps ' + setting} | "
+                         f"{g['wall_s']:.1f} | {g['starts']} | {g['goodput']:.3f} | {fmt(pred.get(setting), '.3f')} | "
+                         f"{chosen} |")
     lines.append("")
     return lines
 

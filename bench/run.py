@@ -15,6 +15,8 @@ Sections (`--only` runs some of them; the machine description is always written)
               against its uninterrupted wall time; also checks the final weights equal the uninterrupted run's
   packing     tokens/s and peak memory packing generated text of two sizes (1 and 2 GB; --quick 16 and 32 MB):
               gptresume vs run_clm.py-style and nanoGPT prepare.py-style packing
+  interval    checkpoint.every: auto (Daly's interval) against save_steps 10, 40, 160 under SIGTERM and SIGKILL
+              every 60 s: goodput, and the margin over the worst fixed interval that the model predicts
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def main() -> int:
         configs = write_workloads(work, plan)
         if not (work / "tok-gpt2").is_dir():
             r.worker("setup-tokenizers", "--work", str(work))
-        needs = {"throughput", "checkpoint", "goodput"} & set(sections)
+        needs = {"throughput", "checkpoint", "goodput", "interval"} & set(sections)
         tpls = {name: prepare_template(r, name, configs[name]) for name in ("demo", "gpt2")} if needs else {}
         for name in sections:
             s0 = time.time()
@@ -93,6 +95,10 @@ def main() -> int:
                 results["goodput"] = goodput.measure(r, plan, configs, tpls, rate)
             elif name == "packing":
                 results["packing"] = packing.measure(r, plan)
+            elif name == "interval":
+                rate = results.get("throughput", {}).get("demo", {}).get("peers", {}).get(
+                    "gptresume train", {}).get("tokens_per_s")
+                results["interval"] = goodput.measure_intervals(r, plan, configs, tpls, rate)
             results["timing_s"][name] = time.time() - s0
     finally:
         results["wall_s"] = time.time() - t0

@@ -20,6 +20,12 @@ TARGETS = {
     "packing_speed": "gptresume packing >= the faster of run_clm.py-style and nanoGPT-style packing (larger corpus)",
     "packing_memory_growth": "gptresume packing peak RSS: twice the corpus within 10% of the smaller one",
     "packing_memory": "gptresume packing peak RSS (process and largest worker) under 2 GB",
+    **{f"auto_vs_best_{k}": f"checkpoint.every auto within 2% of the best fixed save_steps (10, 40, 160; a quick run "
+                            f"fewer), {k} a fixed time after each start (60 s, demo model, in the full bench)"
+       for k in ("SIGTERM", "SIGKILL")},
+    **{f"auto_margin_{k}": f"checkpoint.every auto ahead of the worst fixed save_steps by the margin Daly's model "
+                           f"predicts (measured minus predicted margin >= -0.02), {k} a fixed time after each start"
+       for k in ("SIGTERM", "SIGKILL")},
 }
 
 
@@ -55,6 +61,9 @@ def targets(results: dict) -> dict:
         peak = lambda run: max(run["gptresume"]["peak_rss_mb"], run["gptresume"]["peak_worker_rss_mb"])  # noqa: E731
         t["packing_memory_growth"] = ratio(peak(large), peak(small)), 1.10
         t["packing_memory"] = max(peak(small), peak(large)) / 1024, 2.0
+    for kind, sm in results.get("interval", {}).get("summary", {}).items():
+        t[f"auto_vs_best_{kind}"] = sm["auto_vs_best"], 0.98
+        t[f"auto_margin_{kind}"] = sm["margin_vs_worst"] - sm["predicted_margin_vs_worst"], -0.02
     out = {}
     for name, (value, limit) in t.items():
         lower_is_better = name in ("async_block", "resume_late", "own_code", "packing_memory_growth",

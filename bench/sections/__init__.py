@@ -1,5 +1,6 @@
 """The bench's measurements, one module per section; each `measure(runner, plan, ...)` returns the section's entry
 of results.json and renders nothing (bench/render.py does). Listed in the order `make bench` runs them: goodput
-sizes its run from the throughput section's rate, when that ran first."""
+sizes its run from the throughput section's rate, when that ran first; interval (checkpoint.every: auto against
+fixed save_steps, issue 16) lives in goodput.py beside it."""
 
-SECTIONS = ("peak", "throughput", "checkpoint", "resume", "goodput", "packing")
+SECTIONS = ("peak", "throughput", "checkpoint", "resume", "goodput", "packing", "interval")

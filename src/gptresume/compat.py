@@ -90,6 +90,9 @@ PRIVATE: tuple[Private, ...] = (
     P(T + "_run_epoch", "ordering", TRAINER, "with ignore_data_skip the RNG state is loaded before "
       "iter(train_dataloader); the streaming resume defers it to get_batch_samples",
       source=("elif steps_trained_in_current_epoch == 0:",)),
+    P(T + "_get_grad_norm", "override", TRAINER, "run health reads each step's gradient norm (called once per "
+      "optimizer step, after clipping, before the optimizer step)", params=("self", "model", "grad_norm"),
+      source=("if grad_norm is None:",)),
     P(T + "_save_checkpoint", "override", TRAINER, "checkpoint.async_save copies this body: the snapshot on the "
       "training thread, the writing in the background", params=("self", "model", "trial"), sha256="a9111e30faa99339"),
     *(P(T + name, "call", TRAINER, "the async save's copy of _save_checkpoint calls it", params=params)

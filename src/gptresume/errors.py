@@ -7,6 +7,7 @@ import os
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
+EXIT_UNHEALTHY = 1  # a NaN or a loss spike stopped training (health.on_nan: stop); issue 16 asks for exit 1
 EXIT_STOPPED = 75  # EX_TEMPFAIL: a checkpoint was committed; re-run the same command to resume.
 
 

@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from gptresume.checkpoint.files import CHECKPOINT_RE
+from gptresume.checkpoint.files import CHECKPOINT_RE, PROTECTED_NAME
 from gptresume.durable import atomic_write_text
 from gptresume.errors import UsageError
 
@@ -30,7 +30,8 @@ LOCK_NAME = ".lock"
 TOKENIZER_DIR = "tokenizer"
 DATA_CACHE_DIR = "data-cache"
 # What --overwrite removes besides the checkpoints (the data cache stays: it is keyed by its inputs).
-RUN_FILES = (CONFIG_NAME, METRICS_NAME, HISTORY_NAME, FINAL_DIR, TOKENIZER_DIR, TENSORBOARD_DIR, TRACKERS_NAME)
+RUN_FILES = (CONFIG_NAME, METRICS_NAME, HISTORY_NAME, FINAL_DIR, TOKENIZER_DIR, TENSORBOARD_DIR, TRACKERS_NAME,
+             PROTECTED_NAME)
 # Temporary names written under the run lock and renamed into place: a kill can leave one behind.
 TEMPORARIES = (f".{FINAL_DIR}.tmp*", f".{FINAL_DIR}.old-*", f"{CONFIG_NAME}.tmp", ".*.tmp-*",
                f"{DATA_CACHE_DIR}/*.tmp-*")
@@ -144,8 +145,8 @@ def announce_lock_holder(run_dir: Path) -> None:
 
 def append_history(run_dir: Path, event: str, **fields) -> None:
     """One line per start, resume, stop, completion (history.jsonl): what `status` and `plot` show."""
-    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "pid": os.getpid(),
-             "event": event, **fields}
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "t": round(time.time(), 3), "host": socket.gethostname(),
+             "pid": os.getpid(), "event": event, **fields}
     with open(Path(run_dir) / HISTORY_NAME, "a") as f:
         f.write(json.dumps(entry, default=str) + "\n")
 

@@ -169,9 +169,10 @@ def test_clear_run_removes_what_a_run_left_but_keeps_the_data_cache(tmp_path):
                  "checkpoint-10.replaced-x"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "f").write_text("x")
-    for name in ("config.yaml", METRICS_NAME, HISTORY_NAME, "notes.txt"):
+    for name in ("config.yaml", METRICS_NAME, HISTORY_NAME, "notes.txt", "protected.json"):
         (tmp_path / name).write_text("x")
-    assert {"config.yaml", METRICS_NAME, HISTORY_NAME, "final", "tokenizer", "tensorboard", "trackers.json"} == set(RUN_FILES)
+    assert {"config.yaml", METRICS_NAME, HISTORY_NAME, "final", "tokenizer", "tensorboard",
+            "protected.json", "trackers.json"} == set(RUN_FILES)
     clear_run(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10.replaced-x", DATA_CACHE_DIR, "notes.txt"]
 

@@ -29,5 +29,12 @@ from gptresume.checkpoint.manifest import (  # noqa: F401
     verify_checkpoint,
     write_manifest,
 )
-from gptresume.checkpoint.retention import apply_retention, best_eval_step, clear_the_way, set_aside  # noqa: F401
+from gptresume.checkpoint.retention import (  # noqa: F401
+    apply_retention,
+    best_eval_step,
+    clear_the_way,
+    protect,
+    protected,
+    set_aside,
+)
 from gptresume.durable import atomic_write_text, fsync_dir, hash_file  # noqa: F401

@@ -6,15 +6,16 @@ older than the newest commit (or of the step being saved again) is provably garb
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import time
 from pathlib import Path
 
-from gptresume.checkpoint.files import CHECKPOINT_RE, MANIFEST_NAME, list_checkpoints, list_set_aside
+from gptresume.checkpoint.files import CHECKPOINT_RE, MANIFEST_NAME, PROTECTED_NAME, list_checkpoints, list_set_aside
 from gptresume.checkpoint.manifest import read_trainer_state, verify_checkpoint
-from gptresume.durable import fsync_dir
+from gptresume.durable import atomic_write_text, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +64,50 @@ def delete_checkpoint(path: Path) -> bool:
     return True
 
 
+def protect(run_dir: Path, ckpt: Path, reason: str) -> None:
+    """Keep `ckpt` whatever keep_last says (RUN_DIR/protected.json, name -> why): the last checkpoint with a finite
+    loss before a NaN stop, the one a rollback resumed from. Only a person removes it (delete the entry or the
+    file; `--overwrite` clears it with the run)."""
+    entries = protected(run_dir)
+    entries[Path(ckpt).name] = reason
+    atomic_write_text(Path(run_dir) / PROTECTED_NAME, json.dumps(entries, indent=1, sort_keys=True))
+
+
+def protected(run_dir: Path) -> dict[str, str]:
+    """Checkpoint name -> why it is protected from retention. An unreadable file protects nothing and says so."""
+    path = Path(run_dir) / PROTECTED_NAME
+    if not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text())
+        if not isinstance(entries, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        log.warning("%s is unreadable (%s): no checkpoint is protected from retention", path, e)
+        return {}
+    return {str(k): str(v) for k, v in entries.items()}
+
+
 def apply_retention(run_dir: Path, keep_last: int | None, newest: Path, keep_best: bool = False) -> list[Path]:
     """After `newest` is committed: delete valid checkpoints older than the `keep_last` newest valid ones,
     uncommitted leftovers older than `newest` (a save that crashed before a later one committed), and committed
     checkpoints that fail verification or were set aside once they are older than the `keep_last` newest valid
     ones (until then they are kept for inspection).
 
-    With keep_best, the checkpoint at the step with the lowest eval loss is kept as well. `newest` and anything
-    newer than it are never deleted; keep_last=None keeps every committed checkpoint.
+    With keep_best, the checkpoint at the step with the lowest eval loss is kept as well, and a checkpoint named in
+    RUN_DIR/protected.json (`protect`) always is. `newest` and anything newer than it are never deleted;
+    keep_last=None keeps every committed checkpoint.
     """
     newest_step = int(CHECKPOINT_RE.match(newest.name).group(1))
+    keep = protected(run_dir)
     best = best_eval_step(newest) if keep_best else None
     deleted = []
     valid_seen = 0
     floor = None  # step of the keep_last-th newest valid checkpoint: what is older is outside the window
 
     def delete(path: Path) -> None:
+        if path.name in keep:
+            return
         if delete_checkpoint(path):
             deleted.append(path)
 

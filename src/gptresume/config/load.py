@@ -87,7 +87,8 @@ def config_from_dict(raw: dict, source: str = "config") -> Config:
     problems, built, train = _problems(raw, transformers=True)
     if problems:
         raise ConfigError(problems, source)
-    return Config(model=built["model"], data=built["data"], train=train, checkpoint=built["checkpoint"])
+    return Config(model=built["model"], data=built["data"], train=train, checkpoint=built["checkpoint"],
+                  health=built["health"])
 
 
 def _problems(raw: dict, transformers: bool) -> tuple[list[str], dict, dict]:
@@ -107,7 +108,7 @@ def _problems(raw: dict, transformers: bool) -> tuple[list[str], dict, dict]:
         problems.extend(errs or (obj.problems(name) if transformers or name != "model"
                                  else obj.problems(name, transformers=False)))
         built[name] = obj
-    every_minutes = built["checkpoint"].every_minutes
+    every_minutes = built["checkpoint"].every_minutes or built["checkpoint"].every == "auto"  # saves by the clock
     problems.extend(integration_problems(raw))  # missing packages: found before anything is written
     if not transformers:
         raw_train = raw.get("train") or {}

@@ -217,12 +217,91 @@ class CheckpointConfig:
     At most one save is in flight (the next waits); a stop or the end of training waits for it. Costs one extra
     copy of the weights and optimizer state in CPU memory. Single-process runs only (others save synchronously)."""
 
+    every: str | None = None
+    """`auto`: save when Daly's optimum interval has passed since the last save, from the measured pause per save
+    and the run's own rate of interruptions (health/interval.py); train.save_steps is then not used."""
+    expected_interruptions_per_hour: float = 0.5
+    """With every: auto, the prior rate per training hour of interruptions that lose work (kills, crashes,
+    preemptions without a SIGTERM; a graceful stop commits first), pooled with the rate the run's history shows
+    (weighted as one hour of observation)."""
+    auto_min_seconds: float = 10.0
+    """With every: auto, the shortest interval between saves."""
+    auto_max_seconds: float = 3600.0
+    """With every: auto, the longest interval between saves."""
+
     def problems(self, prefix: str) -> list[str]:
         out = []
         if self.keep_last is not None and self.keep_last < 1:
             out.append(f"{prefix}.keep_last: must be at least 1, or null to keep every checkpoint")
         if self.every_minutes is not None and self.every_minutes <= 0:
             out.append(f"{prefix}.every_minutes: must be positive, or null")
+        if self.every not in (None, "auto"):
+            out.append(f"{prefix}.every: {self.every!r} is not allowed: use auto, or null (train.save_steps)")
+        if self.expected_interruptions_per_hour < 0:
+            out.append(f"{prefix}.expected_interruptions_per_hour: must be zero or more")
+        if not 0 < self.auto_min_seconds <= self.auto_max_seconds:
+            out.append(f"{prefix}.auto_min_seconds / auto_max_seconds: need 0 < auto_min_seconds <= auto_max_seconds")
+        return out
+
+
+HEALTH_ACTIONS = ("stop", "rollback")
+
+
+@dataclass
+class SpikeConfig:
+    enabled: bool = False
+    """Watch the training loss for spikes (off by default)."""
+    window: int = 100
+    """Steps of recent loss the mean and standard deviation are taken over."""
+    std: float | None = 6.0
+    """A loss this many standard deviations above the window's mean is suspect (null: use factor only)."""
+    factor: float | None = None
+    """A loss above factor x the window's mean is suspect (null: use std only; both: above both)."""
+    confirm: int = 3
+    """Consecutive suspect steps that make a spike (fewer are outliers and ignored); no checkpoint is committed
+    while a step is suspect."""
+
+    def problems(self, prefix: str) -> list[str]:
+        out = []
+        if self.window < 2:
+            out.append(f"{prefix}.window: must be at least 2")
+        if self.std is None and self.factor is None:
+            out.append(f"{prefix}: set std or factor (or both)")
+        if self.std is not None and self.std <= 0:
+            out.append(f"{prefix}.std: must be positive")
+        if self.factor is not None and self.factor <= 1:
+            out.append(f"{prefix}.factor: must be above 1")
+        if self.confirm < 1:
+            out.append(f"{prefix}.confirm: must be at least 1")
+        return out
+
+
+@dataclass
+class HealthConfig:
+    on_nan: str = "stop"
+    """A NaN/inf training loss or gradient norm: `stop` (exit 1, naming the newest good checkpoint, which is kept)
+    or `rollback` (resume from a good checkpoint automatically). Either way no checkpoint of it is committed."""
+    on_spike: str = "rollback"
+    """A confirmed loss spike (health.spike.enabled): rollback or stop."""
+    spike: SpikeConfig = field(default_factory=SpikeConfig)
+    """When a loss counts as a spike."""
+    rollback_steps: int = 0
+    """A rollback resumes from the newest verified checkpoint at least this many steps before the event."""
+    skip_batches: int = 0
+    """Batches (optimizer steps of data) of the stream to skip after the rollback checkpoint."""
+    max_rollbacks: int = 3
+    """Rollbacks per run; one more event stops the run (exit 1)."""
+
+    def problems(self, prefix: str) -> list[str]:
+        out = []
+        for name in ("on_nan", "on_spike"):
+            if getattr(self, name) not in HEALTH_ACTIONS:
+                out.append(f"{prefix}.{name}: {getattr(self, name)!r} is not one of {', '.join(HEALTH_ACTIONS)}")
+        for name in ("rollback_steps", "skip_batches", "max_rollbacks"):
+            if getattr(self, name) < 0:
+                out.append(f"{prefix}.{name}: must be zero or more")
+        if self.spike.enabled:
+            out.extend(self.spike.problems(f"{prefix}.spike"))
         return out
 
 
@@ -233,6 +312,7 @@ class Config:
     train: dict
     """transformers.TrainingArguments fields, same names; train.output_dir is the run directory."""
     checkpoint: CheckpointConfig
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -246,6 +326,7 @@ class Config:
                      if not (k in OPTIONAL_DATA_FIELDS and v == OPTIONAL_DATA_FIELDS[k])},
             "train": dict(self.train),
             "checkpoint": dataclasses.asdict(self.checkpoint),
+            "health": dataclasses.asdict(self.health),
         }
 
     def fingerprint(self) -> str:
@@ -268,7 +349,7 @@ OPTIONAL_DATA_FIELDS = {"token_dtype": None, "validation_source": None, "validat
                         "max_train_tokens": None, "streaming": None, "shuffle_buffer": None}
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_MODEL_TYPE = "gpt2"
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "checkpoint": CheckpointConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "checkpoint": CheckpointConfig, "health": HealthConfig}
 
 
 def fingerprint_of(obj: Any) -> str:

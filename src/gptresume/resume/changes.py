@@ -39,7 +39,7 @@ FREE_KEYS = {
     "train.dataloader_pin_memory", "train.dataloader_persistent_workers", "train.dataloader_prefetch_factor",
     "train.skip_memory_metrics", "data.num_proc",
 }
-FREE_PREFIXES = ("checkpoint.",)
+FREE_PREFIXES = ("checkpoint.", "health.")
 # How often evaluation runs: free without dropout; with dropout each evaluation's DataLoader draws a seed from the
 # global torch RNG (torch 2.13 `_BaseDataLoaderIter.__init__`), which moves every later dropout mask.
 EVAL_CADENCE_KEYS = {"train.eval_steps", "train.eval_strategy", "train.eval_delay", "train.eval_on_start"}

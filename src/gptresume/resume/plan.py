@@ -80,6 +80,7 @@ class ResumePlan:
     resume_state: dict = field(default_factory=dict)  # RESUME_STATE_NAME of the checkpoint (schedule, stream)
     allowed: set[str] = field(default_factory=set)  # fields accepted with --allow-change
     adopted_config: dict = field(default_factory=dict)  # --adopt: the settings training_args.bin records
+    skip_samples: int = 0  # a rollback to this checkpoint skips these samples of the stream (health/rollback.py)
 
     @property
     def step(self) -> int:
@@ -231,13 +232,16 @@ def data_stream(plan: ResumePlan, spec: RunSpec, train_samples: int, world_size:
     saved = plan.resume_state.get("stream")
     data_changed = any(c.key == "data" and c.allowed for c in plan.changes)
     batch_changed = any(c.kind == BATCH and c.allowed and not c.note.startswith("same") for c in plan.changes)
-    if not (saved or data_changed or batch_changed):
+    if not (saved or data_changed or batch_changed or plan.skip_samples):
         return None
     old_n = (saved or {}).get("samples") or plan.checkpoint.manifest.get("train_samples") or train_samples
     old = _geometry(plan.old_config, plan.old_world_size)
     position = old.position(plan.step, old_n, (saved or {}).get("offset", 0))
     if old_n != train_samples:
         position = map_position(position, old_n, train_samples)
+    if plan.skip_samples:
+        log.info("Rollback: skipping %d samples after %s", plan.skip_samples, plan.checkpoint.name)
+        position += plan.skip_samples
     new = _geometry(spec.config, world_size)
     offset = new.offset_for(plan.step, train_samples, position)
     log.info("Data position: sample %d of the stream (epoch %d, sample %d of %d); stream offset %d",

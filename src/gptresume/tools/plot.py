@@ -2,7 +2,8 @@
 
 The curves come from RUN_DIR/metrics.jsonl, which is one continuous record across resumes (a resume drops the
 rows logged after the checkpoint it continues from). Each resume in RUN_DIR/history.jsonl is a dashed vertical
-line at the step it resumed from.
+line at the step it resumed from; each rollback (history.jsonl, health/rollback.py) a dotted purple line from the
+step it was detected at, with the checkpoint it went back to.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from gptresume.rundir import METRICS_NAME, read_history, read_metrics, resume_st
 from gptresume.tools.common import require_run_dir
 
 IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def rollback_marks(history: list[dict]) -> list[tuple[int, int]]:
+    """(step detected, step rolled back to) of each rollback in history.jsonl, as the plot marks them."""
+    return [(int(e["step"]), int(e.get("to_step") or 0)) for e in history
+            if e.get("event") == "rollback" and isinstance(e.get("step"), int)]
 
 
 def plot_run(run_dir: str | Path, out: str | Path, dpi: int = 110) -> list[int]:
@@ -31,7 +38,10 @@ def plot_run(run_dir: str | Path, out: str | Path, dpi: int = 110) -> list[int]:
     if not train and not evals:
         raise UsageError(f"plot: {run_dir / METRICS_NAME} holds no logged loss yet; train for at least "
                          "logging_steps steps first")
-    resumes = resume_steps(read_history(run_dir))
+    history = read_history(run_dir)
+    rollbacks = rollback_marks(history)
+    rolled_back = {to for _, to in rollbacks}
+    resumes = [s for s in resume_steps(history) if s not in rolled_back]  # a rollback's resume is drawn as one
 
     import matplotlib
 
@@ -62,6 +72,11 @@ def plot_run(run_dir: str | Path, out: str | Path, dpi: int = 110) -> list[int]:
                        label="resumed" if (i == 0 and ax is ax_loss) else None)
         ax_loss.annotate(f"resume @{step}", xy=(step, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
                          textcoords="offset points", color="tab:red", fontsize=8)
+    for i, (step, to) in enumerate(rollbacks):
+        ax_loss.axvline(step, color="tab:purple", linestyle=":", linewidth=1.2,
+                        label="rollback" if i == 0 else None)
+        ax_loss.annotate(f"rollback @{step} -> {to}", xy=(step, 0.92), xycoords=("data", "axes fraction"),
+                         xytext=(3, -12), textcoords="offset points", color="tab:purple", fontsize=8)
     ax_loss.legend(loc="upper right")
     fig.savefig(out, dpi=dpi)
     plt.close(fig)

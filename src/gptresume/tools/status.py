@@ -57,6 +57,8 @@ class RunStatus:
     in_use: str | None
     """'pid N on HOST' while a trainer holds the run's lock."""
     history: list[dict] = field(default_factory=list)
+    health: dict = field(default_factory=dict)
+    """Rollbacks and health stops, checkpoints protected from retention, the `every: auto` interval, goodput."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,7 +101,24 @@ def collect_status(run_dir: str | Path) -> RunStatus:
     return RunStatus(run_dir=str(run_dir), checkpoints=rows, resume_from=resume_from, resume_reason=reason,
                      skipped={s.path.name: s.faults for s in skipped}, complete=complete,
                      complete_reason=complete_reason, global_step=global_step, max_steps=max_steps,
-                     in_use=_lock_holder(run_dir), history=read_history(run_dir))
+                     in_use=_lock_holder(run_dir), history=read_history(run_dir),
+                     health=_health(run_dir, read_history(run_dir), metrics, chosen.step if chosen else 0,
+                                    _lock_holder(run_dir) is not None))
+
+
+def _health(run_dir: Path, history: list[dict], metrics: list[dict], committed_step: int, running: bool) -> dict:
+    """health/: what status reports about the run's health and its checkpoint interval."""
+    from gptresume.checkpoint import protected
+    from gptresume.health.goodput import goodput, interruptions, stops
+    from gptresume.health.rollback import ROLLBACK_EVENT, UNHEALTHY_EVENT
+
+    intervals = [e for e in history if e.get("event") == "interval"]
+    count, hours = interruptions(history)
+    return {"rollbacks": [e for e in history if e.get("event") == ROLLBACK_EVENT],
+            "health_stops": [e for e in history if e.get("event") == UNHEALTHY_EVENT],
+            "protected": protected(run_dir), "interval": intervals[-1] if intervals else None,
+            "interruptions": count, "stops": stops(history), "training_hours": round(hours, 4),
+            "goodput": goodput(history, metrics, committed_step, running).to_dict()}
 
 
 def _row(info: CheckpointInfo, metrics: list[dict]) -> CheckpointRow:
@@ -201,12 +220,39 @@ def format_status(status: RunStatus) -> str:
     for name, faults in status.skipped.items():
         out.append(f"  skips {name}: " + "; ".join(faults))
     out.append(f"complete: {'yes' if status.complete else 'no'} ({status.complete_reason})")
+    out.extend(_health_lines(status.health))
     if status.history:
         out.append("")
         out.append("history:")
         for e in status.history:
             out.append("  " + _history_line(e))
     return "\n".join(out)
+
+
+def _health_lines(h: dict) -> list[str]:
+    if not h:
+        return []
+    out = []
+    g = h.get("goodput") or {}
+    if g.get("goodput") is not None:
+        out.append(f"goodput: {g['goodput']:.1%} ({g['useful_s']:.1f}s of training up to the newest commit, step "
+                   f"{g['committed_step']}, in {g['wall_s']:.1f}s of wall time; {h['interruptions']} kill(s) or crash(es) and "
+                   f"{h['stops']} stop(s) in {h['training_hours']:.3f} training hours)")
+    iv = h.get("interval")
+    if iv:
+        out.append(f"checkpoint interval (every: auto): {iv['interval_s']:.1f}s, from delta {iv['delta_s']:.3f}s per "
+                   f"save and M {iv['mtbi_h']:.2f}h between interruptions"
+                   + (f" (held at the {iv['bounded']} bound)" if iv.get("bounded") else ""))
+    for e in h.get("rollbacks") or []:
+        out.append(f"rollback {e.get('rollback')}: step {e.get('step')} ({e.get('reason')}) -> "
+                   f"{Path(str(e.get('checkpoint'))).name}, skipped {e.get('skip_batches')} batch(es)"
+                   + (f", set aside {', '.join(e['set_aside'])}" if e.get("set_aside") else ""))
+    for e in h.get("health_stops") or []:
+        out.append(f"health stop: step {e.get('step')} ({e.get('reason')}); newest good checkpoint "
+                   f"{Path(str(e['checkpoint'])).name if e.get('checkpoint') else 'none'}")
+    for name, why in (h.get("protected") or {}).items():
+        out.append(f"protected from retention: {name} ({why})")
+    return [""] + out if out else []
 
 
 def _history_line(e: dict) -> str:
@@ -225,6 +271,10 @@ def _history_text(e: dict) -> str:
         details.append(f"from {Path(e['checkpoint']).name}")
     if e.get("reason"):
         details.append(str(e["reason"]))
+    if event == "rollback":
+        details.append(f"to {Path(str(e.get('checkpoint'))).name}, skipping {e.get('skip_batches')} batch(es)")
+    if event == "interval":
+        details.append(f"every {e.get('interval_s')}s (delta {e.get('delta_s')}s, M {e.get('mtbi_h')}h)")
     for name, faults in (e.get("skipped") or {}).items():
         details.append(f"skipped {name} ({'; '.join(faults)})")
     changes = e.get("changes") or []

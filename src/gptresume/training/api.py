@@ -57,9 +57,13 @@ def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, 
         if outcome.stopped:
             log.warning("Stopped (%s) at step %d: %s is committed. Run the same script again to resume.",
                         outcome.reason, outcome.step, outcome.checkpoint)
+        elif outcome.status == "rollback":  # a script's Trainer is not rebuilt here: its re-run continues the rollback
+            log.warning("%s. Run the same script again to continue from it.", outcome.reason)
+        elif outcome.status == "unhealthy":
+            log.error("%s", outcome.reason)
         else:
             session.record_complete(outcome.step)
-    if outcome.stopped and exit_on_stop:
+    if (outcome.stopped or outcome.status in ("rollback", "unhealthy")) and exit_on_stop:
         distributed.teardown()  # a live process group can abort the interpreter's exit
         raise SystemExit(outcome.exit_code)
     return outcome

@@ -106,6 +106,7 @@ class MetricsCallback(TrainerCallback):
             row.update(loss=logs["loss"], learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"))
             if self.train_seconds > 0 and self.tokens_per_step:
                 row["tokens_per_s"] = round(self.steps * self.tokens_per_step / self.train_seconds, 1)
+            row["train_s"] = round(self.train_seconds, 4)  # what goodput counts (health/goodput.py)
             self.train_seconds, self.steps = 0.0, 0
         elif "eval_loss" in logs:
             row.update(eval_loss=logs["eval_loss"], eval_perplexity=perplexity(logs["eval_loss"]))

@@ -6,6 +6,7 @@ The run lock is taken before anything heavy; every input check happens before an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -40,15 +41,27 @@ SAMPLE_PROMPTS = ("The", "A list", "def")
 def run_training(config: Config, resume: str = "auto", overwrite: bool = False, stop_at_step: int | None = None,
                  allow_partial: bool = False, allow_change: list[str] | None = None, adopt_checkpoint: bool = False
                  ) -> int:
-    run_dir = config.run_dir
     options = Options(resume=resume, allow_change=list(allow_change or []), allow_partial=allow_partial,
                       overwrite=overwrite, adopt=adopt_checkpoint, keep_last=config.checkpoint.keep_last,
                       keep_best=keeps_best(config), every_minutes=config.checkpoint.every_minutes,
-                      async_save=config.checkpoint.async_save, stop_at_step=stop_at_step)
-    spec = RunSpec(run_dir, config.to_dict(), tokenizer_from_checkpoint=True)
-    world_size = distributed.world_size()
+                      async_save=config.checkpoint.async_save, stop_at_step=stop_at_step, health=config.health,
+                      auto_interval=config.checkpoint if config.checkpoint.every == "auto" else None)
     if distributed.is_main():
         warn_if_unchecked(log)  # exactness relies on the private behaviour listed in compat.py
+    while True:
+        code, outcome = _run_session(config, options)
+        if outcome is None or outcome.status != "rollback":
+            return code
+        # A rollback (health/rollback.py): a fresh model and Trainer resume the chosen checkpoint, as a re-run would
+        # (history.jsonl tells the plan what to skip), so the same fault gives the same weights bit for bit.
+        options = dataclasses.replace(options, resume=str(outcome.checkpoint), overwrite=False, adopt=False)
+
+
+def _run_session(config: Config, options: Options):
+    """One protected run of a fresh Trainer: (exit code, Outcome or None when there was nothing to train)."""
+    run_dir = config.run_dir
+    spec = RunSpec(run_dir, config.to_dict(), tokenizer_from_checkpoint=True)
+    world_size = distributed.world_size()
     with Session(spec, options) as session:
 
         def decide() -> ResumePlan:
@@ -57,7 +70,7 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
 
         session.plan = plan = distributed.on_main(decide)
         if session.is_complete():
-            return distributed.on_main(_report_complete, config, plan)
+            return distributed.on_main(_report_complete, config, plan), None
         ckpt = session.checkpoint
         inputs = {}
 
@@ -104,14 +117,18 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
             if main:
                 print(f"Stopped ({outcome.reason}) at step {outcome.step}: checkpoint {outcome.checkpoint} is "
                       "committed. Re-run the same command to resume.", flush=True)
-            return outcome.exit_code
+            return outcome.exit_code, outcome
+        if outcome.status in ("rollback", "unhealthy"):
+            if main and outcome.status == "unhealthy":
+                print(outcome.reason, file=sys.stderr, flush=True)
+            return outcome.exit_code, outcome
         save_final(trainer, run_dir)  # every rank takes part (a sharded model is gathered); rank 0 writes
         session.record_complete(outcome.step)
         if main:
             print(f"Training complete at step {outcome.step}; model and tokenizer in {run_dir / FINAL_DIR}",
                   flush=True)
             print_samples(distributed.whole_model(trainer, run_dir / FINAL_DIR), tokenizer)
-    return EXIT_OK
+    return EXIT_OK, outcome
 
 
 def keeps_best(config: Config) -> bool:

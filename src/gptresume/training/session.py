@@ -21,7 +21,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gptresume.errors import EXIT_OK, EXIT_STOPPED
+from gptresume.errors import EXIT_OK, EXIT_STOPPED, EXIT_UNHEALTHY
 from gptresume.resume.plan import RunSpec, ResumePlan, check_inputs, data_stream, loads, plan_resume, report_changes
 from gptresume.rundir import (
     LOCK_NAME,
@@ -33,6 +33,7 @@ from gptresume.rundir import (
     run_lock,
     trim_metrics,
 )
+from gptresume.health.goodput import process_start_time
 from gptresume.training import distributed
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,10 @@ class Options:
     """Write checkpoints in a background thread (single process)."""
     stop_at_step: int | None = None
     """Commit a checkpoint at this step and stop as if preempted."""
+    health: object = None
+    """config.schema.HealthConfig: what a NaN or a loss spike does (None: the defaults, stop on NaN)."""
+    auto_interval: object = None
+    """config.schema.CheckpointConfig when `checkpoint.every: auto` (the save interval from Daly's formula)."""
 
 
 @dataclass
@@ -71,7 +76,9 @@ class Outcome:
 
     status: str
     """"complete" (trained to the end), "stopped" (a signal or stop_at_step: a checkpoint was committed),
-    or "already complete" (the newest checkpoint had reached max_steps; nothing was trained)."""
+    "already complete" (the newest checkpoint had reached max_steps; nothing was trained), "rollback" (a NaN or a
+    spike: `checkpoint` is the one to resume from, recorded in history.jsonl) or "unhealthy" (a NaN or a spike
+    stopped the run; `checkpoint` is the newest good one, `reason` the message)."""
     step: int
     """The global step training ended at."""
     checkpoint: Path | None
@@ -89,8 +96,11 @@ class Outcome:
 
     @property
     def exit_code(self) -> int:
-        """The CLI's exit code for this outcome: 75 after a committed stop, else 0."""
-        return EXIT_STOPPED if self.stopped else EXIT_OK
+        """The CLI's exit code for this outcome: 75 after a committed stop (or a rollback a re-run continues), 1 after
+        a health stop, else 0."""
+        if self.status == "unhealthy":
+            return EXIT_UNHEALTHY
+        return EXIT_STOPPED if self.stopped or self.status == "rollback" else EXIT_OK
 
 
 class Session:
@@ -104,6 +114,7 @@ class Session:
         self._locked = False
         self._stop = None
         self._commit = None
+        self._health = None
 
     def __enter__(self) -> Session:
         return self
@@ -136,6 +147,11 @@ class Session:
         # check: a checkpoint whose state would not load (resume/plan.py `loads`) is skipped like an invalid one
         self.plan = plan_resume(self.spec, o.resume, o.overwrite, o.allow_partial, o.allow_change, o.adopt,
                                 world_size, check=loads(self.spec))
+        if self.plan.checkpoint is not None and not self.plan.adopt:  # a rollback to it skips data (health/)
+            from gptresume.health.rollback import pending_skip
+            from gptresume.rundir import read_history
+
+            self.plan.skip_samples = pending_skip(read_history(self.spec.run_dir), self.plan.step)
         return self.plan
 
     def check_inputs(self, dropout: bool) -> None:
@@ -169,7 +185,8 @@ class Session:
             changes=[{"key": c.key, "old": c.old, "new": c.new, "class": c.kind, "note": c.note}
                      for c in plan.changes],
             adopted=plan.adopt, config_fingerprint=spec.fingerprint(), data_fingerprint=spec.data_fingerprint,
-            argv=sys.argv[1:])
+            argv=sys.argv[1:], launched=process_start_time(), **({"skip_samples": plan.skip_samples}
+                                                                  if plan.skip_samples else {}))
 
     # ------------------------------------------------------------ the Trainer
 
@@ -178,6 +195,7 @@ class Session:
         from gptresume.checkpoint.async_save import BackgroundSaver
         from gptresume.resume.position import StreamSampler
         from gptresume.training.callbacks import CommitCallback, MetricsCallback
+        from gptresume.training.health import AutoInterval, HealthCallback, HealthMonitor, make_detector
         from gptresume.training.preemption import StopCallback, StopRequest, TimedSaveCallback
         from gptresume.training.tensorboard import use_run_tensorboard
         from gptresume.training.trainer import ResumeOverrides, make_resumable
@@ -186,10 +204,13 @@ class Session:
         # A streamed dataset has no length and keeps its own position (data/streaming.py): no StreamSampler.
         n = len(trainer.train_dataset) if hasattr(trainer.train_dataset, "__len__") else None
         self._stop = StopCallback(StopRequest(), o.stop_at_step)
-        callbacks = [self._stop, MetricsCallback(self.spec.run_dir / METRICS_NAME, tokens_per_step)]
+        auto = AutoInterval(o.auto_interval, self.spec.run_dir) if o.auto_interval is not None else None
+        callbacks = [auto] if auto else []  # first: it replaces the step saves; stops and the final save still save
+        callbacks += [self._stop, MetricsCallback(self.spec.run_dir / METRICS_NAME, tokens_per_step)]
         if o.every_minutes:
             callbacks.append(TimedSaveCallback(o.every_minutes))
         stream = data_stream(plan, self.spec, n, args.world_size) if n is not None else None
+        monitor, detector = HealthMonitor(), make_detector(o.health, plan.resume_state.get("health"))
         overrides = ResumeOverrides(plan.step, plan.optimizer_values(), plan.schedule_replanned(),
                                     plan.schedule_plan(), set(trainer.get_decay_parameter_names(trainer.model)))
         callbacks.append(overrides)
@@ -200,16 +221,23 @@ class Session:
                 state["schedule_plan"] = overrides.plan.to_dict()
             if stream is not None:
                 state["stream"] = stream
+            if detector.spike is not None:  # the loss window, so a resumed run judges spikes as an unbroken one
+                state["health"] = detector.state()
             return state or None
 
         self._commit = CommitCallback(self.spec, o.keep_last, o.keep_best, resume_state)
-        callbacks.append(self._commit)  # last: sees every other save decision
+        callbacks.append(self._commit)  # sees every other save decision
+        if auto:
+            callbacks.append(auto.probe)  # after the commit: the pause it measures includes it
+        self._health = HealthCallback(monitor, detector)
+        callbacks.append(self._health)  # the very last: it vetoes a save of a bad step
         for cb in callbacks:
             trainer.add_callback(cb)
         seed = args.data_seed if args.data_seed is not None else args.seed
         make_resumable(trainer, stream=StreamSampler(n, seed, stream["offset"]) if stream else None,
                        async_saver=BackgroundSaver() if o.async_save else None,
-                       async_commit=self._commit if o.async_save else None, streaming=n is None)
+                       async_commit=self._commit if o.async_save else None, streaming=n is None,
+                       health=monitor)
         use_run_tensorboard(trainer, self.spec.run_dir)  # one TensorBoard curve across resumes
         from gptresume.training.trackers import tracker_resume, use_continued_trackers
 
@@ -230,6 +258,10 @@ class Session:
         step = trainer.state.global_step
         run_dir = self.spec.run_dir
         newest = run_dir / f"checkpoint-{step}"
+        if self._health is not None and self._health.event is not None:
+            from gptresume.training.health import conclude
+
+            return conclude(self, trainer, self._health.event, stop.reason, output)
         if self._stop.stopped_at is not None:
             if distributed.is_main():
                 append_history(run_dir, "stopped", step=step, reason=stop.reason)

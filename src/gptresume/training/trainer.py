@@ -9,6 +9,9 @@ versions, in gptresume/compat.py; a Transformers upgrade is re-checked here).
 - `ResumableTensorBoardCallback`: Trainer's TensorBoardCallback with a fixed directory and `purge_step`
   (`_init_summary_writer`).
 - `load_finished_checkpoint`: a run that is already complete gets its weights and state without a train() call.
+- Run health (training/health.py): `training_step` (public) and `_get_grad_norm` (private) hand each micro-batch's
+  loss and each step's gradient norm to a `HealthMonitor`; `compute_loss` (public) applies the test-only fault hook
+  (health/faults.py, GPTRESUME_TEST_FAULT).
 
 All checked with transformers 5.24.0, accelerate 1.15, torch 2.13.
 """
@@ -51,6 +54,34 @@ class ResumableTrainerMixin:
     async_saver: BackgroundSaver | None = None
     async_commit = None
     """CommitCallback (or anything with `commit_later(args, state) -> callable`): the manifest commit job."""
+    _gptresume_health = None
+    """training/health.py HealthMonitor: every step's loss and gradient norm, judged before any save."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._gptresume_health is not None:
+            self._gptresume_health.add_loss(loss)
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):  # checked with transformers 5.24 (called once per step)
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if self._gptresume_health is not None:
+            self._gptresume_health.set_grad_norm(grad_norm)
+        return grad_norm
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        if self._gptresume_health is None or not model.training:
+            return result
+        from gptresume.health.faults import multiplier_for
+
+        factor = multiplier_for(self.state.global_step + 1)  # TEST-ONLY: None unless GPTRESUME_TEST_FAULT is set
+        if factor is None:
+            return result
+        log.warning("GPTRESUME_TEST_FAULT: the loss of step %d is multiplied by %s", self.state.global_step + 1,
+                    factor)
+        return (result[0] * factor, *result[1:]) if return_outputs else result * factor
 
     def _get_train_sampler(self, train_dataset=None):  # checked with transformers 5.24
         stream = self._gptresume_stream
@@ -198,7 +229,7 @@ class ResumableTrainerMixin:
 
 
 def make_resumable(trainer, stream: StreamSampler | None = None, async_saver: BackgroundSaver | None = None,
-                   async_commit=None, streaming: bool = False):
+                   async_commit=None, streaming: bool = False, health=None):
     """Give `trainer` (any Trainer subclass instance) the `ResumableTrainerMixin` behaviour by swapping its class
     for a subclass that puts the mixin first. Idempotent; the script's own overrides still run (super())."""
     cls = type(trainer)
@@ -207,6 +238,7 @@ def make_resumable(trainer, stream: StreamSampler | None = None, async_saver: Ba
     trainer._gptresume_stream = stream
     trainer._gptresume_streaming = streaming
     trainer.async_saver, trainer.async_commit = async_saver, async_commit
+    trainer._gptresume_health = health
     return trainer
 
 
