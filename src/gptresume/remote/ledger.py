@@ -55,15 +55,20 @@ class Ledger:
                                                "verified": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             self._save()
 
-    def forget(self, names) -> None:
+    def removed_remotely(self, names) -> None:
+        """Remote retention deleted these remote copies. The entries stay: a local copy of a checkpoint whose
+        upload was verified may still be deleted (remote retention only removes copies older than newer verified
+        ones, so the newest state is safe either way)."""
         with self._lock:
             for n in names:
-                self.verified.pop(n, None)
+                if n in self.verified:
+                    self.verified[n]["removed_remotely"] = True
             self._save()
 
     def names(self) -> list[str]:
+        """Checkpoints with a verified copy still on the remote (what remote retention counts)."""
         with self._lock:
-            return list(self.verified)
+            return [n for n, e in self.verified.items() if not e.get("removed_remotely")]
 
     def _save(self) -> None:
         if self.path.parent.is_dir():

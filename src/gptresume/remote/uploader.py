@@ -146,7 +146,7 @@ class Uploader:
                         _short(e))
             return
         if deleted:
-            self.ledger.forget(deleted)
+            self.ledger.removed_remotely(deleted)
             log.info("Removed from %s: %s", self.remote.url, ", ".join(deleted))
 
 
