@@ -17,7 +17,7 @@ def fmt(x, spec=".2f"):
 
 def render(results: dict) -> str:
     """The markdown report: machine, targets, then one part per section that results holds."""
-    parts = (_header, _targets, _peak, _throughput, _checkpoint, _resume, _goodput, _packing)
+    parts = (_header, _targets, _peak, _throughput, _checkpoint, _resume, _goodput, _packing, _remote)
     return "\n".join(line for part in parts for line in part(results))
 
 
@@ -200,6 +200,23 @@ def _packing(results: dict) -> list[str]:
         for peer, v in runs.items():
             lines.append(f"| {mb} MB | {peer} | {v['tokens_per_s']:,.0f} | {v['peak_rss_mb']:.0f} | "
                          f"{v['peak_worker_rss_mb']:.0f} |")
+    lines.append("")
+    return lines
+
+
+def _remote(results: dict) -> list[str]:
+    """Tokens/s with and without checkpoint.remote."""
+    rm = results.get("remote")
+    if not rm:
+        return []
+    lines = ["## Uploads to object storage (checkpoint.remote)", "",
+             f"The demo config, a checkpoint every {rm['save_every']} steps, {rm['measured_steps']} steps measured "
+             "after the warm-up; uploads go to moto's S3-compatible server on 127.0.0.1 (in the bench process, on "
+             "the same cores) through s3fs, each verified by reading it back.", "",
+             "| mode | tokens/s | vs local only |", "|---|---:|---:|"]
+    local = rm["tokens_per_s"]["local only"]
+    for mode, tps in rm["tokens_per_s"].items():
+        lines.append(f"| {mode} | {fmt(tps, ',.0f')} | {fmt(ratio(tps, local), '.3f')} |")
     lines.append("")
     return lines
 

@@ -15,6 +15,7 @@ Sections (`--only` runs some of them; the machine description is always written)
               against its uninterrupted wall time; also checks the final weights equal the uninterrupted run's
   packing     tokens/s and peak memory packing generated text of two sizes (1 and 2 GB; --quick 16 and 32 MB):
               gptresume vs run_clm.py-style and nanoGPT prepare.py-style packing
+  remote      tokens/s with and without checkpoint.remote (uploads to an S3-compatible server on 127.0.0.1)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 # beside this one import by their plain names.
 from common import BENCH, FULL, QUICK, Runner, loadavg, machine
 from render import fmt, write_results
-from sections import SECTIONS, checkpoint, goodput, packing, peak, resume, throughput
+from sections import SECTIONS, checkpoint, goodput, packing, peak, remote, resume, throughput
 from workloads import prepare_template, write_workloads
 
 
@@ -74,8 +75,9 @@ def main() -> int:
         configs = write_workloads(work, plan)
         if not (work / "tok-gpt2").is_dir():
             r.worker("setup-tokenizers", "--work", str(work))
-        needs = {"throughput", "checkpoint", "goodput"} & set(sections)
-        tpls = {name: prepare_template(r, name, configs[name]) for name in ("demo", "gpt2")} if needs else {}
+        needs = {"throughput", "checkpoint", "goodput", "remote"} & set(sections)
+        models = ("demo",) if needs == {"remote"} else ("demo", "gpt2")  # the remote section trains the demo only
+        tpls = {name: prepare_template(r, name, configs[name]) for name in models} if needs else {}
         for name in sections:
             s0 = time.time()
             log(f"== {name}")
@@ -93,6 +95,8 @@ def main() -> int:
                 results["goodput"] = goodput.measure(r, plan, configs, tpls, rate)
             elif name == "packing":
                 results["packing"] = packing.measure(r, plan)
+            elif name == "remote":
+                results["remote"] = remote.measure(r, plan, configs, tpls)
             results["timing_s"][name] = time.time() - s0
     finally:
         results["wall_s"] = time.time() - t0
