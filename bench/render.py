@@ -210,7 +210,7 @@ def _remote(results: dict) -> list[str]:
     if not rm:
         return []
     lines = ["## Uploads to object storage (checkpoint.remote)", "",
-             f"The demo config, a checkpoint every {rm['save_every']} steps, {rm['measured_steps']} steps measured "
+             f"The demo config in fp32, a checkpoint every {rm['save_every']} steps, {rm['measured_steps']} steps measured "
              "after the warm-up; uploads go to moto's S3-compatible server on 127.0.0.1 (in the bench process, on "
              "the same cores) through s3fs, each verified by reading it back.", "",
              "| mode | tokens/s | vs local only |", "|---|---:|---:|"]

@@ -18,6 +18,7 @@ BUCKET = "gptresume-bench"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 
 METHOD = [
+    "The demo model in fp32 (bf16 autocast is many times slower on a CPU without native bf16). "
     "Tokens/s from the first step end after the warm-up to the last, as in the throughput section; a checkpoint "
     "every `save_every` steps in both modes, so the difference is the upload: every file, the manifest, then a "
     "read-back of the remote copy verified against the manifest, in gptresume's uploader thread.",
@@ -58,6 +59,7 @@ def measure(r: Runner, plan: Plan, configs: dict, tpls: dict) -> dict:
             for mode in rotated(list(runs), rep):
                 run = fresh_run_dir(r, tpls["demo"], "demo")
                 sets = ["--set", f"train.max_steps={total}", "--set", 'train.eval_strategy="no"',
+                        "--set", "train.bf16=false",  # fp32: the same in both modes, and fast on CPUs without bf16
                         "--set", f"train.save_steps={every}", "--set", "checkpoint.keep_last=2"]
                 if mode == "checkpoint.remote":
                     sets += ["--set", f"checkpoint.remote=s3://{BUCKET}/run-{r.n}",
