@@ -30,6 +30,7 @@ def run(args) -> int:
 
     with readable(args.run_dir, "status") as local:
         status = collect_status(local)
-    status.run_dir = args.run_dir
+    if local != args.run_dir:  # a remote run: name its URL, not the temporary copy
+        status.run_dir = args.run_dir
     print(status_json(status) if args.json else format_status(status))
     return 0
