@@ -18,7 +18,7 @@ def fmt(x, spec=".2f"):
 def render(results: dict) -> str:
     """The markdown report: machine, targets, then one part per section that results holds."""
     parts = (_header, _targets, _peak, _throughput, _checkpoint, _resume, _goodput, _packing,
-             lambda results: _intervals(results.get("interval")))
+             lambda results: _intervals(results.get("interval")), _remote)
     return "\n".join(line for part in parts for line in part(results))
 
 
@@ -225,6 +225,23 @@ def _intervals(iv: dict | None) -> list[str]:
             lines.append(f"| {kind} | {setting if setting == 'auto' else 'save_steps ' + setting} | "
                          f"{g['wall_s']:.1f} | {g['starts']} | {g['goodput']:.3f} | {fmt(pred.get(setting), '.3f')} | "
                          f"{chosen} |")
+    lines.append("")
+    return lines
+
+
+def _remote(results: dict) -> list[str]:
+    """Tokens/s with and without checkpoint.remote."""
+    rm = results.get("remote")
+    if not rm:
+        return []
+    lines = ["## Uploads to object storage (checkpoint.remote)", "",
+             f"The demo config in fp32, a checkpoint every {rm['save_every']} steps, {rm['measured_steps']} steps measured "
+             "after the warm-up; uploads go to moto's S3-compatible server on 127.0.0.1 (in the bench process, on "
+             "the same cores) through s3fs, each verified by reading it back.", "",
+             "| mode | tokens/s | vs local only |", "|---|---:|---:|"]
+    local = rm["tokens_per_s"]["local only"]
+    for mode, tps in rm["tokens_per_s"].items():
+        lines.append(f"| {mode} | {fmt(tps, ',.0f')} | {fmt(ratio(tps, local), '.3f')} |")
     lines.append("")
     return lines
 

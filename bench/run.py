@@ -17,6 +17,7 @@ Sections (`--only` runs some of them; the machine description is always written)
               gptresume vs run_clm.py-style and nanoGPT prepare.py-style packing
   interval    checkpoint.every: auto (Daly's interval) against save_steps 10, 40, 160 under SIGTERM and SIGKILL
               every 60 s: goodput, and the margin over the worst fixed interval that the model predicts
+  remote      tokens/s with and without checkpoint.remote (uploads to an S3-compatible server on 127.0.0.1)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pathlib import Path
 # beside this one import by their plain names.
 from common import BENCH, FULL, QUICK, Runner, loadavg, machine
 from render import fmt, write_results
-from sections import SECTIONS, checkpoint, goodput, packing, peak, resume, throughput
+from sections import SECTIONS, checkpoint, goodput, packing, peak, remote, resume, throughput
 from workloads import prepare_template, write_workloads
 
 
@@ -76,8 +77,9 @@ def main() -> int:
         configs = write_workloads(work, plan)
         if not (work / "tok-gpt2").is_dir():
             r.worker("setup-tokenizers", "--work", str(work))
-        needs = {"throughput", "checkpoint", "goodput", "interval"} & set(sections)
-        tpls = {name: prepare_template(r, name, configs[name]) for name in ("demo", "gpt2")} if needs else {}
+        needs = {"throughput", "checkpoint", "goodput", "interval", "remote"} & set(sections)
+        models = ("demo",) if needs == {"remote"} else ("demo", "gpt2")  # the remote section trains the demo only
+        tpls = {name: prepare_template(r, name, configs[name]) for name in models} if needs else {}
         for name in sections:
             s0 = time.time()
             log(f"== {name}")
@@ -99,6 +101,8 @@ def main() -> int:
                 rate = results.get("throughput", {}).get("demo", {}).get("peers", {}).get(
                     "gptresume train", {}).get("tokens_per_s")
                 results["interval"] = goodput.measure_intervals(r, plan, configs, tpls, rate)
+            elif name == "remote":
+                results["remote"] = remote.measure(r, plan, configs, tpls)
             results["timing_s"][name] = time.time() - s0
     finally:
         results["wall_s"] = time.time() - t0

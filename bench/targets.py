@@ -26,6 +26,8 @@ TARGETS = {
     **{f"auto_margin_{k}": f"checkpoint.every auto ahead of the worst fixed save_steps by the margin Daly's model "
                            f"predicts (measured minus predicted margin >= -0.02), {k} a fixed time after each start"
        for k in ("SIGTERM", "SIGKILL")},
+    "remote": "training with checkpoint.remote (background uploads to a local S3-compatible server) >= 0.98x "
+              "training without it (demo model, same saves)",
 }
 
 
@@ -64,6 +66,9 @@ def targets(results: dict) -> dict:
     for kind, sm in results.get("interval", {}).get("summary", {}).items():
         t[f"auto_vs_best_{kind}"] = sm["auto_vs_best"], 0.98
         t[f"auto_margin_{kind}"] = sm["margin_vs_worst"] - sm["predicted_margin_vs_worst"], -0.02
+    rm = results.get("remote")
+    if rm:
+        t["remote"] = rm["ratio"], 0.98
     out = {}
     for name, (value, limit) in t.items():
         lower_is_better = name in ("async_block", "resume_late", "own_code", "packing_memory_growth",

@@ -33,7 +33,9 @@ __all__ = ["train", "ResumeRefused", "UsageError", "EXIT_STOPPED", "__version__"
 def train(trainer, resume: str | PathLike = "auto", *, allow_change: Iterable[str] = (), allow_partial: bool = False,
           keep_last: int | None | str = "save_total_limit", keep_best: bool | None = None,
           every_minutes: float | None = None, async_save: bool = False, stop_at_step: int | None = None,
-          exit_on_stop: bool = True, data_fingerprint: str | None = None) -> Outcome:
+          exit_on_stop: bool = True, data_fingerprint: str | None = None, stop_exit_code: int | None = None,
+          remote: str | None = None, remote_options: dict | None = None, remote_keep_last: int | None = None,
+          remote_wait_seconds: float = 120.0) -> Outcome:
     """Train `trainer` (a `transformers.Trainer` or subclass, with its own model, data, collator and callbacks)
     with exact, crash-safe stop and resume. Use it instead of `trainer.train()`.
 
@@ -69,6 +71,13 @@ def train(trainer, resume: str | PathLike = "auto", *, allow_change: Iterable[st
             False returns the outcome instead (notebooks).
         data_fingerprint: the identity of the training data, when you have a cheaper one you trust than the
             content hash computed by default (one pass over the dataset at start-up).
+        stop_exit_code: the code of `SystemExit` after a committed stop (and `Outcome.exit_code`): default
+            $GPTRESUME_STOP_EXIT_CODE, else 75; e.g. 143 where a scheduler restarts only codes >= 128 (Kubeflow).
+        remote: an fsspec URL (`s3://bucket/runs/x`) every committed checkpoint is uploaded to in the background
+            and resumed from when `output_dir` has no usable checkpoint (see the README, "Object storage").
+        remote_options: fsspec options of its file system (e.g. `{"endpoint_url": ...}`); credentials come from
+            the environment. remote_keep_last: remote checkpoints kept (None: all). remote_wait_seconds: how long
+            the end of training or a stop waits for pending uploads.
 
     Returns:
         An `Outcome`: `status` ("complete", "stopped", "already complete"), `step`, `checkpoint` (the newest
@@ -91,4 +100,6 @@ def train(trainer, resume: str | PathLike = "auto", *, allow_change: Iterable[st
     return train_protected(trainer, resume=resume, allow_change=list(allow_change), allow_partial=allow_partial,
                            keep_last=keep_last, keep_best=keep_best, every_minutes=every_minutes,
                            async_save=async_save, stop_at_step=stop_at_step, exit_on_stop=exit_on_stop,
-                           data_fingerprint=data_fingerprint)
+                           data_fingerprint=data_fingerprint, stop_exit_code=stop_exit_code, remote=remote,
+                           remote_options=remote_options, remote_keep_last=remote_keep_last,
+                           remote_wait_seconds=remote_wait_seconds)

@@ -9,6 +9,10 @@ EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_UNHEALTHY = 1  # a NaN or a loss spike stopped training (health.on_nan: stop); issue 16 asks for exit 1
 EXIT_STOPPED = 75  # EX_TEMPFAIL: a checkpoint was committed; re-run the same command to resume.
+# Another code for a committed stop, for schedulers that restart only some codes (Kubeflow: >= 128).
+STOP_EXIT_CODE_ENV = "GPTRESUME_STOP_EXIT_CODE"
+# Codes a committed stop may not take: success, an internal error, bad input (a scheduler must tell them apart).
+RESERVED_EXIT_CODES = {EXIT_OK: "success", EXIT_INTERNAL: "an internal error", EXIT_USAGE: "bad input"}
 
 
 class UsageError(Exception):
@@ -62,3 +66,23 @@ def storage_error(exc: BaseException) -> str | None:
     return None
 
 
+
+
+def resolve_stop_exit_code(value: int | None, where: str = "stop_exit_code") -> int:
+    """The exit code of a committed stop: `value`, else $GPTRESUME_STOP_EXIT_CODE, else 75. Must be 3-255 (0, 1
+    and 2 mean success, a crash and bad input to every scheduler)."""
+    if value is None:
+        text = os.environ.get(STOP_EXIT_CODE_ENV, "").strip()
+        if not text:
+            return EXIT_STOPPED
+        where = STOP_EXIT_CODE_ENV
+        try:
+            value = int(text)
+        except ValueError:
+            raise UsageError(f"{where}={text!r}: not an integer; give an exit code from 3 to 255") from None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise UsageError(f"{where}: {value!r} is not an exit code; give one from 3 to 255")
+    if value in RESERVED_EXIT_CODES:
+        raise UsageError(f"{where}: {value} already means {RESERVED_EXIT_CODES[value]}; a committed stop needs its "
+                         "own code (75 by default; 143 for schedulers that restart only codes >= 128)")
+    return value

@@ -171,8 +171,9 @@ def test_clear_run_removes_what_a_run_left_but_keeps_the_data_cache(tmp_path):
         (tmp_path / name / "f").write_text("x")
     for name in ("config.yaml", METRICS_NAME, HISTORY_NAME, "notes.txt", "protected.json"):
         (tmp_path / name).write_text("x")
-    assert {"config.yaml", METRICS_NAME, HISTORY_NAME, "final", "tokenizer", "tensorboard",
-            "protected.json", "trackers.json"} == set(RUN_FILES)
+    (tmp_path / "remote-uploads.json").write_text("{}")  # checkpoint.remote's ledger of the cleared checkpoints
+    assert {"config.yaml", METRICS_NAME, HISTORY_NAME, "final", "tokenizer", "tensorboard", "trackers.json",
+            "remote-uploads.json", "protected.json"} == set(RUN_FILES)
     clear_run(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10.replaced-x", DATA_CACHE_DIR, "notes.txt"]
 

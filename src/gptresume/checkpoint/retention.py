@@ -88,7 +88,8 @@ def protected(run_dir: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in entries.items()}
 
 
-def apply_retention(run_dir: Path, keep_last: int | None, newest: Path, keep_best: bool = False) -> list[Path]:
+def apply_retention(run_dir: Path, keep_last: int | None, newest: Path, keep_best: bool = False,
+                    may_delete=None) -> list[Path]:
     """After `newest` is committed: delete valid checkpoints older than the `keep_last` newest valid ones,
     uncommitted leftovers older than `newest` (a save that crashed before a later one committed), and committed
     checkpoints that fail verification or were set aside once they are older than the `keep_last` newest valid
@@ -97,6 +98,10 @@ def apply_retention(run_dir: Path, keep_last: int | None, newest: Path, keep_bes
     With keep_best, the checkpoint at the step with the lowest eval loss is kept as well, and a checkpoint named in
     RUN_DIR/protected.json (`protect`) always is. `newest` and anything newer than it are never deleted;
     keep_last=None keeps every committed checkpoint.
+
+    `may_delete(path) -> bool`: a guard asked before a valid checkpoint outside the window is deleted (with
+    checkpoint.remote: False until its upload is verified, so the only verified copy is never deleted); one it
+    refuses stays until a later retention, after the guard agrees.
     """
     newest_step = int(CHECKPOINT_RE.match(newest.name).group(1))
     keep = protected(run_dir)
@@ -127,7 +132,8 @@ def apply_retention(run_dir: Path, keep_last: int | None, newest: Path, keep_bes
         if keep_last is not None and valid_seen == keep_last:
             floor = step
         if keep_last is not None and valid_seen > keep_last and step != best:
-            delete(path)
+            if may_delete is None or may_delete(path):
+                delete(path)
     for step, path in list_set_aside(run_dir):
         if floor is not None and step < floor:
             delete(path)

@@ -7,6 +7,7 @@ examples:
   gptresume eval runs/demo/checkpoint-120     # the run's validation split: the eval_loss Trainer logged at step 120
   gptresume eval runs/demo --data notes/*.txt --batch-size 16
   gptresume eval models/demo --data test.txt --block-size 128
+  gptresume eval s3://bucket/runs/demo/checkpoint-120 --data test.txt   # a remote copy (read-only)
 
 Prints loss and perplexity (exp(loss)); --json for a JSON object."""
 
@@ -17,7 +18,7 @@ def add_parser(subparsers):
                                           "Trainer evaluated, computed the way Trainer computes eval_loss), or on "
                                           "text files packed into blocks the way training packs them.",
                               epilog=EXAMPLES)
-    p.add_argument("path", metavar="PATH", help="checkpoint, run or model directory")
+    p.add_argument("path", metavar="PATH", help="checkpoint, run or model directory, local or a URL")
     p.add_argument("--data", nargs="+", metavar="FILE", help="evaluate on these files (.txt, .jsonl, .csv, "
                                                                ".parquet; globs allowed) instead")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
@@ -35,12 +36,14 @@ def run(args) -> int:
 
     from gptresume.logs import quiet_transformers
     from gptresume.allocator import keep_freed_memory
+    from gptresume.remote.view import readable
     from gptresume.tools.evaluate import evaluate
 
     quiet_transformers()  # Transformers' known noise out (logs.py)
     keep_freed_memory()
-    result = evaluate(args.path, data_files=args.data, batch_size=args.batch_size, block_size=args.block_size,
-                      text_unit=args.text_unit)
+    with readable(args.path, "eval") as local:
+        result = evaluate(local, data_files=args.data, batch_size=args.batch_size, block_size=args.block_size,
+                          text_unit=args.text_unit)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
     else:

@@ -11,7 +11,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from gptresume.errors import UsageError
+from gptresume.errors import STOP_EXIT_CODE_ENV, UsageError, resolve_stop_exit_code
 
 EXAMPLES = """\
 examples:
@@ -27,7 +27,8 @@ examples:
   torchrun --nproc_per_node 2 -m gptresume train examples/demo.yaml
 
 exit codes: 0 done (or already complete), 2 bad input or refused resume (nothing changed),
-            75 stopped by SIGTERM/SIGINT/SIGUSR1 after committing a checkpoint: run the same command again."""
+            75 stopped by SIGTERM/SIGINT/SIGUSR1 after committing a checkpoint: run the same command again
+            (--stop-exit-code N or GPTRESUME_STOP_EXIT_CODE=N reports that stop as N instead)."""
 
 
 def add_parser(subparsers):
@@ -53,6 +54,9 @@ def add_parser(subparsers):
     p.add_argument("--adopt", action="store_true",
                    help="with --resume PATH: take over a checkpoint written by a plain Transformers script (no "
                         "manifest) after checking that its files load")
+    p.add_argument("--stop-exit-code", type=int, default=None, metavar="N",
+                   help=f"exit with N instead of 75 after a committed stop (default: ${STOP_EXIT_CODE_ENV}, else "
+                        "75); e.g. 143 for Kubeflow's restartPolicy: ExitCode, which restarts only codes >= 128")
     p.add_argument("--stop-at-step", type=int, default=None, metavar="N",
                    help="save and commit a checkpoint at step N, then exit 75 as if preempted (for splitting a "
                         "run into chunks and for testing resume)")
@@ -70,6 +74,7 @@ def run(args) -> int:
         raise UsageError("--overwrite only goes with --resume never (it deletes the run's checkpoints)")
     if args.stop_at_step is not None and args.stop_at_step < 1:
         raise UsageError("--stop-at-step: must be at least 1")
+    stop_exit_code = resolve_stop_exit_code(args.stop_exit_code, "--stop-exit-code")
     if args.print_config or args.dry_run:
         return _check_only(args)
     from gptresume.allocator import keep_freed_memory
@@ -89,7 +94,8 @@ def run(args) -> int:
 
             return run_training(config, resume=args.resume, overwrite=args.overwrite,
                                 stop_at_step=args.stop_at_step, allow_partial=args.allow_partial,
-                                allow_change=args.allow_change, adopt_checkpoint=args.adopt)
+                                allow_change=args.allow_change, adopt_checkpoint=args.adopt,
+                                stop_exit_code=stop_exit_code)
     finally:
         if "torch.distributed" in sys.modules:  # else no process group exists (and importing torch takes seconds)
             distributed.teardown()

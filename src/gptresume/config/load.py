@@ -26,6 +26,7 @@ from gptresume.config.values import (
     train_value_problems,
 )
 from gptresume.errors import ConfigError, UsageError
+from gptresume.remote.url import output_dir_url_problem
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -196,7 +197,7 @@ def _train_problems_without_transformers(raw: dict) -> list[str]:
     problems = [f"train.{key}: not accepted: {FORBIDDEN_TRAIN_KEYS[key]}" for key in raw if key in FORBIDDEN_TRAIN_KEYS]
     if not raw.get("output_dir"):
         problems.append("train.output_dir: required; it is the run directory (e.g. runs/demo)")
-    elif why := output_dir_problem(raw["output_dir"]):
+    elif why := output_dir_url_problem(raw["output_dir"]) or output_dir_problem(raw["output_dir"]):
         problems.append(why)
     return problems
 
@@ -233,7 +234,7 @@ def _build_train(raw: dict):
         train[key] = value
     if not train.get("output_dir"):
         problems.append("train.output_dir: required; it is the run directory (e.g. runs/demo)")
-    elif why := output_dir_problem(train["output_dir"]):
+    elif why := output_dir_url_problem(train["output_dir"]) or output_dir_problem(train["output_dir"]):
         problems.append(why)
     return train, problems
 

@@ -216,6 +216,18 @@ class CheckpointConfig:
     files are written, hashed and fsynced while it goes on, and the manifest commits them once they are durable.
     At most one save is in flight (the next waits); a stop or the end of training waits for it. Costs one extra
     copy of the weights and optimizer state in CPU memory. Single-process runs only (others save synchronously)."""
+    remote: str | None = None
+    """An fsspec URL (s3://bucket/runs/demo, gs://..., az://..., file:///...) every committed checkpoint is
+    uploaded to in the background (files first, manifest last, then verified); a start without a usable local
+    checkpoint resumes from the newest valid one there. Checked (write, read back, delete a probe) before training."""
+    remote_options: dict | None = None
+    """fsspec options of the remote's file system, e.g. {endpoint_url: http://127.0.0.1:9000} for an
+    S3-compatible server. Credentials come from the environment (AWS_ACCESS_KEY_ID, ...), never from here."""
+    remote_keep_last: int | None = None
+    """Remote checkpoints to keep (older ones deleted only after a newer upload is verified); null keeps all."""
+    remote_wait_seconds: float = 120.0
+    """At the end of training or after a stop, wait up to this long for pending uploads before exiting; what is
+    still pending is uploaded by the next start of the run."""
 
     every: str | None = None
     """`auto`: save when Daly's optimum interval has passed since the last save, from the measured pause per save
@@ -230,7 +242,11 @@ class CheckpointConfig:
     """With every: auto, the longest interval between saves."""
 
     def problems(self, prefix: str) -> list[str]:
-        out = []
+        from gptresume.remote.url import remote_problems
+
+        out = remote_problems(self.remote, self.remote_options, self.remote_keep_last, prefix)
+        if self.remote_wait_seconds < 0:
+            out.append(f"{prefix}.remote_wait_seconds: must be zero or more")
         if self.keep_last is not None and self.keep_last < 1:
             out.append(f"{prefix}.keep_last: must be at least 1, or null to keep every checkpoint")
         if self.every_minutes is not None and self.every_minutes <= 0:
@@ -325,8 +341,10 @@ class Config:
             "data": {k: v for k, v in dataclasses.asdict(self.data).items()
                      if not (k in OPTIONAL_DATA_FIELDS and v == OPTIONAL_DATA_FIELDS[k])},
             "train": dict(self.train),
-            "checkpoint": dataclasses.asdict(self.checkpoint),
-            "health": dataclasses.asdict(self.health),
+            "checkpoint": {k: v for k, v in dataclasses.asdict(self.checkpoint).items()
+                           if not (k in OPTIONAL_CHECKPOINT_FIELDS and v == OPTIONAL_CHECKPOINT_FIELDS[k])},
+            # the health section (issue 16) likewise: only when it differs from the defaults
+            **({"health": dataclasses.asdict(self.health)} if self.health != HealthConfig() else {}),
         }
 
     def fingerprint(self) -> str:
@@ -344,6 +362,12 @@ class Config:
 # use them keeps the config (and fingerprint) its checkpoints recorded, and resumes without a "change".
 OPTIONAL_MODEL_FIELDS = {"dtype": None, "revision": None, "trust_remote_code": False, "attn_implementation": None,
                          "peft": None}
+# checkpoint fields added after runs existed (issue 17, checkpoint.remote), the same way.
+OPTIONAL_CHECKPOINT_FIELDS = {"remote": None, "remote_options": None, "remote_keep_last": None,
+                              "remote_wait_seconds": 120.0,
+                              # issue 16: checkpoint.every: auto and its bounds
+                              "every": None, "expected_interruptions_per_hour": 0.5, "auto_min_seconds": 10.0,
+                              "auto_max_seconds": 3600.0}
 # data fields added after runs existed (issue 15), the same way: in the resolved config only when set.
 OPTIONAL_DATA_FIELDS = {"token_dtype": None, "validation_source": None, "validation_hub_split": None,
                         "max_train_tokens": None, "streaming": None, "shuffle_buffer": None}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
-from gptresume.errors import UsageError
+from gptresume.errors import UsageError, resolve_stop_exit_code
+from gptresume.remote.url import remote_problems
 from gptresume.training import distributed
 from gptresume.training.script import resume_mode, spec_for_trainer
 from gptresume.training.session import Options, Outcome, Session
@@ -14,12 +15,17 @@ log = logging.getLogger("gptresume")
 
 
 def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, keep_best, every_minutes,
-                    async_save, stop_at_step, exit_on_stop, data_fingerprint) -> Outcome:
+                    async_save, stop_at_step, exit_on_stop, data_fingerprint, stop_exit_code=None, remote=None,
+                    remote_options=None, remote_keep_last=None, remote_wait_seconds=120.0) -> Outcome:
     from gptresume.compat import warn_if_unchecked
     from gptresume.modeling import has_dropout
 
     args = trainer.args
     _check_trainer(trainer, every_minutes)
+    stop_exit_code = resolve_stop_exit_code(stop_exit_code)
+    problems = remote_problems(remote, remote_options, remote_keep_last, prefix="gptresume.train()")
+    if problems:
+        raise UsageError("\n".join(problems))
     warn_if_unchecked(log)
     if keep_last == "save_total_limit":
         keep_last = args.save_total_limit
@@ -28,7 +34,9 @@ def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, 
     mode, adopt = resume_mode(resume, args)
     options = Options(resume=mode, allow_change=allow_change, allow_partial=allow_partial, adopt=adopt,
                       keep_last=keep_last, keep_best=keep_best, every_minutes=every_minutes, async_save=async_save,
-                      stop_at_step=stop_at_step)
+                      stop_at_step=stop_at_step, stop_exit_code=stop_exit_code, remote=remote,
+                      remote_options=dict(remote_options or {}), remote_keep_last=remote_keep_last,
+                      remote_wait_seconds=remote_wait_seconds)
     world_size = args.world_size
     with Session(None, options) as session:
 
@@ -83,7 +91,10 @@ def _check_trainer(trainer, every_minutes) -> None:
     from gptresume.config.values import output_dir_problem, train_value_problems
 
     problems = train_value_problems(args.to_dict(), every_minutes, prefix="TrainingArguments.")
-    why = output_dir_problem(args.output_dir, "TrainingArguments.output_dir")
+    from gptresume.remote.url import output_dir_url_problem
+
+    why = (output_dir_url_problem(args.output_dir, "TrainingArguments.output_dir")
+           or output_dir_problem(args.output_dir, "TrainingArguments.output_dir"))
     problems += [why] if why else []
     if problems:
         raise UsageError("\n".join(problems))
@@ -105,7 +116,12 @@ def _already_complete(trainer, session: Session) -> Outcome:
     if distributed.is_main():  # finish what a kill during the last commit's retention left
         with run_lock(session.spec.run_dir):
             remove_leftovers(session.spec.run_dir)
-            apply_retention(session.spec.run_dir, session.options.keep_last, ckpt, session.options.keep_best)
+            guard = None
+            if session.options.remote:  # a checkpoint without a verified upload stays (remote/ledger.py)
+                from gptresume.remote.ledger import Ledger
+
+                guard = Ledger(session.spec.run_dir, session.remote.url).may_delete
+            apply_retention(session.spec.run_dir, session.options.keep_last, ckpt, session.options.keep_best, guard)
     load_finished_checkpoint(trainer, ckpt)
     log.warning("%s already reached max_steps (step %d): nothing to train; the trainer holds its model. To train "
                 "longer, raise max_steps and pass allow_change=['max_steps'].", ckpt, session.plan.step)

@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 class CommitCallback(TrainerCallback):
     """Make Trainer's saves crash-safe: a fresh directory per save, the manifest written last, then retention."""
 
-    def __init__(self, spec: RunSpec, keep_last: int | None, keep_best: bool = False, resume_state=lambda: None):
+    def __init__(self, spec: RunSpec, keep_last: int | None, keep_best: bool = False, resume_state=lambda: None,
+                 uploader=None):
         self.spec = spec
+        self.uploader = uploader  # checkpoint.remote (remote/uploader.py): each commit queued, retention guarded
         self.config_fingerprint = spec.fingerprint()
         self.keep_last, self.keep_best = keep_last, keep_best
         self.resume_state = resume_state  # () -> dict | None: what a changed resume decided, kept in each save
@@ -73,7 +75,10 @@ class CommitCallback(TrainerCallback):
                                       data_fingerprint=self.spec.data_fingerprint,
                                       world_size=world_size, train_samples=self.spec.train_samples)
             log.info(commit_line(ckpt.name, manifest, time.perf_counter() - started))
-            deleted = apply_retention(Path(args.output_dir), self.keep_last, ckpt, self.keep_best)
+            if self.uploader is not None:
+                self.uploader.submit(ckpt)
+            deleted = apply_retention(Path(args.output_dir), self.keep_last, ckpt, self.keep_best,
+                                      self.uploader.may_delete if self.uploader is not None else None)
             log.debug("Committed %s in %.3fs; removed %s", ckpt.name, time.perf_counter() - t0,
                       [p.name for p in deleted])
 

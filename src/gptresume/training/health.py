@@ -178,7 +178,8 @@ def conclude(session, trainer, event: Verdict, stop_reason: str | None, output):
         return _decide(session, trainer, event, stop_reason)
 
     status, step, checkpoint, reason = distributed.on_main(decide)
-    return Outcome(status, step, Path(checkpoint) if checkpoint else None, session.checkpoint, reason, output)
+    return Outcome(status, step, Path(checkpoint) if checkpoint else None, session.checkpoint, reason, output,
+                   session.options.stop_exit_code)  # a rollback left for a re-run reports like a stop
 
 
 def _decide(session, trainer, event: Verdict, stop_reason: str | None):

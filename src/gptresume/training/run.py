@@ -17,7 +17,7 @@ from gptresume.compat import warn_if_unchecked
 from gptresume.config import Config, dump_config
 from gptresume.data import PackedBlockCollator, load_texts, prepare_data, save_to_cache
 from gptresume.data.sources import remember_source_fingerprint
-from gptresume.errors import EXIT_OK, UsageError
+from gptresume.errors import EXIT_OK, EXIT_STOPPED, UsageError
 from gptresume.hub import use_cache_if_offline
 from gptresume.modeling import (
     build_model,
@@ -39,13 +39,18 @@ SAMPLE_PROMPTS = ("The", "A list", "def")
 
 
 def run_training(config: Config, resume: str = "auto", overwrite: bool = False, stop_at_step: int | None = None,
-                 allow_partial: bool = False, allow_change: list[str] | None = None, adopt_checkpoint: bool = False
-                 ) -> int:
+                 allow_partial: bool = False, allow_change: list[str] | None = None, adopt_checkpoint: bool = False,
+                 stop_exit_code: int = EXIT_STOPPED) -> int:
+    run_dir = config.run_dir
+    c = config.checkpoint
     options = Options(resume=resume, allow_change=list(allow_change or []), allow_partial=allow_partial,
-                      overwrite=overwrite, adopt=adopt_checkpoint, keep_last=config.checkpoint.keep_last,
-                      keep_best=keeps_best(config), every_minutes=config.checkpoint.every_minutes,
-                      async_save=config.checkpoint.async_save, stop_at_step=stop_at_step, health=config.health,
-                      auto_interval=config.checkpoint if config.checkpoint.every == "auto" else None)
+                      overwrite=overwrite, adopt=adopt_checkpoint, keep_last=c.keep_last, keep_best=keeps_best(config),
+                      every_minutes=c.every_minutes, async_save=c.async_save, stop_at_step=stop_at_step,
+                      stop_exit_code=stop_exit_code, remote=c.remote, remote_options=dict(c.remote_options or {}),
+                      remote_keep_last=c.remote_keep_last, remote_wait_seconds=c.remote_wait_seconds,
+                      health=config.health, auto_interval=c if c.every == "auto" else None)
+    spec = RunSpec(run_dir, config.to_dict(), tokenizer_from_checkpoint=True)
+    world_size = distributed.world_size()
     if distributed.is_main():
         warn_if_unchecked(log)  # exactness relies on the private behaviour listed in compat.py
     while True:
@@ -264,7 +269,12 @@ def _report_complete(config: Config, plan: ResumePlan) -> int:
     final = run_dir / FINAL_DIR
     with run_lock(run_dir):  # what a kill during the last commit's retention or during final/ left is finished
         remove_leftovers(run_dir)
-        apply_retention(run_dir, config.checkpoint.keep_last, plan.checkpoint.path, keeps_best(config))
+        guard = None
+        if config.checkpoint.remote:  # a checkpoint without a verified upload stays (remote/ledger.py)
+            from gptresume.remote.ledger import Ledger
+
+            guard = Ledger(run_dir, config.checkpoint.remote.rstrip("/")).may_delete
+        apply_retention(run_dir, config.checkpoint.keep_last, plan.checkpoint.path, keeps_best(config), guard)
     if not final.is_dir():  # finished training but died before writing final/: write it from the checkpoint
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

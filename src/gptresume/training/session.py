@@ -68,6 +68,16 @@ class Options:
     """config.schema.HealthConfig: what a NaN or a loss spike does (None: the defaults, stop on NaN)."""
     auto_interval: object = None
     """config.schema.CheckpointConfig when `checkpoint.every: auto` (the save interval from Daly's formula)."""
+    stop_exit_code: int = EXIT_STOPPED
+    """The exit code that reports a committed stop (75; e.g. 143 where a scheduler restarts only codes >= 128)."""
+    remote: str | None = None
+    """checkpoint.remote: an fsspec URL every committed checkpoint is uploaded to (gptresume/remote/)."""
+    remote_options: dict = field(default_factory=dict)
+    """fsspec options of the remote's file system (endpoint_url, ...)."""
+    remote_keep_last: int | None = None
+    """Remote checkpoints to keep; None keeps all."""
+    remote_wait_seconds: float = 120.0
+    """How long the end of training (or a stop) waits for pending uploads."""
 
 
 @dataclass
@@ -89,6 +99,8 @@ class Outcome:
     """Why it stopped (SIGTERM, SIGINT, SIGUSR1, stop_at_step N)."""
     train_output: object = None
     """What `trainer.train()` returned (a `transformers.trainer_utils.TrainOutput`), when it ran."""
+    stop_code: int = EXIT_STOPPED
+    """The exit code of a committed stop (Options.stop_exit_code)."""
 
     @property
     def stopped(self) -> bool:
@@ -96,11 +108,11 @@ class Outcome:
 
     @property
     def exit_code(self) -> int:
-        """The CLI's exit code for this outcome: 75 after a committed stop (or a rollback a re-run continues), 1 after
-        a health stop, else 0."""
+        """The CLI's exit code for this outcome: 75 (or Options.stop_exit_code) after a committed stop (or a
+        rollback a re-run continues), 1 after a health stop, else 0."""
         if self.status == "unhealthy":
             return EXIT_UNHEALTHY
-        return EXIT_STOPPED if self.stopped or self.status == "rollback" else EXIT_OK
+        return self.stop_code if self.stopped or self.status == "rollback" else EXIT_OK
 
 
 class Session:
@@ -115,6 +127,8 @@ class Session:
         self._stop = None
         self._commit = None
         self._health = None
+        self._uploader = None
+        self._remote = None
 
     def __enter__(self) -> Session:
         return self
@@ -144,15 +158,45 @@ class Session:
 
     def decide(self, world_size: int) -> ResumePlan:
         o = self.options
-        # check: a checkpoint whose state would not load (resume/plan.py `loads`) is skipped like an invalid one
+        check = loads(self.spec)  # a checkpoint whose state would not load (resume/plan.py) is skipped like an invalid one
+        if o.remote:
+            self._check_remote()
+            self._fetch_remote(check)
         self.plan = plan_resume(self.spec, o.resume, o.overwrite, o.allow_partial, o.allow_change, o.adopt,
-                                world_size, check=loads(self.spec))
+                                world_size, check=check)
         if self.plan.checkpoint is not None and not self.plan.adopt:  # a rollback to it skips data (health/)
             from gptresume.health.rollback import pending_skip
             from gptresume.rundir import read_history
 
             self.plan.skip_samples = pending_skip(read_history(self.spec.run_dir), self.plan.step)
         return self.plan
+
+    @property
+    def remote(self):
+        if self._remote is None and self.options.remote:
+            from gptresume.remote.url import Remote
+
+            self._remote = Remote(self.options.remote, dict(self.options.remote_options or {}))
+        return self._remote
+
+    def _check_remote(self) -> None:
+        """The storage check (write, read back, delete a probe), before anything is written locally."""
+        from gptresume.remote.probe import check_remote
+
+        check_remote(self.remote)
+
+    def _fetch_remote(self, check) -> None:
+        """No usable local checkpoint (a new machine, a wiped disk): download the newest valid remote one."""
+        from gptresume.checkpoint import newest_valid
+        from gptresume.remote.fetch import fetch_newest_valid
+        from gptresume.remote.transfer import remote_checkpoints
+
+        if self.options.resume not in ("auto", "must") or newest_valid(self.spec.run_dir, check)[0] is not None:
+            return
+        if not remote_checkpoints(self.remote):
+            return
+        self._take_lock()
+        fetch_newest_valid(self.remote, self.spec.run_dir)
 
     def check_inputs(self, dropout: bool) -> None:
         """Changed data (by `spec.data_fingerprint`) and, with dropout on, a changed eval cadence."""
@@ -225,7 +269,11 @@ class Session:
                 state["health"] = detector.state()
             return state or None
 
-        self._commit = CommitCallback(self.spec, o.keep_last, o.keep_best, resume_state)
+        if o.remote and distributed.is_main():
+            from gptresume.remote.uploader import Uploader
+
+            self._uploader = Uploader(self.remote, self.spec.run_dir, o.remote_keep_last).start()
+        self._commit = CommitCallback(self.spec, o.keep_last, o.keep_best, resume_state, self._uploader)
         callbacks.append(self._commit)  # sees every other save decision
         if auto:
             callbacks.append(auto.probe)  # after the commit: the pause it measures includes it
@@ -253,8 +301,13 @@ class Session:
         try:
             with finishing_saves(trainer):  # an asynchronous save in flight is committed before we go on
                 output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        except BaseException:
+            if self._uploader is not None:  # a crash or a second Ctrl-C does not wait for uploads
+                self._uploader.close()
+            raise
         finally:
             stop.uninstall()
+        self._finish_uploads()  # done or stopped: the uploads of the newest checkpoints, then retention
         step = trainer.state.global_step
         run_dir = self.spec.run_dir
         newest = run_dir / f"checkpoint-{step}"
@@ -265,8 +318,29 @@ class Session:
         if self._stop.stopped_at is not None:
             if distributed.is_main():
                 append_history(run_dir, "stopped", step=step, reason=stop.reason)
-            return Outcome("stopped", step, newest, ckpt, stop.reason, output)
+            return Outcome("stopped", step, newest, ckpt, stop.reason, output, self.options.stop_exit_code)
         return Outcome("complete", step, newest, ckpt, None, output)
+
+    def _finish_uploads(self) -> None:
+        """Wait (up to remote_wait_seconds) for pending uploads, then let retention delete the local checkpoints
+        whose uploads were verified meanwhile."""
+        uploader, self._uploader = self._uploader, None
+        if uploader is None:
+            return
+        from gptresume.checkpoint import apply_retention, list_checkpoints
+        from gptresume.checkpoint.files import MANIFEST_NAME
+
+        o = self.options
+        if uploader.pending:
+            print(f"Waiting up to {o.remote_wait_seconds:g}s for uploads to {o.remote}: "
+                  f"{', '.join(uploader.pending)}", flush=True)
+        if not uploader.drain(o.remote_wait_seconds):
+            log.warning("Uploads to %s still pending after %gs: %s. They stay committed locally and are uploaded "
+                        "by the next start of this run.", o.remote, o.remote_wait_seconds, ", ".join(uploader.pending))
+        uploader.close()
+        committed = [p for p in list_checkpoints(self.spec.run_dir) if (p / MANIFEST_NAME).is_file()]
+        if committed:
+            apply_retention(self.spec.run_dir, o.keep_last, committed[-1], o.keep_best, uploader.may_delete)
 
     def record_complete(self, step: int) -> None:
         if distributed.is_main():

@@ -1,0 +1,76 @@
+"""RUN_DIR/remote-uploads.json: which committed local checkpoints have a verified copy at the remote URL.
+
+Local retention asks it before deleting (`may_delete`): a checkpoint stays on the local disk until its upload is
+verified. A checkpoint is identified by its name and the sha256 of its manifest's bytes, so a checkpoint that was
+set aside and saved again under the same name is not mistaken for the uploaded one. Kept across restarts: a start
+uploads the committed checkpoints the ledger does not list (a process killed before its uploads finished).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+
+from gptresume.checkpoint.files import CHECKPOINT_RE, MANIFEST_NAME
+from gptresume.durable import atomic_write_text
+from gptresume.rundir import REMOTE_LEDGER_NAME
+
+
+def manifest_id(ckpt: Path) -> str | None:
+    """sha256 of the checkpoint's manifest.json bytes (None without one): which commit of this name it is."""
+    try:
+        return hashlib.sha256((Path(ckpt) / MANIFEST_NAME).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+class Ledger:
+    def __init__(self, run_dir: Path, url: str):
+        self.path = Path(run_dir) / REMOTE_LEDGER_NAME
+        self.url = url
+        self._lock = threading.Lock()
+        self.verified: dict[str, dict] = {}
+        try:
+            saved = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        if isinstance(saved, dict) and saved.get("url") == url and isinstance(saved.get("verified"), dict):
+            self.verified = {k: v for k, v in saved["verified"].items() if CHECKPOINT_RE.match(k) and isinstance(v, dict)}
+
+    def is_verified(self, ckpt: Path) -> bool:
+        with self._lock:
+            entry = self.verified.get(Path(ckpt).name)
+        return entry is not None and entry.get("manifest_sha256") == manifest_id(ckpt)
+
+    def may_delete(self, ckpt: Path) -> bool:
+        """Local retention's guard: True when the remote holds a verified copy of this very commit."""
+        return self.is_verified(ckpt)
+
+    def record(self, ckpt: Path) -> None:
+        with self._lock:
+            self.verified[Path(ckpt).name] = {"manifest_sha256": manifest_id(ckpt),
+                                               "verified": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            self._save()
+
+    def removed_remotely(self, names) -> None:
+        """Remote retention deleted these remote copies. The entries stay: a local copy of a checkpoint whose
+        upload was verified may still be deleted (remote retention only removes copies older than newer verified
+        ones, so the newest state is safe either way)."""
+        with self._lock:
+            for n in names:
+                if n in self.verified:
+                    self.verified[n]["removed_remotely"] = True
+            self._save()
+
+    def names(self) -> list[str]:
+        """Checkpoints with a verified copy still on the remote (what remote retention counts)."""
+        with self._lock:
+            return [n for n, e in self.verified.items() if not e.get("removed_remotely")]
+
+    def _save(self) -> None:
+        if self.path.parent.is_dir():
+            atomic_write_text(self.path, json.dumps({"url": self.url, "verified": self.verified}, indent=1,
+                                                    sort_keys=True))

@@ -1,0 +1,116 @@
+"""What a remote location is: an fsspec URL (`s3://bucket/prefix`, `gs://`, `az://`, `file:///...`) and the fsspec
+options for its file system. Credentials come from the usual environment variables (AWS_ACCESS_KEY_ID,
+GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*...), never from the config: the config is copied into
+config.yaml and into every checkpoint's manifest, and uploaded with them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# scheme://..., as fsspec reads it (a Windows drive letter "C:\" is not a scheme: at least two letters)
+URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+)://")
+# fsspec option names that carry secrets (s3fs, gcsfs, adlfs): refused in the config, taken from the environment.
+SECRET_OPTIONS = ("key", "secret", "token", "password", "account_key", "sas_token", "client_secret",
+                  "connection_string", "credentials", "session_token", "aws_secret_access_key",
+                  "aws_access_key_id", "aws_session_token")
+
+
+def scheme(text) -> str | None:
+    """The URL scheme of `text` (`s3`), or None for a plain path."""
+    m = URL_RE.match(text) if isinstance(text, str) else None
+    return m.group(1).lower() if m else None
+
+
+def output_dir_url_problem(value, field_name: str = "train.output_dir") -> str | None:
+    """A URL as the run directory would be trained into a local directory named after it (`s3:/bucket/run`)."""
+    if scheme(value if isinstance(value, str) else None):
+        return (f"{field_name}: {value} is a URL; the run directory must be a local path (training writes, locks "
+                f"and fsyncs it). Keep train.output_dir local and set checkpoint.remote: {value} to upload every "
+                "committed checkpoint there (and resume from it when the local directory is gone)")
+    return None
+
+
+def remote_problems(url, options, keep_last, prefix: str = "checkpoint") -> list[str]:
+    """Problems with `checkpoint.remote`, `remote_options`, `remote_keep_last` that need no network."""
+    out = []
+    if url is not None:
+        if not isinstance(url, str) or not scheme(url):
+            out.append(f"{prefix}.remote: {url!r} is not a URL; give an fsspec URL such as s3://bucket/runs/demo "
+                       "(or file:///mnt/shared/runs/demo)")
+        elif not url.split("://", 1)[1].strip("/"):
+            out.append(f"{prefix}.remote: {url} names no bucket or directory")
+    if options is not None:
+        if not isinstance(options, dict):
+            out.append(f"{prefix}.remote_options: must be a mapping of fsspec options (e.g. endpoint_url)")
+        else:
+            secrets = sorted(k for k in options if str(k).lower() in SECRET_OPTIONS)
+            if secrets:
+                out.append(f"{prefix}.remote_options: {', '.join(secrets)}: credentials do not belong in the config "
+                           "(it is copied into config.yaml and every manifest); set them in the environment "
+                           "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, "
+                           "AZURE_STORAGE_ACCOUNT_KEY, ...)")
+        if url is None:
+            out.append(f"{prefix}.remote_options: set without checkpoint.remote")
+    if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
+        out.append(f"{prefix}.remote_keep_last: must be at least 1, or null to keep every remote checkpoint")
+    return out
+
+
+@dataclass
+class Remote:
+    """A remote run directory: `url` and the fsspec options of its file system. The file system is created on
+    first use (fsspec and the backend, e.g. s3fs, are imported then)."""
+
+    url: str
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.url = self.url.rstrip("/")
+        self._fs = None
+        self._root = None
+
+    @property
+    def fs(self):
+        if self._fs is None:
+            self._fs, self._root = open_fs(self.url, self.options)
+        return self._fs
+
+    @property
+    def root(self) -> str:
+        self.fs  # noqa: B018 (resolves the root)
+        return self._root
+
+    def path(self, *parts: str) -> str:
+        """The backend path (no scheme) of RUN/parts."""
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def label(self, *parts: str) -> str:
+        """The URL of RUN/parts, for messages."""
+        return "/".join([self.url, *parts])
+
+
+def open_fs(url: str, options: dict | None = None):
+    """(file system, root path) for `url`, with fsspec's instance cache off: a process that forked (the tests'
+    fork server, DataLoader workers) must not share a cached client's event loop or connections."""
+    try:
+        from fsspec.core import url_to_fs
+    except ImportError:  # pragma: no cover - fsspec is a dependency of datasets
+        from gptresume.errors import UsageError
+
+        raise UsageError("checkpoint.remote needs fsspec: pip install 'gptresume[remote]'") from None
+    import logging
+
+    for name in ("botocore.credentials", "aiobotocore.credentials"):  # "Found credentials in ..." on every client
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        return url_to_fs(url, skip_instance_cache=True, **dict(options or {}))
+    except ImportError as e:
+        from gptresume.errors import UsageError
+
+        raise UsageError(f"checkpoint.remote: {url}: the file system for {scheme(url)}:// is not installed ({e}); "
+                         "for s3:// pip install 'gptresume[remote]' (s3fs), for gs:// gcsfs, for az:// adlfs") from None
+    except ValueError as e:
+        from gptresume.errors import UsageError
+
+        raise UsageError(f"checkpoint.remote: {url}: {e}") from None

@@ -1,0 +1,152 @@
+"""checkpoint.remote against a real S3-compatible server (moto's standalone server on 127.0.0.1, through s3fs):
+upload and verification, a resume from the bucket after the local run directory is gone (bitwise equal to an
+uninterrupted run, skipping a corrupted and an unfinished remote checkpoint by name), an outage of the server
+during an upload, and a wrong bucket or endpoint refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+
+from conftest import (
+    assert_bitwise_equal,
+    assert_refused,
+    final_weights,
+    run_cli,
+    start_cli,
+    train_losses,
+    write_config,
+)
+from s3server import CREDENTIALS, S3Server
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "ckpts"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """The server: 127.0.0.1 only, stopped by the fixture."""
+    server = S3Server().start()
+    server.create_bucket(BUCKET)
+    yield server
+    server.stop()
+
+
+def env_for(server: S3Server, **more) -> dict:
+    return {**CREDENTIALS, "AWS_ENDPOINT_URL": server.endpoint, **more}
+
+
+def config_with_remote(tmp_path, server, prefix, name="remote.yaml", **checkpoint):
+    return write_config(tmp_path, name, checkpoint={"keep_last": 1, "remote": f"s3://{BUCKET}/{prefix}",
+                                                    "remote_options": {"endpoint_url": server.endpoint},
+                                                    **checkpoint})
+
+
+def remote_names(server, prefix) -> list[str]:
+    fs = server.fs()
+    return sorted(p.split(f"{BUCKET}/{prefix}/", 1)[1] for p in fs.find(f"{BUCKET}/{prefix}"))
+
+
+def test_upload_verify_and_resume_from_the_bucket_bitwise(tmp_path, s3):
+    reference = run_cli(tmp_path, "train", write_config(tmp_path, "ref.yaml", train={"output_dir": str(tmp_path / "ref")}))
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    config = config_with_remote(tmp_path, s3, "run1")
+    env = env_for(s3)
+
+    # a committed stop reported with the code a Kubeflow ExitCode policy restarts
+    first = run_cli(tmp_path, "train", config, "--stop-at-step", "8", "--stop-exit-code", "143", env=env)
+    assert first.returncode == 143, first.stdout + first.stderr
+    # every committed checkpoint uploaded, manifest included, and verified (the ledger records it)
+    files = remote_names(s3, "run1")
+    manifest = json.loads((tmp_path / "run" / "checkpoint-8" / "manifest.json").read_text())
+    assert set(files) == {f"checkpoint-{step}/{rel}" for step in (4, 8) for rel in [*manifest["files"], "manifest.json"]}
+    ledger = json.loads((tmp_path / "run" / "remote-uploads.json").read_text())
+    assert set(ledger["verified"]) == {"checkpoint-4", "checkpoint-8"}
+    assert "verified" in first.stderr
+    # keep_last 1: checkpoint-4 went locally only once its upload was verified; the bucket keeps both
+    assert not (tmp_path / "run" / "checkpoint-4").exists()
+    checked = run_cli(tmp_path, "verify", f"s3://{BUCKET}/run1", env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"ok       s3://{BUCKET}/run1/checkpoint-8" in checked.stdout
+
+    # the machine is gone; the newest remote checkpoint is damaged, a newer one never finished uploading
+    shutil.rmtree(tmp_path / "run")
+    fs = s3.fs()
+    fs.pipe_file(f"{BUCKET}/run1/checkpoint-8/model.safetensors", b"not the weights")
+    fs.pipe_file(f"{BUCKET}/run1/checkpoint-12/model.safetensors", b"half an upload")
+    second = run_cli(tmp_path, "train", config, env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    out = second.stdout + second.stderr
+    assert f"skipping remote s3://{BUCKET}/run1/checkpoint-12: no manifest.json" in out
+    assert f"skipping remote s3://{BUCKET}/run1/checkpoint-8: model.safetensors: wrong size" in out
+    assert f"Downloaded s3://{BUCKET}/run1/checkpoint-4 (verified)" in out
+    assert "Resuming from" in out and "checkpoint-4" in out
+
+    ref_losses, losses = train_losses(tmp_path / "ref"), train_losses(tmp_path / "run")
+    assert all(losses[s] == ref_losses[s] for s in range(5, 13)), (losses, ref_losses)
+    assert_bitwise_equal(final_weights(tmp_path / "ref"), final_weights(tmp_path / "run"))
+    status = run_cli(tmp_path, "status", f"s3://{BUCKET}/run1", env=env)
+    assert status.returncode == 0, status.stderr
+    assert "checkpoint-12" in status.stdout and f"Run s3://{BUCKET}/run1" in status.stdout
+
+
+def test_server_down_during_an_upload(tmp_path, s3):
+    # one attempt per request inside s3fs/botocore, so the outage reaches gptresume's own retries at once
+    config = config_with_remote(tmp_path, s3, "run2", remote_wait_seconds=300,
+                                remote_options={"endpoint_url": s3.endpoint,
+                                                "config_kwargs": {"retries": {"max_attempts": 1}}})
+    proc = start_cli(tmp_path, "train", config, env=env_for(s3, GPTRESUME_TEST_UPLOAD_DELAY="4:2"))
+    lines = []
+
+    def read_until(fragment, also=lambda: True):
+        for line in proc.stdout:
+            lines.append(line)
+            if fragment in line and also():
+                return
+        raise AssertionError("".join(lines))
+
+    try:
+        read_until("the upload of checkpoint-4 sleeps")
+        s3.stop()  # mid-upload: the first file of checkpoint-4 is there, the rest and its manifest are not
+        # the failure is reported and retried; training goes on and commits checkpoint-8 meanwhile
+        read_until("failed (attempt", lambda: (tmp_path / "run" / "checkpoint-8" / "manifest.json").is_file())
+        inspector = S3Server().start()  # the same in-process storage, seen through another port
+        try:
+            held = inspector.fs().find(f"{BUCKET}/run2")
+        finally:
+            inspector.stop()
+        assert any("checkpoint-4/" in p for p in held), held  # the upload had started...
+        assert not any(p.endswith("manifest.json") for p in held), held  # ...and committed nothing
+        assert (tmp_path / "run" / "checkpoint-4" / "manifest.json").is_file()  # kept locally: not verified yet
+    finally:
+        s3.start()  # the server is back, on the same port
+    rest = proc.stdout.read()
+    out = "".join(lines) + rest
+    assert proc.wait(timeout=300) == 0, out
+    assert "Upload of checkpoint-4 to s3://" in out and "Training goes on" in out
+    files = remote_names(s3, "run2")
+    for step in (4, 8, 12):
+        assert f"checkpoint-{step}/manifest.json" in files, files
+    ledger = json.loads((tmp_path / "run" / "remote-uploads.json").read_text())
+    assert set(ledger["verified"]) == {"checkpoint-4", "checkpoint-8", "checkpoint-12"}
+    assert not (tmp_path / "run" / "checkpoint-4").exists()  # verified, then removed by keep_last 1
+    checked = run_cli(tmp_path, "verify", f"s3://{BUCKET}/run2", env=env_for(s3))
+    assert checked.returncode == 0 and checked.stdout.count("ok ") == 3, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("where", ["bucket", "endpoint"])
+def test_wrong_bucket_or_endpoint_is_refused_before_anything_is_written(tmp_path, s3, where):
+    if where == "bucket":
+        url, endpoint = "s3://no-such-bucket/run", s3.endpoint
+    else:
+        url, endpoint = f"s3://{BUCKET}/run", "http://127.0.0.1:9"  # nothing listens on the discard port
+    config = write_config(tmp_path, checkpoint={"remote": url, "remote_options": {
+        "endpoint_url": endpoint, "config_kwargs": {"retries": {"max_attempts": 1}}}})
+    result = run_cli(tmp_path, "train", config, env=CREDENTIALS)
+    assert_refused(result, f"checkpoint.remote: could not write a probe object to {url}",
+                   "The specified bucket does not exist" if where == "bucket" else "Could not connect to the endpoint URL")
+    assert not (tmp_path / "run").exists()
