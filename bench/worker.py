@@ -294,11 +294,12 @@ def measure_hashing(run_dir: Path, book: SaveBook) -> None:
     writes the same files of the same size), after training, so neither is added to the run being timed:
 
     - hash_s: `gptresume.durable.hash_file` (the function the commit streams every file through) re-run on each
-      file the manifest lists, checked against the manifest's digest. The files were just written and read by
+      file the manifest lists, with the digest the manifest records, checked against it. The files were just written and read by
       the commit, so, as during the commit, they come from the page cache.
     - fsync_s: each file copied to a scratch file (dirty pages, as a file torch.save has just written) and
       `os.fsync` of the copy timed: what the commit's fsync of a freshly written file costs on this disk.
     """
+    from gptresume.checkpoint.manifest import file_digest
     from gptresume.durable import hash_file
 
     scratch = run_dir / ".bench-fsync-copy"
@@ -307,11 +308,12 @@ def measure_hashing(run_dir: Path, book: SaveBook) -> None:
         hash_s = fsync_s = 0.0
         size = 0
         for name, meta in json.loads(manifest.read_text())["files"].items():
+            algorithm, expected = file_digest(meta)  # the digest the commit used (xxh3_128 in format 2)
             t = time.perf_counter()
-            n, digest = hash_file(ckpt / name)
+            n, digest = hash_file(ckpt / name, digest=algorithm)
             hash_s += time.perf_counter() - t
-            if digest != meta["sha256"]:
-                raise RuntimeError(f"{ckpt / name}: sha256 differs from its manifest")
+            if digest != expected:
+                raise RuntimeError(f"{ckpt / name}: {algorithm} differs from its manifest")
             size += n
             shutil.copyfile(ckpt / name, scratch)
             fd = os.open(scratch, os.O_RDONLY)

@@ -1,6 +1,11 @@
 """Durable writes and file hashing: what makes a file either absent or complete and checkable after a crash.
 
 Shared by checkpoint commits, the run directory's books and the tools (nothing here imports torch or HF).
+
+Digests: a checkpoint's files are hashed to catch torn, truncated and flipped files, not an adversary, so new
+manifests record xxh3-128 (the `xxhash` package: about 8x faster than sha256 on one core, and hashing is all of
+`gptresume verify` and of start-up verification). sha256 stays readable: a manifest names the digest it used
+and verification follows it (`DIGESTS`).
 """
 
 from __future__ import annotations
@@ -9,7 +14,22 @@ import hashlib
 import os
 from pathlib import Path
 
-HASH_CHUNK = 8 << 20
+HASH_CHUNK = 1 << 20  # fits in L2: measured faster than 8 MiB chunks for both digests
+
+DEFAULT_DIGEST = "xxh3_128"
+
+
+def _xxh3_128():
+    import xxhash  # imported on first use: the tools that never hash do not pay for it
+
+    return xxhash.xxh3_128()
+
+
+# name -> (new hasher, hex digits): the digests a manifest may record, the name being the key in its file entries.
+DIGESTS = {
+    "xxh3_128": (_xxh3_128, 32),
+    "sha256": (hashlib.sha256, 64),
+}
 
 
 def fsync_dir(path: Path) -> None:
@@ -31,14 +51,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     fsync_dir(path.parent)
 
 
-def hash_file(path: Path, fsync: bool = False) -> tuple[int, str]:
-    """(size, sha256) streamed in chunks; with fsync=True also forces the bytes to disk first."""
-    h = hashlib.sha256()
+def hash_file(path: Path, fsync: bool = False, digest: str = "sha256") -> tuple[int, str]:
+    """(size, hex digest) streamed in chunks into one reused buffer (no allocation per chunk: at xxh3 speed the
+    copies would be most of the cost); with fsync=True also forces the bytes to disk first. `digest`: a DIGESTS
+    name (sha256 by default, as before the digest was a choice)."""
+    h = DIGESTS[digest][0]()
     size = 0
-    with open(path, "rb") as f:
+    buf = bytearray(HASH_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
         if fsync:
             os.fsync(f.fileno())
-        while chunk := f.read(HASH_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            size += n
     return size, h.hexdigest()

@@ -153,7 +153,7 @@ def test_corrupted_newest_checkpoint_falls_back_and_names_the_file(reference1):
     data[len(data) // 3] ^= 0xFF
     model_file.write_bytes(bytes(data))
     verify = run_cli(tmp, "verify", run)
-    assert verify.returncode == 2 and "checkpoint-12: model.safetensors: wrong sha256" in verify.stdout
+    assert verify.returncode == 2 and "checkpoint-12: model.safetensors: wrong xxh3_128" in verify.stdout
     resumed = run_elsewhere(tmp, config, "corrupt")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "skipping" in resumed.stderr and "checkpoint-12" in resumed.stderr and "model.safetensors" in resumed.stderr

@@ -86,10 +86,10 @@ def test_status_after_a_corrupted_checkpoint_names_it_and_the_fallback(run, tmp_
 
     status = collect_status(copy)
     assert status.resume_from == "checkpoint-8" and not status.complete
-    assert status.skipped == {"checkpoint-12": ["model.safetensors: wrong sha256 (contents changed since the "
+    assert status.skipped == {"checkpoint-12": ["model.safetensors: wrong xxh3_128 (contents changed since the "
                                                 "checkpoint was committed)"]}
     text = format_status(status)
-    assert "INVALID: model.safetensors: wrong sha256" in text
+    assert "INVALID: model.safetensors: wrong xxh3_128" in text
     assert "train --resume auto: checkpoint-8" in text and "skips checkpoint-12: model.safetensors" in text
     assert "complete: no" in text
 

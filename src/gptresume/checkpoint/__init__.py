@@ -18,6 +18,7 @@ from gptresume.checkpoint.files import (  # noqa: F401
 )
 from gptresume.checkpoint.manifest import (  # noqa: F401
     MANIFEST_FORMAT,
+    file_digest,
     CheckpointInfo,
     describe_skip,
     library_versions,
@@ -37,4 +38,4 @@ from gptresume.checkpoint.retention import (  # noqa: F401
     protected,
     set_aside,
 )
-from gptresume.durable import atomic_write_text, fsync_dir, hash_file  # noqa: F401
+from gptresume.durable import DIGESTS, atomic_write_text, fsync_dir, hash_file  # noqa: F401

@@ -2,7 +2,11 @@
 
 A `checkpoint-N/` directory is exactly what `Trainer` writes, plus `manifest.json`, written last and atomically
 after every file is fsynced. A checkpoint is valid iff its manifest exists and every listed file has the
-recorded size and sha256.
+recorded size and digest.
+
+Formats: 1 records sha256 per file; 2 (written now) records xxh3-128 (`"xxh3_128"`) and names it in `"digest"`.
+Verification is driven by what each file entry records (`file_digest`), so format 1 manifests keep verifying and a
+caller holding any checkpoint (a local one, one downloaded from object storage) just calls `verify_checkpoint`.
 """
 
 from __future__ import annotations
@@ -29,11 +33,15 @@ from gptresume.checkpoint.files import (
     TRAINER_STATE_NAME,
     list_checkpoints,
 )
-from gptresume.durable import atomic_write_text, fsync_dir, hash_file
+from gptresume.durable import DEFAULT_DIGEST, DIGESTS, atomic_write_text, fsync_dir, hash_file
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
+"""The newest format this gptresume reads and the one it writes (1: sha256 per file; 2: a named digest)."""
+
+# The digest each format records when it is written (verification reads the entry, not this table).
+FORMAT_OF_DIGEST = {"sha256": 1, "xxh3_128": 2}
 
 
 @dataclass
@@ -74,15 +82,18 @@ def library_versions() -> dict:
 
 def write_manifest(ckpt: Path, *, step: int, epoch: float | None, config: dict, config_fingerprint: str,
                    data_fingerprint: str | None, world_size: int, adopted: bool = False,
-                   train_samples: int | None = None) -> dict:
-    """Commit `ckpt`: hash and fsync every file, then write manifest.json atomically (the commit point)."""
+                   train_samples: int | None = None, digest: str = DEFAULT_DIGEST) -> dict:
+    """Commit `ckpt`: hash and fsync every file, then write manifest.json atomically (the commit point).
+
+    `digest`: xxh3_128 (format 2, the default) or sha256 (format 1, what older gptresume versions read)."""
     files = {}
     for p in _checkpoint_files(ckpt):
-        size, digest = hash_file(p, fsync=True)
-        files[p.relative_to(ckpt).as_posix()] = {"bytes": size, "sha256": digest}
+        size, hexdigest = hash_file(p, fsync=True, digest=digest)
+        files[p.relative_to(ckpt).as_posix()] = {"bytes": size, digest: hexdigest}
     fsync_dir(ckpt)
     manifest = {
-        "format": MANIFEST_FORMAT,
+        "format": FORMAT_OF_DIGEST[digest],
+        **({"digest": digest} if digest != "sha256" else {}),
         "step": step,
         "epoch": epoch,
         "files": files,
@@ -122,7 +133,8 @@ def read_manifest(ckpt: Path) -> tuple[dict | None, str | None]:
 
 def verify_checkpoint(ckpt: Path, hash_files: bool = True) -> CheckpointInfo:
     """Check a checkpoint against its manifest: the manifest's schema; every listed file present (a regular file,
-    no symbolic link on the way), of the right size and (streamed) sha256; the step of the manifest, of
+    no symbolic link on the way), of the right size and (streamed) digest, the one its entry records (sha256 in
+    format 1, xxh3-128 in format 2: see `file_digest`); the step of the manifest, of
     trainer_state.json and of the directory name the same. Never raises for anything found on disk."""
     ckpt = Path(ckpt)
     m = CHECKPOINT_RE.match(ckpt.name)
@@ -154,8 +166,11 @@ def verify_checkpoint(ckpt: Path, hash_files: bool = True) -> CheckpointInfo:
             if size != meta["bytes"]:
                 info.faults.append(f"{rel}: wrong size ({size} bytes, manifest says {meta['bytes']})")
                 continue
-            if hash_files and hash_file(p)[1] != meta["sha256"]:
-                info.faults.append(f"{rel}: wrong sha256 (contents changed since the checkpoint was committed)")
+            if hash_files:
+                algorithm, expected = file_digest(meta)
+                if hash_file(p, digest=algorithm)[1] != expected:
+                    info.faults.append(f"{rel}: wrong {algorithm} (contents changed since the checkpoint was "
+                                       "committed)")
         except OSError as e:
             info.faults.append(f"{rel}: unreadable ({e.strerror or e})")
     if not info.faults:
@@ -203,7 +218,27 @@ def _trainer_state_faults(ckpt: Path, manifest: dict) -> list[str]:
 
 # ---------------------------------------------------------------- the manifest's schema
 
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+HEX_RE = re.compile(r"^[0-9a-f]+$")
+
+
+def file_digest(meta: dict) -> tuple[str, str]:
+    """(digest name, hex) recorded in one `files` entry: the first DIGESTS name it holds (an entry validated by
+    `manifest_problems` holds one). What verification hashes with, whichever gptresume wrote the manifest."""
+    for name in DIGESTS:
+        if name in meta:
+            return name, meta[name]
+    raise KeyError(f"no digest among {', '.join(DIGESTS)}")
+
+
+def _entry_ok(meta, digest_names) -> bool:
+    """{bytes: non-negative int, NAME: hex of NAME's length} for at least one allowed digest NAME."""
+    if not (isinstance(meta, dict) and _is_int(meta.get("bytes")) and meta["bytes"] >= 0):
+        return False
+    present = [n for n in DIGESTS if n in meta]
+    if not present or any(n not in digest_names for n in present):
+        return False
+    return all(isinstance(meta[n], str) and len(meta[n]) == DIGESTS[n][1] and HEX_RE.match(meta[n])
+               for n in present)
 
 
 def _is_int(v) -> bool:
@@ -222,7 +257,8 @@ def _opt(check):
 MANIFEST_SCHEMA = {
     "format": (True, lambda v: _is_int(v) and 1 <= v <= MANIFEST_FORMAT, f"an integer from 1 to {MANIFEST_FORMAT}"),
     "step": (True, lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-    "files": (True, lambda v: isinstance(v, dict), "an object of file -> {bytes, sha256}"),
+    "files": (True, lambda v: isinstance(v, dict), "an object of file -> {bytes, digest}"),
+    "digest": (False, lambda v: v in DIGESTS, f"one of {', '.join(DIGESTS)}"),
     "config": (True, lambda v: isinstance(v, dict) and all(isinstance(s, dict) for s in v.values()),
                "an object of sections"),
     "epoch": (False, _opt(_is_number), "a number or null"),
@@ -239,7 +275,8 @@ MANIFEST_SCHEMA = {
 
 def manifest_problems(manifest) -> list[str]:
     """What is wrong with a parsed manifest (empty when it may be used): key types, and a `files` object whose
-    keys are relative paths that stay inside the checkpoint and whose values are {bytes: int, sha256: hex}."""
+    keys are relative paths that stay inside the checkpoint and whose values are {bytes: int, DIGEST: hex}:
+    sha256 in format 1; in format 2 the digest the manifest names (xxh3_128 when it names none), or sha256."""
     if not isinstance(manifest, dict):
         return [f"expected a JSON object, got {type(manifest).__name__}"]
     problems = []
@@ -254,15 +291,20 @@ def manifest_problems(manifest) -> list[str]:
             else:
                 problems.append(f"'{key}' must be {what} (got {_short(manifest[key])})")
     files = manifest.get("files")
+    if manifest.get("format") == 1:
+        allowed = ("sha256",)
+    else:
+        named = manifest.get("digest") if manifest.get("digest") in DIGESTS else DEFAULT_DIGEST
+        allowed = tuple(dict.fromkeys((named, "sha256")))
+    what = " or ".join(f'"{n}": {DIGESTS[n][1]} lowercase hex digits' for n in allowed)
     if isinstance(files, dict):
         for rel, meta in files.items():
             why = path_problem(rel)
             if why:
                 problems.append(f"files: {_short(rel)} {why}")
-            elif not (isinstance(meta, dict) and _is_int(meta.get("bytes")) and meta["bytes"] >= 0
-                      and isinstance(meta.get("sha256"), str) and SHA256_RE.match(meta["sha256"])):
-                problems.append(f"files: {rel}: must be {{\"bytes\": a non-negative integer, \"sha256\": 64 "
-                                f"lowercase hex digits}} (got {_short(meta)})")
+            elif not _entry_ok(meta, allowed):
+                problems.append(f"files: {rel}: must be {{\"bytes\": a non-negative integer, {what}}} "
+                                f"(got {_short(meta)})")
     return problems
 
 

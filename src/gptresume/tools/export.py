@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from gptresume.checkpoint import fsync_dir
+from gptresume.checkpoint.manifest import file_digest
 from gptresume.errors import UsageError
 from gptresume.rundir import TOKENIZER_DIR
 from gptresume.tools.common import ADAPTER_CONFIG_NAME, ModelSource, is_adapter_dir, load_adapter_model, resolve_model
@@ -148,7 +149,8 @@ def _provenance(source: ModelSource, tokenizer_dir: Path) -> dict:
         m = source.checkpoint.manifest
         info.update(step=m.get("step"), epoch=m.get("epoch"), config_fingerprint=m.get("config_fingerprint"),
                     data_fingerprint=m.get("data_fingerprint"),
-                    model_sha256={k: v["sha256"] for k, v in m["files"].items() if k.endswith(".safetensors")})
+                    model_digests={k: dict([file_digest(v)]) for k, v in m["files"].items()
+                                   if k.endswith(".safetensors")})
     if is_adapter_dir(source.model_dir):
         info["adapters"] = True
     return info

@@ -36,7 +36,7 @@ CORRUPTIONS = {
     "truncated": (lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:100]),
                   "model.safetensors: wrong size"),
     "zero length": (lambda c: (c / "optimizer.pt").write_bytes(b""), "optimizer.pt: wrong size (0 bytes"),
-    "flipped byte": (lambda c: flip_byte(c / "model.safetensors"), "model.safetensors: wrong sha256"),
+    "flipped byte": (lambda c: flip_byte(c / "model.safetensors"), "model.safetensors: wrong xxh3_128"),
     "deleted file": (lambda c: (c / "optimizer.pt").unlink(), "optimizer.pt: missing"),
     "no manifest": (lambda c: (c / MANIFEST_NAME).unlink(), "no manifest.json"),
     "torn manifest": (lambda c: (c / MANIFEST_NAME).write_text('{"files": {'), "manifest.json is unreadable"),
@@ -48,7 +48,8 @@ def test_manifest_lists_every_file_with_size_and_hash(tmp_path):
     manifest = json.loads((ckpt / MANIFEST_NAME).read_text())
     assert set(manifest["files"]) == {"model.safetensors", "optimizer.pt", "trainer_state.json"}
     assert manifest["files"]["optimizer.pt"]["bytes"] == 5000
-    assert len(manifest["files"]["optimizer.pt"]["sha256"]) == 64
+    assert manifest["format"] == 2 and manifest["digest"] == "xxh3_128"
+    assert len(manifest["files"]["optimizer.pt"]["xxh3_128"]) == 32
     assert manifest["step"] == 10 and manifest["world_size"] == 1 and "torch" in manifest["versions"]
     assert verify_checkpoint(ckpt).valid
 

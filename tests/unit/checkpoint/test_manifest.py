@@ -108,7 +108,7 @@ def test_verify_without_hashing_checks_sizes_only(tmp_path):
     ckpt = checkpoint(tmp_path / "checkpoint-1", commit=True)
     (ckpt / "optimizer.pt").write_text("optimizer.PT")  # same size, other bytes
     assert verify_checkpoint(ckpt, hash_files=False).valid
-    assert "optimizer.pt: wrong sha256" in verify_checkpoint(ckpt).faults[0]
+    assert "optimizer.pt: wrong xxh3_128" in verify_checkpoint(ckpt).faults[0]
 
 
 def test_describe_skip_names_the_checkpoint_and_every_fault(tmp_path):
