@@ -305,3 +305,47 @@ def test_slurm_script_requeues_on_75_and_passes_usr1_on():
     assert "#SBATCH --signal=B:USR1@120" in script and "#SBATCH --requeue" in script
     assert 'if [ "$code" -eq 75 ]; then\n    scontrol requeue "$SLURM_JOB_ID"' in script
     assert "python -m gptresume.launch" in script and 'kill -USR1 "$srun_pid"' in script
+
+
+@pytest.mark.slow
+def test_async_saves_with_two_processes_stop_resume_and_survive_a_killed_rank(reference):
+    """checkpoint.async_save under torchrun (2 ranks): a stop waits for the background commit on every rank; a
+    resume continues; SIGKILL of rank 1 while rank 0's writer is part-way through checkpoint-8 (held there by the
+    test hook) leaves checkpoint-6 the newest valid one (rank 0 must not commit without rank 1); a re-run
+    finishes bitwise equal to the uninterrupted synchronous run."""
+    import psutil
+
+    from gptresume.checkpoint import MANIFEST_NAME
+    from gptresume.checkpoint.async_save import TEST_WRITE_DELAY_ENV
+
+    tmp, config, ref, _ = reference
+    run = tmp / "async"
+    on = ("--set", "checkpoint.async_save=true")
+    stopped = run_ddp("torchrun", tmp, config, run, *on, "--stop-at-step", "6")
+    out = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 1 and "exitcode  : 75" in out, out
+    assert "saving synchronously" not in out  # async with 2 processes, not the fallback
+    for step in (4, 6):  # the stop waited for checkpoint-6's background commit
+        assert_committed_by_two_ranks(run / f"checkpoint-{step}")
+
+    env = {**ddp_env(tmp), TEST_WRITE_DELAY_ENV: "8:6"}  # rank 0's writer of checkpoint-8 holds 6 s
+    proc = subprocess.Popen(train_cmd("torchrun", config, run, *on), cwd=tmp, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pending = run / "checkpoint-8"
+    deadline = time.time() + TIMEOUT
+    while time.time() < deadline and proc.poll() is None and not (pending / "model.safetensors").is_file():
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read()
+    workers = {int(p.environ().get("RANK", -1)): p for p in psutil.Process(proc.pid).children()}
+    workers[1].kill()
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 1, out
+    assert not (pending / MANIFEST_NAME).exists(), out
+    info, skipped = newest_valid(run)
+    assert info.step == 6 and [s.step for s in skipped] == [8], out
+
+    rerun = run_ddp("torchrun", tmp, config, run, *on)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"Resuming from {info.path}" in rerun.stdout
+    assert_committed_by_two_ranks(run / f"checkpoint-{MAX_STEPS}")
+    assert_same_as_reference(run, ref)

@@ -6,13 +6,21 @@ cloned, shared tensors kept shared), plus the small files Trainer writes from li
 a synchronous save writes (`model.safetensors`, `optimizer.pt`, `scheduler.pt`, config, tokenizer, training
 args), hashes and fsyncs every file and commits the manifest (`CommitCallback`), and only then applies retention.
 
+On a GPU the copies go into pinned host buffers kept from one save to the next, queued without waiting
+(`non_blocking`), with one synchronisation before the writer starts: the pause is the device-to-host copy.
+
+Several processes (DDP): each rank copies what it saves (rank 0 the model, optimizer and scheduler; every rank
+its RNG file) and runs its own writer thread; the writers agree (`save_job`: every rank's files are written),
+rank 0 commits the manifest, and the writers agree again, so no rank's save is over before the commit is: a
+stop waits for the in-flight save on every rank. A rank that fails or dies during the write means no commit.
+
 At most one save is in flight: the next save waits for the previous one. Training end and graceful stops wait
 for it before the process exits (`finishing_saves`). A crash or `kill -9` during the background write leaves a
 directory without a manifest: the previous checkpoint stays the newest valid one. A write error in the
 background is raised in the training thread at the next save or at the end of training.
 
-Single-process runs only: with several processes (or DeepSpeed, FSDP, XLA, SageMaker MP, push_to_hub, a
-hyper-parameter search) saves stay synchronous, with one warning saying why.
+DeepSpeed, FSDP (their sharded saves gather across ranks inside the save), XLA, SageMaker MP, a model loaded
+sharded by Transformers, push_to_hub and hyper-parameter search stay synchronous, with one warning saying why.
 
 This module is the Trainer-free part (state copies, the writer thread); the `_save_checkpoint` override that uses
 it lives with every other private Trainer override in gptresume/training/trainer.py.
@@ -45,7 +53,11 @@ def cpu_copy(obj, memo: dict | None = None, pool: dict | None = None):
 
     `memo` collects the copied storages; passed back as `pool` on the next save (when no write uses them any
     more), a storage of the same tensor is copied into in place: about 3x faster than fresh memory, which the
-    kernel must first map page by page."""
+    kernel must first map page by page.
+
+    A CUDA tensor is copied into pinned host memory (allocated once, then reused through `pool` like the CPU
+    copies) with `non_blocking=True`: the copies are only queued. Call `finish_device_copies(memo)` before
+    anything reads them (the writer thread)."""
     import torch
 
     memo = {} if memo is None else memo
@@ -56,7 +68,11 @@ def cpu_copy(obj, memo: dict | None = None, pool: dict | None = None):
         copied = memo.get(key)
         if copied is None:
             copied = pool.pop(key, None) if pool else None
-            if copied is not None:
+            if t.device.type == "cuda":
+                if copied is None:
+                    copied = torch.empty(storage.nbytes(), dtype=torch.uint8, pin_memory=True).untyped_storage()
+                copied.copy_(storage, non_blocking=True)
+            elif copied is not None:
                 copied.copy_(storage)
             else:
                 copied = storage.clone() if t.device.type == "cpu" else storage.cpu()
@@ -73,7 +89,57 @@ def cpu_copy(obj, memo: dict | None = None, pool: dict | None = None):
     return copy.deepcopy(obj)
 
 
+def finish_device_copies(memo: dict) -> None:
+    """Wait for the non-blocking device-to-host copies `cpu_copy` queued into `memo` (one synchronisation per
+    CUDA device); nothing to do for CPU tensors."""
+    devices = {key[0] for key in memo if key[0].startswith("cuda")}
+    if devices:
+        import torch
+
+        for device in sorted(devices):
+            torch.cuda.synchronize(device)
+
+
 # ---------------------------------------------------------------- the writer thread
+
+
+class NotCommitted(RuntimeError):
+    """This rank's part of an asynchronous save was written, but another rank's failed: nothing was committed."""
+
+
+def save_job(name: str, write, commit, agree=lambda ok: ok, is_main: bool = True):
+    """The writer thread's job for one save (the `job` of `BackgroundSaver.submit`): `write()` this rank's files;
+    `agree(ok) -> bool` (true iff true on every rank) that every rank wrote; rank 0 runs `commit()` (the manifest,
+    then retention); `agree` again that it committed. Every rank sees the same outcome of each agreement, so all
+    take part in the same ones and no writer is left waiting; a rank whose part succeeded raises `NotCommitted`
+    when another's did not."""
+
+    def job(timings: dict) -> None:
+        w0 = time.perf_counter()
+        error = None
+        try:
+            write()
+        except BaseException as e:  # noqa: BLE001 - raised below, after the other ranks are told
+            error = e
+        timings["write_s"] = time.perf_counter() - w0
+        if not agree(error is None):
+            raise error or NotCommitted(f"{name} was not committed: another process could not write its part "
+                                        "(its error is in its own output)")
+        c0 = time.perf_counter()
+        if is_main and commit is not None:
+            try:
+                commit()
+            except BaseException as e:  # noqa: BLE001
+                error = e
+        if not agree(error is None):
+            raise error or NotCommitted(f"{name} was not committed: rank 0 could not commit its manifest (its "
+                                        "error is in rank 0's output)")
+        timings["commit_s"] = time.perf_counter() - c0
+        log.debug("Committed %s in the background: training paused %.3fs, written in %.3fs, hashed, fsynced "
+                  "and committed in %.3fs", name, timings.get("blocked_s", 0.0), timings["write_s"],
+                  timings["commit_s"])
+
+    return job
 
 
 class BackgroundSaver:

@@ -95,6 +95,38 @@ def barrier() -> None:
         _dist().barrier(group=_control_group())
 
 
+# ---------------------------------------------------------------- asynchronous saves: the writers' agreement
+
+
+# A background write of a large model can take long: the ranks with little to write wait this long at most for the
+# others (a rank that dies is noticed at once: gloo fails the collective when its connection closes).
+WRITER_TIMEOUT_S = 6 * 3600
+
+
+def writer_group():
+    """A gloo group used only by the writer threads of asynchronous saves (checkpoint/async_save.py), created by
+    every rank from its training thread at the first asynchronous save; None with one process.
+
+    Its own group: collectives of one group must be issued in the same order on every rank, and the training
+    thread's (DDP's gradients, `barrier`, the stop agreement) run at the same time as the writers'."""
+    if not active():
+        return None
+    from datetime import timedelta
+
+    return _dist().new_group(backend="gloo", timeout=timedelta(seconds=WRITER_TIMEOUT_S))
+
+
+def all_ranks_ok(ok: bool, group) -> bool:
+    """True on every rank iff `ok` is true on every rank (from a writer thread, on `writer_group()`)."""
+    if group is None:
+        return ok
+    import torch
+
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+    _dist().all_reduce(flag, op=_dist().ReduceOp.MIN, group=group)
+    return bool(flag.item())
+
+
 class DecidedOnRankZero(UsageError):
     """Another rank's copy of a UsageError raised on rank 0 (rank 0 prints it; the others only exit)."""
 

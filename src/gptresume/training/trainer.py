@@ -27,7 +27,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from gptresume.checkpoint.async_save import BackgroundSaver, cpu_copy, delay_for_tests
+from gptresume.checkpoint.async_save import BackgroundSaver, cpu_copy, delay_for_tests, finish_device_copies, save_job
 from gptresume.resume.position import StreamSampler
 from gptresume.resume.rng import DERIVED, derived_seed, rng_file_name, rng_source
 from gptresume.resume.schedule import SchedulePlan, replan
@@ -46,7 +46,7 @@ class ResumableTrainerMixin:
     - `_load_rng_state` on another process count: rank r restores the checkpoint's rank r, a new rank is seeded
       from (seed, step, rank); same process count: Trainer's own code.
     - `async_saver`: `_save_checkpoint` copies the state and hands the writing to a background thread (mirrors
-      Trainer._save_checkpoint of transformers 5.24 for the single-process, plain-PyTorch case; the async tests
+      Trainer._save_checkpoint of transformers 5.24 for plain PyTorch, one process or DDP; the async tests
       check it writes the same files with the same contents as Trainer's own).
     """
 
@@ -138,35 +138,36 @@ class ResumableTrainerMixin:
                 self._async_warned = True
                 log.warning("checkpoint.async_save: saving synchronously (%s)", reason)
             return super()._save_checkpoint(model, trial)
+        from gptresume.training import distributed
+
         t0 = time.perf_counter()
-        waited = self.async_saver.wait()  # at most one save in flight
+        waited = self.async_saver.wait()  # at most one save in flight (with several ranks: committed everywhere)
         timings = {"step": self.state.global_step, "waited_s": waited}  # waited_s is part of blocked_s
         step = self.state.global_step
+        if self.args.world_size > 1 and getattr(self, "_gptresume_writers", None) is None:
+            self._gptresume_writers = distributed.writer_group()  # every rank, same step: a collective
+        group = getattr(self, "_gptresume_writers", None)
         output_dir, model_state, optimizer_state, scheduler_state = self._snapshot_checkpoint()
         commit = self.async_commit.commit_later(self.args, self.state) if self.async_commit is not None else None
         timings["blocked_s"] = time.perf_counter() - t0
+        name = os.path.basename(output_dir)
 
-        def job(t):
-            w0 = time.perf_counter()
+        def write():
             self._write_snapshot(output_dir, step, model_state, optimizer_state, scheduler_state)
-            t["write_s"] = time.perf_counter() - w0
-            c0 = time.perf_counter()
-            if commit is not None:
-                commit()
-            t["commit_s"] = time.perf_counter() - c0
-            log.debug("Committed %s in the background: training paused %.3fs, written in %.3fs, hashed, fsynced "
-                      "and committed in %.3fs", os.path.basename(output_dir), t["blocked_s"], t["write_s"],
-                      t["commit_s"])
 
-        self.async_saver.submit(os.path.basename(output_dir), job, timings)
+        job = save_job(name, write, commit, agree=lambda ok: distributed.all_ranks_ok(ok, group),
+                       is_main=self.args.process_index == 0)
+        self.async_saver.submit(name, job, timings)
 
     def _async_unsupported(self, trial) -> str | None:
         from transformers import PreTrainedModel
         from transformers.trainer import is_sagemaker_mp_enabled, is_torch_xla_available
 
         checks = (
-            (self.args.world_size > 1, f"{self.args.world_size} processes"),
-            (self.is_deepspeed_enabled or self.is_fsdp_enabled, "DeepSpeed/FSDP"),
+            (self.is_deepspeed_enabled or self.is_fsdp_enabled,
+             "DeepSpeed/FSDP: their sharded saves gather state across ranks inside the save"),
+            (getattr(self, "is_distributed_loading_by_transformers", False),
+             "the model was loaded sharded across ranks by Transformers"),
             (is_torch_xla_available() or is_sagemaker_mp_enabled(), "XLA/SageMaker model parallel"),
             (not isinstance(self.model, PreTrainedModel), "the model is not a transformers PreTrainedModel"),
             (self.args.push_to_hub, "push_to_hub"),
@@ -176,7 +177,9 @@ class ResumableTrainerMixin:
         return next((why for bad, why in checks if bad), None)
 
     def _snapshot_checkpoint(self):
-        """The training-thread part: Trainer's bookkeeping, the small files, and CPU copies of the large state."""
+        """The training-thread part: Trainer's bookkeeping, the small files, and CPU copies of the large state this
+        rank saves (Trainer: the model, optimizer and scheduler on the process that `should_save`; the RNG file and
+        scaler on every rank). Device copies are finished before this returns, so the writer reads whole tensors."""
         from transformers.trainer import (
             PREFIX_CHECKPOINT_DIR,
             TRAINER_STATE_NAME,
@@ -195,13 +198,15 @@ class ResumableTrainerMixin:
             if os.path.exists(best):
                 self.state.best_model_checkpoint = best
         memo, pool = {}, self.async_saver.staging  # no write is in flight: the last save's copies are free
-        model_state = cpu_copy(self.model.state_dict(), memo, pool)
+        saves = self.args.should_save
+        model_state = cpu_copy(self.model.state_dict(), memo, pool) if saves else None
         optimizer_state = scheduler_state = None
         if not self.args.save_only_model:
-            optimizer_state = cpu_copy(self.optimizer.state_dict(), memo, pool)
-            with warnings.catch_warnings(record=True) as caught:
-                scheduler_state = cpu_copy(self.lr_scheduler.state_dict(), memo, pool)
-            reissue_pt_warnings(caught)
+            if saves:
+                optimizer_state = cpu_copy(self.optimizer.state_dict(), memo, pool)
+                with warnings.catch_warnings(record=True) as caught:
+                    scheduler_state = cpu_copy(self.lr_scheduler.state_dict(), memo, pool)
+                reissue_pt_warnings(caught)
             self._save_scaler(output_dir)
             self._save_rng_state(output_dir)
         if self.args.should_save:
@@ -213,6 +218,7 @@ class ResumableTrainerMixin:
                 else:
                     self.state.stateful_callbacks[name] = cb.state()
             self.state.save_to_json(os.path.join(output_dir, TRAINER_STATE_NAME))
+        finish_device_copies(memo)  # one synchronisation (GPU), before any writer reads the copies
         self.async_saver.staging = memo
         return output_dir, model_state, optimizer_state, scheduler_state
 
@@ -221,6 +227,8 @@ class ResumableTrainerMixin:
         import torch
         from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 
+        if model_state is None:  # a rank that saves no model (DDP rank > 0): its RNG file is already written
+            return
         self._save(output_dir, state_dict=model_state)  # config, weights, tokenizer, training args
         delay_for_tests(step)
         if optimizer_state is not None:
