@@ -48,6 +48,8 @@ class Plan:
     matmul_n: int = 3072
     workloads: tuple = ("demo", "gpt2")
     packing_mb: tuple = (1024, 2048)  # generated text packed by the packing section: a size and twice it
+    ddp_procs: int = 2  # checkpoint_ddp: processes under torchrun (gloo on CPU)
+    verify_mb: int = 1536  # verify: the checkpoint's size (GPT-2 124M with Adam is about 1.5 GB)
 
 
 FULL = Plan()
@@ -57,7 +59,7 @@ QUICK = Plan(reps=1, demo_warmup=2, demo_steps=5, gpt2_warmup=1, gpt2_steps=2, c
              interval_steps=100,
              interval_overrides={"model.from_scratch.n_layer": 1, "model.from_scratch.n_head": 2,
                                  "model.from_scratch.n_embd": 32, "train.per_device_train_batch_size": 2},
-             matmul_n=2048, packing_mb=(16, 32))
+             matmul_n=2048, packing_mb=(16, 32), verify_mb=256)
 
 
 # ---------------------------------------------------------------- processes
@@ -87,15 +89,19 @@ class Runner:
         self.log = log
         self.n = 0
 
-    def worker(self, *args: str, timeout: float = 1800, ok_codes=(0,)) -> dict:
-        """Run bench/worker.py in a fresh process; returns its JSON (and the parent's spawn time)."""
+    def worker(self, *args: str, timeout: float = 1800, ok_codes=(0,), nproc: int = 1) -> dict:
+        """Run bench/worker.py in a fresh process (`nproc` > 1: that many under torchrun, rank 0 reporting);
+        returns its JSON (and the parent's spawn time)."""
         self.n += 1
         out = self.work / f"result-{self.n}.json"
         logf = self.work / f"log-{self.n}.txt"
         t0 = time.time()
+        launch = [sys.executable]
+        if nproc > 1:
+            launch += ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port())]
         with open(logf, "w") as f:
-            proc = subprocess.run([sys.executable, str(WORKER), args[0], "--out", str(out), *args[1:]], cwd=self.work, env=env(),
-                                  stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
+            proc = subprocess.run([*launch, str(WORKER), args[0], "--out", str(out), *args[1:]], cwd=self.work,
+                                  env=env(), stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
         wall = time.time() - t0
         if proc.returncode != 0 or not out.is_file():
             tail = logf.read_text()[-3000:]
@@ -108,6 +114,14 @@ class Runner:
         result["wall_s"] = wall
         result["load"] = loadavg()
         return result
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def median(xs):

@@ -17,8 +17,8 @@ def fmt(x, spec=".2f"):
 
 def render(results: dict) -> str:
     """The markdown report: machine, targets, then one part per section that results holds."""
-    parts = (_header, _targets, _peak, _throughput, _checkpoint, _resume, _goodput, _packing,
-             lambda results: _intervals(results.get("interval")), _remote)
+    parts = (_header, _targets, _peak, _throughput, _checkpoint, _checkpoint_ddp, _verify, _resume, _goodput,
+             _packing, lambda results: _intervals(results.get("interval")), _remote)
     return "\n".join(line for part in parts for line in part(results))
 
 
@@ -54,7 +54,7 @@ def _targets(results: dict) -> list[str]:
     lines = ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for name, t in tg.items():
         v = t["value"]
-        shown = "–" if v is None else f"{v * 100:.2f}%" if name == "own_code" else f"{v:.3f}"
+        shown = "–" if v is None else f"{v * 100:.2f}%" if name in ("own_code", "hash_share") else f"{v:.3f}"
         lines.append(f"| {t['what']} | {shown} | {'met' if t['met'] else '**not met**'} |")
     lines.append("")
     return lines
@@ -112,12 +112,33 @@ def _throughput(results: dict) -> list[str]:
     return lines
 
 
-def _checkpoint(results: dict) -> list[str]:
+def _checkpoint_ddp(results: dict) -> list[str]:
+    """The checkpoint table again, for the runs with several processes."""
+    return _checkpoint(results, "checkpoint_ddp")
+
+
+def _verify(results: dict) -> list[str]:
+    """verify_checkpoint of one checkpoint, format 1 (sha256) vs format 2 (xxh3-128)."""
+    vf = results.get("verify")
+    if not vf:
+        return []
+    s = vf["seconds"]
+    return ["## Verify speed", "", vf["method"], "",
+            "| manifest | digest | seconds | GB/s |", "|---|---|---:|---:|",
+            *(f"| format {1 if d == 'sha256' else 2} | {d} | {fmt(s[d], '.3f')} | "
+              f"{fmt(ratio(vf['bytes'] / 1e9, s[d]), '.2f')} |" for d in ("sha256", "xxh3_128")),
+            "", f"{vf['bytes'] / 1e9:.2f} GB; format 2 is {fmt(ratio(s['sha256'], s['xxh3_128']), '.1f')}x faster.",
+            ""]
+
+
+def _checkpoint(results: dict, key: str = "checkpoint") -> list[str]:
     """Per model and mode: what a save pauses and costs, then the first vs later async copies and hashing."""
-    ck = results.get("checkpoint")
+    ck = results.get(key)
     if not ck:
         return []
-    lines = ["## Checkpoint cost", "",
+    procs = max(w.get("processes", 1) for w in ck.values())
+    title = "## Checkpoint cost" + (f", {procs} processes (DDP under torchrun, timed on rank 0)" if procs > 1 else "")
+    lines = [title, "",
              "Per save (median over the saves of a run, then over runs). *Paused*: training blocked "
              "(synchronous: the whole save; asynchronous: copying the state to CPU memory, plus *waited*: "
              "waiting for the previous save when saves come faster than the background write). *Total*: "

@@ -10,6 +10,8 @@ Sections (`--only` runs some of them; the machine description is always written)
               with the same model, data, batch and precision, for the demo model and a GPT-2 124M-shaped one;
               for the demo, Trainer out of the box and one performance setting changed at a time
   checkpoint  per save: training paused, total save time, hashing, fsync; synchronous vs checkpoint.async_save
+  checkpoint_ddp  the same with 2 processes under torchrun (DDP; gloo on CPU)
+  verify      verify_checkpoint of a 1.5 GB checkpoint: format 1 (sha256) vs format 2 (xxh3-128) manifest
   resume      process start to first step: fresh start, resume at batch 10 and at batch 50,000 of one epoch
   goodput     a fixed-length run stopped every T seconds by SIGTERM (then by SIGKILL), re-run after each exit,
               against its uninterrupted wall time; also checks the final weights equal the uninterrupted run's
@@ -35,7 +37,7 @@ from pathlib import Path
 # beside this one import by their plain names.
 from common import BENCH, FULL, QUICK, Runner, loadavg, machine
 from render import fmt, write_results
-from sections import SECTIONS, checkpoint, goodput, packing, peak, remote, resume, throughput
+from sections import SECTIONS, checkpoint, goodput, packing, peak, remote, resume, throughput, verify
 from workloads import prepare_template, write_workloads
 
 
@@ -48,6 +50,8 @@ def main() -> int:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--reps", type=int, help="repetitions per figure (default 5; --quick 1)")
     p.add_argument("--workloads", nargs="+", choices=("demo", "gpt2"), help="throughput/checkpoint: only these models")
+    p.add_argument("--plan", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="override fields of the plan (common.Plan), e.g. gpt2_batch=16 matmul_n=8192 (bench/gpu.sh)")
     p.add_argument("--render-only", action="store_true",
                    help="measure nothing: rewrite RESULTS.md (and the targets) from the results.json in --out")
     a = p.parse_args()
@@ -61,6 +65,11 @@ def main() -> int:
         plan.reps = a.reps
     if a.workloads:
         plan.workloads = tuple(a.workloads)
+    for item in a.plan:
+        key, _, value = item.partition("=")
+        if key not in asdict(plan):
+            p.error(f"--plan {item}: no field {key!r} in common.Plan")
+        setattr(plan, key, type(getattr(plan, key))(json.loads(value)))
     sections = a.only or list(SECTIONS)
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="gptresume-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -77,8 +86,11 @@ def main() -> int:
         configs = write_workloads(work, plan)
         if not (work / "tok-gpt2").is_dir():
             r.worker("setup-tokenizers", "--work", str(work))
-        needs = {"throughput", "checkpoint", "goodput", "interval", "remote"} & set(sections)
-        models = ("demo",) if needs == {"remote"} else ("demo", "gpt2")  # the remote section trains the demo only
+        needs = {"throughput", "checkpoint", "checkpoint_ddp", "goodput", "interval", "remote"} & set(sections)
+        # the remote section trains the demo only; the others the measured workloads
+        models = ("demo",) if needs == {"remote"} else tuple(
+            m for m in ("demo", "gpt2") if m in plan.workloads or (m == "demo" and needs - {"throughput", "checkpoint",
+                                                                                           "checkpoint_ddp"}))
         tpls = {name: prepare_template(r, name, configs[name]) for name in models} if needs else {}
         for name in sections:
             s0 = time.time()
@@ -89,6 +101,10 @@ def main() -> int:
                 results["throughput"] = throughput.measure(r, plan, configs, tpls)
             elif name == "checkpoint":
                 results["checkpoint"] = checkpoint.measure(r, plan, configs, tpls)
+            elif name == "checkpoint_ddp":
+                results["checkpoint_ddp"] = checkpoint.measure(r, plan, configs, tpls, nproc=plan.ddp_procs)
+            elif name == "verify":
+                results["verify"] = verify.measure(r, plan)
             elif name == "resume":
                 results["resume"] = resume.measure(r, plan, configs)
             elif name == "goodput":

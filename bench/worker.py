@@ -1,8 +1,11 @@
 """One measurement in a fresh process; bench/run.py starts one of these per figure and reads the JSON it writes.
 
-  worker.py matmul --dtype fp32|bf16 --n N --out F                 peak torch.matmul throughput
+  worker.py matmul --dtype fp32|bf16 --n N --out F                 peak torch.matmul throughput (GPU when present)
   worker.py setup-tokenizers --work DIR                             the tokenizers the workloads load
   worker.py train --peer gptresume|trainer|minimal --config Y [--set k=v ...] --out F [options]
+  worker.py verify-speed --size-mb N --work DIR --out F             `verify` of one checkpoint: sha256 vs xxh3-128
+
+`train` also runs under torchrun (bench/run.py's checkpoint_ddp section): every rank trains, rank 0 writes F.
 
 `train` records a timestamp at the end of every optimizer step, the same way for all three peers:
   gptresume  `gptresume train` itself (gptresume.cli.main, in this process), with the bench's callbacks added to the
@@ -27,6 +30,7 @@ import time
 from pathlib import Path
 
 T_PROCESS = time.time()  # close to the process start: only the standard library is imported so far
+RANK = int(os.environ.get("RANK", "0"))
 
 PERF_KEYS = ("bf16", "fp16", "tf32", "torch_compile", "torch_compile_backend", "torch_compile_mode", "optim",
              "optim_args", "bf16_full_eval", "fp16_full_eval", "half_precision_backend", "use_cpu")
@@ -67,7 +71,8 @@ class Clock:
         from gptresume import allocator
 
         self.extra.update(extra, allocator="kept memory" if allocator.applied() else "glibc defaults")
-        write_json(self.out, {"step_ends": self.step_ends, "events": self.events, **self.extra})
+        if RANK == 0:  # under torchrun: rank 0 reports (its pause is the one with the model's copy or write)
+            write_json(self.out, {"step_ends": self.step_ends, "events": self.events, **self.extra})
         if exit_code is not None:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -109,18 +114,25 @@ def cmd_matmul(a) -> None:
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
-    x = torch.randn(a.n, a.n).to(dtype)
-    y = torch.randn(a.n, a.n).to(dtype)
+    gpu = torch.cuda.is_available()  # the device the training peers use: the GPU when there is one
+    device = "cuda" if gpu else "cpu"
+    x = torch.randn(a.n, a.n, device=device).to(dtype)
+    y = torch.randn(a.n, a.n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
+    reps = 20 if gpu else 1  # a GPU matmul of this size takes milliseconds: time a batch of them
     for _ in range(2):
         torch.matmul(x, y)
+    sync()
     rates = []
     for _ in range(a.iters):
         t = time.perf_counter()
-        torch.matmul(x, y)
-        rates.append(2 * a.n ** 3 / (time.perf_counter() - t) / 1e9)
+        for _ in range(reps):
+            torch.matmul(x, y)
+        sync()
+        rates.append(2 * a.n ** 3 * reps / (time.perf_counter() - t) / 1e9)
     rates.sort()
     write_json(a.out, {"gflops_median": rates[len(rates) // 2], "gflops_max": rates[-1], "n": a.n,
-                       "threads": torch.get_num_threads()})
+                       "threads": torch.get_num_threads(), "device": device})
 
 
 # ---------------------------------------------------------------- set-up
@@ -213,6 +225,8 @@ def run_minimal(a, clock: Clock) -> None:
     args = TrainingArguments(**{**train_settings(a, config), "output_dir": a.output_dir})
     torch.manual_seed(args.seed)
     model.set_attn_implementation(a.attn)
+    device = "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"  # where Trainer would train
+    model.to(device)  # before the optimizer is built (fused AdamW takes the device's parameters)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]  # Trainer's groups: no decay on bias/LayerNorm
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -235,7 +249,8 @@ def run_minimal(a, clock: Clock) -> None:
     step = 0
     while step < args.max_steps:
         for batch in loader:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16):
                 loss = fwd(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -403,7 +418,7 @@ def gptresume_callbacks(clock: Clock, book: SaveBook, a):
             if saver is not None:
                 saver.wait()
             clock.mark("saves_done")
-            if a.save_timing:
+            if a.save_timing and RANK == 0:  # rank 0 commits: the commit lines and the manifests are its
                 finish_save_timing(clock, book, Path(args.output_dir))
             if a.exit_when_saved:
                 clock.finish(exit_code=0, returncode=0)
@@ -473,6 +488,39 @@ def run_gptresume(a, clock: Clock) -> None:
     clock.finish(exit_code=None, returncode=code)
 
 
+def cmd_verify_speed(a) -> None:
+    """`verify_checkpoint` of one checkpoint of --size-mb (a model file and an optimizer file twice its size, as
+    Adam's two moments make it), committed with a format 1 manifest (sha256) and with a format 2 one (xxh3-128),
+    alternating, from the page cache (the files were just written), as `gptresume verify` and start-up
+    verification read a recently written checkpoint. The sha256 figure is what every verify cost before format 2
+    (hash_file's chunking changed with it; sha256 itself bounds the speed, measured unchanged)."""
+    from gptresume.checkpoint import verify_checkpoint, write_manifest
+
+    ckpt = Path(a.work) / "verify-speed" / "checkpoint-1"
+    shutil.rmtree(ckpt.parent, ignore_errors=True)
+    ckpt.mkdir(parents=True)
+    total = a.size_mb << 20
+    block = os.urandom(1 << 20)
+    for name, share in (("model.safetensors", 1), ("optimizer.pt", 2)):
+        with open(ckpt / name, "wb") as f:
+            for _ in range(total * share // 3 >> 20):
+                f.write(block)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 1}))
+    size = sum(p.stat().st_size for p in ckpt.iterdir())
+    runs = {"sha256": [], "xxh3_128": []}
+    for rep in range(a.reps):
+        for digest in (["sha256", "xxh3_128"] if rep % 2 == 0 else ["xxh3_128", "sha256"]):
+            write_manifest(ckpt, step=1, epoch=None, config={}, config_fingerprint="bench", data_fingerprint=None,
+                           world_size=1, digest=digest)
+            t = time.perf_counter()
+            info = verify_checkpoint(ckpt)
+            runs[digest].append(time.perf_counter() - t)
+            if not info.valid:
+                raise RuntimeError(f"verify failed: {info.faults}")
+    shutil.rmtree(ckpt.parent, ignore_errors=True)
+    write_json(a.out, {"bytes": size, "runs_s": runs})
+
+
 def cmd_train(a) -> None:
     clock = Clock(a.out, exit_after_steps=a.exit_after_steps, exit_at_step=a.exit_at_step)
     # The CPU allocator setting `gptresume train` applies itself (allocator.py): "default" turns it off for the
@@ -521,8 +569,14 @@ def main() -> None:
     k.add_argument("--tokenizer", required=True)
     k.add_argument("--work", required=True)
     k.add_argument("--out", required=True)
+    v = sub.add_parser("verify-speed")
+    v.add_argument("--size-mb", type=int, required=True)
+    v.add_argument("--reps", type=int, default=3)
+    v.add_argument("--work", required=True)
+    v.add_argument("--out", required=True)
     a = p.parse_args()
-    {"matmul": cmd_matmul, "setup-tokenizers": cmd_setup_tokenizers, "train": cmd_train, "pack": cmd_pack}[a.cmd](a)
+    {"matmul": cmd_matmul, "setup-tokenizers": cmd_setup_tokenizers, "train": cmd_train, "pack": cmd_pack,
+     "verify-speed": cmd_verify_speed}[a.cmd](a)
 
 
 def cmd_pack(a) -> None:

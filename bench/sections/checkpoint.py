@@ -24,8 +24,10 @@ METHOD = [
 ]
 
 
-def measure(r: Runner, plan: Plan, configs: dict, tpls: dict) -> dict:
-    """Per workload and mode (sync, async): every save's timings and their medians."""
+def measure(r: Runner, plan: Plan, configs: dict, tpls: dict, nproc: int = 1) -> dict:
+    """Per workload and mode (sync, async): every save's timings and their medians. `nproc` > 1: the same runs
+    under torchrun with that many processes (DDP over gloo on CPU), timed on rank 0 (the rank that copies and
+    writes the model and optimizer; the pause of a synchronous save includes waiting for every rank's commit)."""
     out = {}
     for workload in plan.workloads:
         every, saves = ((plan.ckpt_demo_every, plan.ckpt_demo_saves) if workload == "demo"
@@ -40,7 +42,7 @@ def measure(r: Runner, plan: Plan, configs: dict, tpls: dict) -> dict:
                 if workload == "gpt2":
                     sets += ["--set", f"train.per_device_train_batch_size={plan.ckpt_gpt2_batch}"]
                 res = r.worker("train", "--peer", "gptresume", "--config", str(configs[workload]), "--output-dir",
-                               str(run), "--save-timing", "--exit-when-saved", *sets)
+                               str(run), "--save-timing", "--exit-when-saved", *sets, nproc=nproc)
                 if res.get("returncode") != 0:
                     raise RuntimeError(f"checkpoint run failed: {res.get('returncode')}")
                 ev, ends = res["events"], res["step_ends"]
@@ -49,7 +51,7 @@ def measure(r: Runner, plan: Plan, configs: dict, tpls: dict) -> dict:
                 per = res["saves"]
                 if len(per) != saves:
                     raise RuntimeError(f"{workload} {mode}: {len(per)} saves timed, {saves} expected: {per}")
-                r.log(f"  {workload} {mode}: paused {median([s['blocked_s'] for s in per]):.3f}s, total "
+                r.log(f"  {workload} {mode}{f' x{nproc} processes' if nproc > 1 else ''}: paused {median([s['blocked_s'] for s in per]):.3f}s, total "
                       f"{median([s['total_s'] for s in per]):.3f}s per save, committed "
                       f"{median([s['commit_s'] for s in per]):.3f}s, hash {median([s.get('hash_s') for s in per]):.3f}s, "
                       f"fsync {median([s.get('fsync_s') for s in per]):.3f}s")
@@ -66,5 +68,5 @@ def measure(r: Runner, plan: Plan, configs: dict, tpls: dict) -> dict:
                                                      "waited_s", "write_s", "commit_s", "bytes")}
             summary[mode]["train_window_s"] = median([run["train_window_s"] for run in runs])
         out[workload] = {"save_every": every, "saves_per_run": saves, "summary": summary, "runs": modes,
-                         "method": METHOD}
+                         "method": METHOD, "processes": nproc}
     return out

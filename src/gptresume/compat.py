@@ -106,6 +106,9 @@ PRIVATE: tuple[Private, ...] = (
       source=("self.is_deepspeed_enabled =", "self.is_fsdp_enabled =")),
     P(T + "__init__", "attribute read", TRAINER, "hp_search_backend: async saves refuse hyper-parameter search",
       source=("self.hp_search_backend = None",)),
+    P(T + "__init__", "attribute read", TRAINER, "is_distributed_loading_by_transformers: async saves refuse a model "
+      "loaded sharded across ranks (its save gathers across ranks)",
+      source=("self.is_distributed_loading_by_transformers =",)),
     P(T + "_prepare_for_training", "ordering", TRAINER, "optimizer and scheduler are restored before the callbacks "
       "get them: ResumeOverrides writes into the restored ones",
       source=("self._load_optimizer_and_scheduler(resume_from_checkpoint)", '("model", "optimizer", "lr_scheduler")')),

@@ -1,4 +1,5 @@
-"""`gptresume verify PATH`: re-hash a checkpoint's files (or every checkpoint of a run) against its manifest."""
+"""`gptresume verify PATH`: re-hash a checkpoint's files (or every checkpoint of a run) against its manifest, with
+the digest the manifest records (xxh3-128 in format 2, sha256 in format 1)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def _verify(local: str, shown: str) -> int:
         if info.valid:
             n = len(info.manifest["files"])
             size = sum(f["bytes"] for f in info.manifest["files"].values())
-            print(f"ok       {label(ckpt)}  (step {info.step}, {n} files, {size / 1e6:.1f} MB)")
+            digest = info.manifest.get("digest", "sha256")
+            print(f"ok       {label(ckpt)}  (step {info.step}, {n} files, {size / 1e6:.1f} MB, {digest})")
         else:
             bad += 1
             print(f"INVALID  {label(ckpt)}: " + "; ".join(info.faults))

@@ -215,7 +215,8 @@ class CheckpointConfig:
     """Write checkpoints in a background thread: training pauses only to copy the state into CPU memory, the
     files are written, hashed and fsynced while it goes on, and the manifest commits them once they are durable.
     At most one save is in flight (the next waits); a stop or the end of training waits for it. Costs one extra
-    copy of the weights and optimizer state in CPU memory. Single-process runs only (others save synchronously)."""
+    copy of the weights and optimizer state in CPU memory. One process or several (DDP: every rank's writer
+    finishes and rank 0 commits); DeepSpeed and FSDP save synchronously, with a warning saying why."""
     remote: str | None = None
     """An fsspec URL (s3://bucket/runs/demo, gs://..., az://..., file:///...) every committed checkpoint is
     uploaded to in the background (files first, manifest last, then verified); a start without a usable local
