@@ -16,10 +16,6 @@ from common import DEMO_YAML, Plan, Runner
 def write_workloads(work: Path, plan: Plan) -> dict[str, Path]:
     demo = yaml.safe_load(DEMO_YAML.read_text())
     demo["model"]["tokenizer"] = {"name_or_path": str(work / "tok-demo")}
-    if _has_gpu():  # the preset's use_cpu is for CPUs (its comment: "on a bf16 GPU delete use_cpu")
-        demo["train"].pop("use_cpu", None)
-    elif not _cpu_has_native_bf16():  # as `make demo` (examples/demo.py): bf16 autocast there is many times slower
-        demo["train"]["bf16"] = False
     paths = {"demo": work / "demo.yaml", "gpt2": work / "gpt2.yaml", "long": work / "long.yaml"}
     paths["demo"].write_text(yaml.safe_dump(demo))
     gpt2 = json.loads(json.dumps(demo))
@@ -37,20 +33,6 @@ def write_workloads(work: Path, plan: Plan) -> dict[str, Path]:
     long["train"].pop("eval_steps", None)
     paths["long"].write_text(yaml.safe_dump(long))
     return paths
-
-
-def _has_gpu() -> bool:
-    import torch  # here, not at the top: the bench's own process loads torch only when a section needs it
-
-    return torch.cuda.is_available()
-
-
-def _cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True  # not Linux: the preset as shipped
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def prepare_template(r: Runner, name: str, config: Path) -> Path:
