@@ -11,6 +11,7 @@ Sections (`--only` runs some of them; the machine description is always written)
               for the demo, Trainer out of the box and one performance setting changed at a time
   checkpoint  per save: training paused, total save time, hashing, fsync; synchronous vs checkpoint.async_save
   resume      process start to first step: fresh start, resume at batch 10 and at batch 50,000 of one epoch
+  streaming_resume  the same for a streaming run (data.streaming): resume at batch 10 and at batch 50,000
   goodput     a fixed-length run stopped every T seconds by SIGTERM (then by SIGKILL), re-run after each exit,
               against its uninterrupted wall time; also checks the final weights equal the uninterrupted run's
   packing     tokens/s and peak memory packing generated text of two sizes (1 and 2 GB; --quick 16 and 32 MB):
@@ -35,7 +36,7 @@ from pathlib import Path
 # beside this one import by their plain names.
 from common import BENCH, FULL, QUICK, Runner, loadavg, machine
 from render import fmt, write_results
-from sections import SECTIONS, checkpoint, goodput, packing, peak, remote, resume, throughput
+from sections import SECTIONS, checkpoint, goodput, packing, peak, remote, resume, streaming_resume, throughput
 from workloads import prepare_template, write_workloads
 
 
@@ -91,6 +92,8 @@ def main() -> int:
                 results["checkpoint"] = checkpoint.measure(r, plan, configs, tpls)
             elif name == "resume":
                 results["resume"] = resume.measure(r, plan, configs)
+            elif name == "streaming_resume":
+                results["streaming_resume"] = streaming_resume.measure(r, plan, configs)
             elif name == "goodput":
                 rate = results.get("throughput", {}).get("demo", {}).get("peers", {}).get(
                     "gptresume train", {}).get("tokens_per_s")
