@@ -22,7 +22,7 @@ from sections.resume import fake_position, make_synthetic
 
 def write_config(r: Runner, long_cfg: Path) -> Path:
     cfg = yaml.safe_load(long_cfg.read_text())
-    cfg["data"].update(streaming=True, validation_fraction=0.0)
+    cfg["data"].update(source=str(r.work / "synthetic-stream.txt"), streaming=True, validation_fraction=0.0)
     path = r.work / "long-stream.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -63,9 +63,9 @@ def move_stream(run: Path, config: Path, step: int) -> dict:
 def measure(r: Runner, plan: Plan, configs: dict) -> dict:
     """Start-up timings of a streaming resume early and late in the source, alternating, median over repetitions."""
     config = write_config(r, configs["long"])
-    text = r.work / "synthetic.txt"  # shared with the resume section (the same size)
+    text = r.work / "synthetic-stream.txt"  # the resume section's text, with room for the shuffle buffer read ahead
     if not text.exists():
-        make_synthetic(text, (plan.long_position + 200) * 8 * 16)
+        make_synthetic(text, int((plan.long_position + 200) * 8 * 16 * 1.25))
     early = r.work / "stream-early"
     if not (early / "checkpoint-10").is_dir():
         shutil.rmtree(early, ignore_errors=True)
