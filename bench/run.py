@@ -13,6 +13,7 @@ Sections (`--only` runs some of them; the machine description is always written)
   checkpoint_ddp  the same with 2 processes under torchrun (DDP; gloo on CPU)
   verify      verify_checkpoint of a 1.5 GB checkpoint: format 1 (sha256) vs format 2 (xxh3-128) manifest
   resume      process start to first step: fresh start, resume at batch 10 and at batch 50,000 of one epoch
+  streaming_resume  the same for a streaming run (data.streaming): resume at batch 10 and at batch 50,000
   goodput     a fixed-length run stopped every T seconds by SIGTERM (then by SIGKILL), re-run after each exit,
               against its uninterrupted wall time; also checks the final weights equal the uninterrupted run's
   packing     tokens/s and peak memory packing generated text of two sizes (1 and 2 GB; --quick 16 and 32 MB):
@@ -37,7 +38,8 @@ from pathlib import Path
 # beside this one import by their plain names.
 from common import BENCH, FULL, QUICK, Runner, loadavg, machine
 from render import fmt, write_results
-from sections import SECTIONS, checkpoint, goodput, packing, peak, remote, resume, throughput, verify
+from sections import (SECTIONS, checkpoint, goodput, packing, peak, remote, resume, streaming_resume, throughput,
+                      verify)
 from workloads import prepare_template, write_workloads
 
 
@@ -107,6 +109,8 @@ def main() -> int:
                 results["verify"] = verify.measure(r, plan)
             elif name == "resume":
                 results["resume"] = resume.measure(r, plan, configs)
+            elif name == "streaming_resume":
+                results["streaming_resume"] = streaming_resume.measure(r, plan, configs)
             elif name == "goodput":
                 rate = results.get("throughput", {}).get("demo", {}).get("peers", {}).get(
                     "gptresume train", {}).get("tokens_per_s")

@@ -469,7 +469,8 @@ def run_gptresume(a, clock: Clock) -> None:
             self.remove_callback(cb)
         for cb in (opening, *existing, closing):
             self.add_callback(cb)
-        block = len(self.train_dataset[0]["input_ids"])
+        stream = getattr(self.train_dataset, "inner", None)  # a streamed source (data/streaming.py) has no [0]
+        block = stream.block_size if stream is not None else len(self.train_dataset[0]["input_ids"])
         clock.extra.update(model_facts(self.model, block), tokens_per_step=block * self.args.per_device_train_batch_size
                            * self.args.gradient_accumulation_steps,
                            settings={"bf16": self.args.bf16, "torch_compile": self.args.torch_compile,

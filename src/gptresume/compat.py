@@ -84,6 +84,11 @@ PRIVATE: tuple[Private, ...] = (
     P(T + "_load_rng_state", "override", TRAINER, "another process count: Trainer's loader reads the mapped RNG "
       "file from a temporary directory, and skips a missing one", params=("self", "checkpoint"),
       source=("if checkpoint is None", "if not os.path.isfile(rng_file)")),
+    P(T + "get_train_dataloader", "override", TRAINER, "streaming with several processes: each rank's stream is "
+      "its own part, so accelerate's IterableDatasetShard around it is made a pass-through", params=("self",)),
+    P("accelerate.data_loader.IterableDatasetShard.__iter__", "attribute write", TRAINER, "num_processes=1, "
+      "process_index=0 make it yield every element of the rank's own stream",
+      source=("self.batch_size * self.num_processes", "range(self.process_index * process_batch_size")),
     P(T + "get_batch_samples", "override", TRAINER, "a streaming resume restores the RNG state after it, once the "
       "DataLoader iterator drew its seed on the first fetch (as Trainer's own skip path does)",
       params=("self", "epoch_iterator", "num_batches", "device")),

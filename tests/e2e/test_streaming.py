@@ -1,12 +1,25 @@
 """A streaming run (data.streaming: true) stopped and resumed in a new process is exact: the same per-step losses
 and bitwise-identical weights as an uninterrupted one, with the position restored from the checkpoint (no batch
-replayed), across the source's end; a resume on another global batch is refused with the reason."""
+replayed), across the source's end; a resume on another global batch is refused with the reason. Two processes
+(torchrun, gloo on CPU): each rank streams its own part and resumes its own position, exactly; a resume with one
+process is refused with the reason."""
 
 import json
 
 import pytest
 
-from conftest import assert_bitwise_equal, final_weights, read_metrics, run_cli, train_losses, write_config
+import subprocess
+
+from conftest import (
+    assert_bitwise_equal,
+    ddp_env,
+    final_weights,
+    launcher,
+    read_metrics,
+    run_cli,
+    train_losses,
+    write_config,
+)
 from gptresume.checkpoint import verify_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -57,3 +70,47 @@ def test_a_streaming_resume_on_another_global_batch_is_refused(streaming):
     assert "streaming run" in refused.stderr and "not a sample count" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert sorted(p.name for p in (tmp / "ref").iterdir()) == before
+
+
+DDP_STEPS = 8
+
+
+def run_torchrun(tmp, config, run_dir, *args) -> subprocess.CompletedProcess:
+    command = [*launcher("torchrun"), "-m", "gptresume", "train", str(config), "--set", f"train.output_dir={run_dir}",
+               *args]
+    return subprocess.run(command, cwd=tmp, env=ddp_env(tmp), capture_output=True, text=True, timeout=300)
+
+
+def test_two_processes_stream_their_own_parts_and_resume_exactly(tmp_path):
+    config = write_config(tmp_path, corpus_chars=2500, data={"streaming": True, "validation_fraction": 0,
+                                                             "shuffle_buffer": 4},
+                          train={"max_steps": DDP_STEPS, "save_steps": 3, "per_device_train_batch_size": 2})
+    ref = run_torchrun(tmp_path, config, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+
+    run = tmp_path / "stopped"
+    stopped = run_torchrun(tmp_path, config, run, "--stop-at-step", "5")
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr  # torchrun: a worker's 75 becomes 1
+    ckpt = run / "checkpoint-5"
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    assert verify_checkpoint(ckpt).valid and manifest["world_size"] == 2
+    per_rank = {f"data_state_{r}.json" for r in (0, 1)} | {f"data_buffer_{r}.npy" for r in (0, 1)}
+    assert per_rank <= set(manifest["files"])  # each rank's position, committed and hashed with the checkpoint
+    states = [json.loads((ckpt / f"data_state_{r}.json").read_text()) for r in (0, 1)]
+    assert [s["yielded"] for s in states] == [5 * 2, 5 * 2]  # each rank trained its own 10 blocks
+    assert states[0]["reader"] != states[1]["reader"]  # its own part of the source
+
+    before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*")}
+    elastic = run_cli(tmp_path, "train", config, "--set", f"train.output_dir={run}", "--allow-change", "world_size")
+    assert elastic.returncode == 2, elastic.stdout + elastic.stderr
+    assert "world_size changed (2 -> 1)" in elastic.stderr and "process count" in elastic.stderr
+    assert "Traceback" not in elastic.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+    resumed = run_torchrun(tmp_path, config, run)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Resuming from" in resumed.stdout and "checkpoint-5" in resumed.stdout
+    steps = [r["step"] for r in read_metrics(run) if "loss" in r]
+    assert steps == list(range(1, DDP_STEPS + 1))
+    assert train_losses(run) == train_losses(tmp_path / "ref")
+    assert_bitwise_equal(final_weights(run), final_weights(tmp_path / "ref"))

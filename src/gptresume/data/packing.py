@@ -57,6 +57,9 @@ class PreparedData:
     """Where the blocks were built when they did not come from the cache; renamed into place by save_to_cache."""
     created: list = field(default_factory=list)
     """Directories made for the staging area (removed again by `discard`)."""
+    times: dict = field(default_factory=dict)
+    """Directory -> (atime_ns, mtime_ns) before the staging area was made in it: `discard` puts them back, so a
+    refused run leaves RUN_DIR exactly as it was, timestamps included."""
 
     def discard(self) -> None:
         """The run was refused: remove what preparing wrote (RUN_DIR as it was)."""
@@ -67,7 +70,10 @@ class PreparedData:
                 d.rmdir()
             except OSError:  # not empty: something else lives there
                 pass
-        self.staging, self.created = None, []
+        for d, (atime, mtime) in self.times.items():
+            if d.is_dir():
+                os.utime(d, ns=(atime, mtime))
+        self.staging, self.created, self.times = None, [], {}
 
     def relocate(self, old: Path, new: Path) -> None:
         for ds in (self.train, self.validation):
@@ -147,7 +153,7 @@ def prepare_data(cfg: DataConfig, tokenizer, run_dir: Path, texts=None) -> Prepa
             path = token_file(sources, field_name)
             external[role] = (path.resolve(), check_token_file(path, cfg.token_dtype, vocab, field_name))
     data = PreparedData(None, None, "", 0, cfg.block_size, key=key)
-    data.staging = _make_staging(run_dir, key, data.created)
+    data.staging = _make_staging(run_dir, key, data)
     try:
         _build(cfg, tokenizer, texts, data, external)
     except BaseException:
@@ -161,12 +167,15 @@ def _validation_sources(cfg: DataConfig) -> list[str] | None:
     return None if v is None else ([v] if isinstance(v, str) else list(v))
 
 
-def _make_staging(run_dir: Path, key: str, created: list) -> Path:
+def _make_staging(run_dir: Path, key: str, data: PreparedData) -> Path:
     staging = run_dir / DATA_CACHE_DIR / f"{key}{STAGING}{os.getpid()}"
     for d in (run_dir, run_dir / DATA_CACHE_DIR):
-        if not d.exists():
+        if d.is_dir():
+            st = d.stat()
+            data.times.setdefault(d, (st.st_atime_ns, st.st_mtime_ns))
+        else:
             d.mkdir(parents=True)
-            created.append(d)
+            data.created.append(d)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     return staging

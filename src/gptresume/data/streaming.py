@@ -12,6 +12,12 @@ batch is replayed, and the blocks are those the uninterrupted run would have tra
 
 Resuming positions the reader with `IterableDataset.load_state_dict`: it skips to the file and row, re-reading the
 rows of the current file before that row without tokenizing them; it never replays batches.
+
+Several processes: each rank reads its own part of the documents (`datasets.distributed.split_dataset_by_node`:
+whole files when their count is a multiple of the process count, else every world_size-th document), packs and
+shuffles it alone, and writes its own state (`data_state_<rank>.json`, `data_buffer_<rank>.npy`, beside Trainer's
+`rng_state_<rank>.pth`). The Trainer's DataLoader must then not shard the batches again (training/trainer.py).
+A rank's state belongs to its part of the source, so a resume on another process count is refused.
 """
 
 from __future__ import annotations
@@ -37,9 +43,16 @@ KEPT_SNAPSHOTS = 64  # states of the last blocks yielded, beyond 4 optimizer ste
 # ahead of the trained step: accelerate one batch, Trainer the step's accumulation batches)
 
 
-def open_documents(cfg: DataConfig):
+def state_names(rank: int, world_size: int) -> tuple[str, str]:
+    """A rank's state and buffer file names in a checkpoint: one process keeps the unnumbered names."""
+    if world_size == 1:
+        return STATE_NAME, BUFFER_NAME
+    return f"data_state_{rank}.json", f"data_buffer_{rank}.npy"
+
+
+def open_documents(cfg: DataConfig, rank: int = 0, world_size: int = 1):
     """The source as a `datasets.IterableDataset` with one column `text` (hub: streaming=True; local files: the
-    same builders as packing, streaming)."""
+    same builders as packing, streaming); with several processes, rank `rank`'s part of it."""
     import datasets
 
     from gptresume.data.sources import FILE_LOADERS, resolve_files
@@ -60,6 +73,10 @@ def open_documents(cfg: DataConfig):
         ds = datasets.load_dataset(loader, data_files=[str(f) for f in files], split="train", streaming=True,
                                    **kwargs)
         column = "text" if loader == "text" else cfg.text_column
+    if world_size > 1:
+        from datasets.distributed import split_dataset_by_node
+
+        ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
     return ds, column
 
 
@@ -67,8 +84,9 @@ class PackedStream:
     """An endless stream of packed blocks ({"input_ids": int64 array}); epoch e+1 re-reads the source with the
     buffer's generator carried on. Map-style it is not: Trainer needs `max_steps` (checked with the config)."""
 
-    def __init__(self, cfg: DataConfig, tokenizer, seed: int, block_size: int):
+    def __init__(self, cfg: DataConfig, tokenizer, seed: int, block_size: int, rank: int = 0, world_size: int = 1):
         self.cfg, self.tokenizer, self.seed, self.block_size = cfg, tokenizer, seed, block_size
+        self.rank, self.world_size = rank, world_size
         self.buffer_size = cfg.shuffle_buffer or DEFAULT_SHUFFLE_BUFFER
         self._restored: dict | None = None
         self.snapshots: OrderedDict[int, dict] = OrderedDict()
@@ -91,7 +109,7 @@ class PackedStream:
         eos = self.tokenizer.eos_token_id
         bs = self.block_size
         while True:
-            ds, column = open_documents(self.cfg)
+            ds, column = open_documents(self.cfg, self.rank, self.world_size)
             if reader_state is not None:
                 ds.load_state_dict(reader_state)
             it, docs_seen = iter(ds), reader_state is not None
@@ -117,7 +135,8 @@ class PackedStream:
                 pending = [carry[i * bs:(i + 1) * bs] for i in reversed(range(n))]
                 carry = carry[n * bs:]
             if not docs_seen:
-                raise UsageError(f"data.source: {self.cfg.source!r} holds no documents to stream")
+                part = f" for process {self.rank} of {self.world_size}" if self.world_size > 1 else ""
+                raise UsageError(f"data.source: {self.cfg.source!r} holds no documents to stream{part}")
             epoch, reader_state = epoch + 1, None  # the files again, in order; the buffer's generator carries on
 
     def _snapshot(self, yielded, epoch, reader_state, carry, buffer, pending, rng) -> None:
@@ -137,19 +156,21 @@ class PackedStream:
             raise RuntimeError(f"streaming: no state kept for block {blocks_trained} (kept: "
                                f"{list(self.snapshots)[:1]}..{list(self.snapshots)[-1:]})")
         rows = state["buffer"] + state["pending"]
-        np.save(directory / BUFFER_NAME, np.stack(rows) if rows else np.zeros((0, self.block_size), np.int64))
+        state_name, buffer_name = state_names(self.rank, self.world_size)
+        np.save(directory / buffer_name, np.stack(rows) if rows else np.zeros((0, self.block_size), np.int64))
         record = {k: v for k, v in state.items() if k not in ("buffer", "pending")}
         record.update(carry=[int(x) for x in state["carry"]], buffered=len(state["buffer"]))
-        (directory / STATE_NAME).write_text(json.dumps(record))
+        (directory / state_name).write_text(json.dumps(record))
 
     def load_state(self, checkpoint: Path) -> None:
-        """Continue after the blocks the checkpoint trained on (its data_state.json and data_buffer.npy)."""
-        path = Path(checkpoint) / STATE_NAME
+        """Continue after the blocks the checkpoint trained on (this rank's data_state and data_buffer files)."""
+        state_name, buffer_name = state_names(self.rank, self.world_size)
+        path = Path(checkpoint) / state_name
         if not path.is_file():
-            raise UsageError(f"streaming: {checkpoint} has no {STATE_NAME} (not written by a streaming run); resume "
-                             "it without data.streaming, or start a new run")
+            raise UsageError(f"streaming: {checkpoint} has no {state_name} (not written by a streaming run with "
+                             f"{self.world_size} process(es)); resume it as it was started, or start a new run")
         state = json.loads(path.read_text())
-        rows = [row for row in np.load(Path(checkpoint) / BUFFER_NAME, allow_pickle=False).astype(np.int64)]
+        rows = [row for row in np.load(Path(checkpoint) / buffer_name, allow_pickle=False).astype(np.int64)]
         state["buffer"], state["pending"] = rows[:state["buffered"]], rows[state["buffered"]:]
         self._restored = state
 
@@ -208,11 +229,13 @@ class StreamedData:
         pass
 
 
-def streamed_data(cfg: DataConfig, tokenizer, run_dir: Path, seed: int) -> StreamedData:
+def streamed_data(cfg: DataConfig, tokenizer, run_dir: Path, seed: int, rank: int = 0, world_size: int = 1
+                  ) -> StreamedData:
     if tokenizer.eos_token_id is None:
         raise UsageError("model.tokenizer: the tokenizer has no EOS token, needed between documents")
-    open_documents(cfg)  # a missing file or an unreachable hub dataset fails here, before anything is written
-    stream = PackedStream(cfg, tokenizer, seed, cfg.block_size)
+    open_documents(cfg, rank, world_size)  # a missing file or an unreachable hub dataset fails here, before
+    # anything is written
+    stream = PackedStream(cfg, tokenizer, seed, cfg.block_size, rank, world_size)
     return StreamedData(stream, stream_fingerprint(cfg, tokenizer, run_dir, seed), cfg.block_size)
 
 

@@ -87,7 +87,7 @@ def _run_session(config: Config, options: Options):
                 spec.train_samples = len(data.train) if hasattr(data.train, "__len__") else None
                 session.check_inputs(has_dropout(inputs["model"]))
                 if config.data.streaming:
-                    _check_streaming_resume(plan, world_size)
+                    _check_streaming_resume(plan)
                 session.prepare_run_dir(world_size, lambda: _write_inputs(config, plan, inputs["data"],
                                                                           inputs["tokenizer"]))
             except BaseException:
@@ -163,7 +163,8 @@ def _load_inputs(config: Config, plan: ResumePlan, tokenizer_dir: Path | None = 
     if config.data.streaming:
         from gptresume.data.streaming import streamed_data
 
-        data = streamed_data(config.data, tokenizer, config.run_dir, int(config.train.get("seed", 42)))
+        data = streamed_data(config.data, tokenizer, config.run_dir, int(config.train.get("seed", 42)),
+                             distributed.rank(), distributed.world_size())  # each rank streams its own part
     else:
         data = prepare_data(config.data, tokenizer, config.run_dir, texts)
     try:
@@ -189,12 +190,9 @@ def _write_inputs(config: Config, plan: ResumePlan, data, tokenizer) -> None:
     dump_config(config, run_dir / CONFIG_NAME)
 
 
-def _check_streaming_resume(plan: ResumePlan, world_size: int) -> None:
+def _check_streaming_resume(plan: ResumePlan) -> None:
     from gptresume.data.streaming import streaming_refusal
 
-    if world_size > 1:
-        raise UsageError(f"data.streaming: {world_size} processes; streaming runs with one process for now "
-                         "(each rank would need its own part of the source and its own saved position)")
     why = streaming_refusal(plan) if plan.checkpoint else None
     if why:
         raise UsageError(f"resume refused: {why}")
@@ -205,6 +203,10 @@ def _make_trainer(config: Config, model, tokenizer, data):
     from transformers import Trainer
 
     extra = {"ignore_data_skip": True} if config.data.streaming else {}  # the stream restores its own position
+    if config.data.streaming and distributed.world_size() > 1:  # each rank's stream is its own part: accelerate
+        # must neither read the batches on rank 0 and send them (its default for an IterableDataset) nor shard them
+        accel = config.train.get("accelerator_config")
+        extra["accelerator_config"] = {**(accel if isinstance(accel, dict) else {}), "dispatch_batches": False}
     args = config.training_arguments(disable_tqdm=True, **distributed.training_defaults(config.train), **extra)
     return Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
                    data_collator=PackedBlockCollator(), processing_class=tokenizer)

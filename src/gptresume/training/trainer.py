@@ -92,6 +92,22 @@ class ResumableTrainerMixin:
     (ignore_data_skip), and the RNG state is restored after the epoch's DataLoader iterator exists."""
     _gptresume_rng_pending = None
 
+    def get_train_dataloader(self):  # checked with transformers 5.24, accelerate 1.15
+        """A streamed training set under several processes is already this rank's own part (data/streaming.py:
+        each rank reads and saves its own position). With dispatch_batches off, accelerate still wraps an
+        IterableDataset in IterableDatasetShard (read world_size batches, keep one): made a pass-through here, as
+        Trainer itself does for its rank-aware BatchRebalanceSampler."""
+        loader = super().get_train_dataloader()
+        if self._gptresume_streaming and self.args.world_size > 1:
+            from accelerate.data_loader import IterableDatasetShard
+
+            shard = loader.dataset
+            if not isinstance(shard, IterableDatasetShard):
+                raise RuntimeError(f"streaming with {self.args.world_size} processes: expected accelerate's "
+                                   f"IterableDatasetShard around the stream, got {type(shard).__name__}")
+            shard.num_processes, shard.process_index = 1, 0
+        return loader
+
     def get_batch_samples(self, epoch_iterator, num_batches, device):  # checked with transformers 5.24
         """A streaming resume: the checkpoint's RNG state is restored after the first batches are fetched, once
         the DataLoader iterator (created lazily by accelerate's DataLoaderShard on the first fetch) has drawn its

@@ -8,6 +8,7 @@ import pytest
 from conftest import corpus_texts
 from gptresume.config import DataConfig
 from gptresume.data.streaming import PackedStream, streaming_refusal
+from gptresume.errors import UsageError
 from gptresume.modeling import train_tokenizer
 from gptresume.resume.changes import BATCH, DATA, Change
 
@@ -53,6 +54,37 @@ def test_a_restored_stream_continues_with_the_next_block(tmp_path, tokenizer, fm
         assert all(np.array_equal(a, b) for a, b in zip(take(resumed, 10), blocks[k:k + 10]))
     other_seed = take(PackedStream(cfg, tokenizer, seed=4, block_size=16), 20)
     assert not all(np.array_equal(a, b) for a, b in zip(other_seed, blocks[:20]))
+
+
+@pytest.mark.parametrize("files", [1, 2])  # 1 file: every other document per rank; 2 files: one file per rank
+def test_each_rank_streams_its_own_part_and_resumes_its_own_position(tmp_path, tokenizer, files):
+    docs = [p for d in corpus_texts(4) for p in d[:600].split("\n\n") if p.strip()]
+    for i in range(files):
+        (tmp_path / f"{i}.txt").write_text("\n\n".join(docs[i::files]))
+    cfg = DataConfig(source=str(tmp_path / "*.txt"), text_unit="paragraph", block_size=16, streaming=True,
+                     validation_fraction=0, shuffle_buffer=5)
+
+    def stream(rank, world_size=2):
+        return PackedStream(cfg, tokenizer, seed=3, block_size=16, rank=rank, world_size=world_size)
+
+    whole = {b.tobytes() for b in take(stream(0, 1), 40)}
+    parts = [take(stream(r), 60) for r in (0, 1)]
+    assert all(len(p) == 60 for p in parts)
+    seen = [{b.tobytes() for b in p} for p in parts]
+    assert not seen[0] & seen[1]  # disjoint documents, so (almost surely) no shared block
+    assert seen[0] != whole and seen[1] != whole
+    for rank in (0, 1):
+        source = stream(rank)
+        take(source, 45)
+        ckpt = tmp_path / f"ckpt-{rank}"
+        ckpt.mkdir()
+        source.save_state(37, ckpt)
+        assert sorted(p.name for p in ckpt.iterdir()) == [f"data_buffer_{rank}.npy", f"data_state_{rank}.json"]
+        resumed = stream(rank)
+        resumed.load_state(ckpt)
+        assert all(np.array_equal(a, b) for a, b in zip(take(resumed, 15), parts[rank][37:52]))
+        with pytest.raises(UsageError, match=f"no data_state_{1 - rank}.json"):
+            stream(1 - rank).load_state(ckpt)
 
 
 class Plan:
