@@ -171,6 +171,19 @@ def snapshot(path: Path) -> dict:
     return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))}
 
 
+@pytest.fixture(autouse=True)
+def _weights_only_env_kept():
+    """`gptresume.cli.main` sets TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 for its process (nothing read from a run executes
+    code). A test that calls `main` in-process would leave it set for every later test of its pytest worker (one
+    of them reads a Trainer's `training_args.bin` with weights_only=False): put it back after each test."""
+    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    yield
+    if before is None:
+        os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+    else:
+        os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
     return write_config(tmp_path)
