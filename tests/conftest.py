@@ -171,6 +171,13 @@ def snapshot(path: Path) -> dict:
     return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))}
 
 
+@pytest.fixture
+def no_fsync(monkeypatch):
+    """Durability is not what these tests check: fsync (tens of ms per file on a busy disk) is a no-op here. A test
+    module opts in with `pytestmark = pytest.mark.usefixtures("no_fsync")`."""
+    monkeypatch.setattr("os.fsync", lambda fd: None)
+
+
 @pytest.fixture(autouse=True)
 def _weights_only_env_kept():
     """`gptresume.cli.main` sets TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 for its process (nothing read from a run executes

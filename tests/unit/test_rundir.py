@@ -32,9 +32,7 @@ from gptresume.rundir import (
 )
 
 
-@pytest.fixture(autouse=True)
-def no_fsync(monkeypatch):
-    monkeypatch.setattr("os.fsync", lambda fd: None)
+pytestmark = pytest.mark.usefixtures("no_fsync")  # tests/conftest.py
 
 
 # ---------------------------------------------------------------- the run lock

@@ -32,9 +32,7 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.fixture(autouse=True)
-def no_fsync(monkeypatch):
-    monkeypatch.setattr("os.fsync", lambda fd: None)
+pytestmark = pytest.mark.usefixtures("no_fsync")  # tests/conftest.py
 
 
 def real_state(ckpt, step: int = 4):

@@ -25,10 +25,7 @@ from gptresume.durable import atomic_write_text
 COMPLETE = ("model.safetensors", "trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")
 
 
-@pytest.fixture(autouse=True)
-def no_fsync(monkeypatch):
-    """Durability is not what these tests check: fsync is a no-op here (tens of ms per file on a busy disk)."""
-    monkeypatch.setattr("os.fsync", lambda fd: None)
+pytestmark = pytest.mark.usefixtures("no_fsync")  # tests/conftest.py
 
 
 def checkpoint(path: Path, names=COMPLETE, commit: bool = False) -> Path:

@@ -16,9 +16,7 @@ from gptresume.checkpoint.manifest import manifest_problems, path_problem
 from gptresume.tools.status import collect_status, format_status
 
 
-@pytest.fixture(autouse=True)
-def no_fsync(monkeypatch):
-    monkeypatch.setattr("os.fsync", lambda fd: None)
+pytestmark = pytest.mark.usefixtures("no_fsync")  # tests/conftest.py
 
 
 def make_checkpoint(run_dir, step):

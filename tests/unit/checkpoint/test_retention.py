@@ -21,10 +21,7 @@ from gptresume.checkpoint import (
 )
 
 
-@pytest.fixture(autouse=True)
-def no_fsync(monkeypatch):
-    """Durability is not what these tests check: fsync is a no-op here (tens of ms per file on a busy disk)."""
-    monkeypatch.setattr("os.fsync", lambda fd: None)
+pytestmark = pytest.mark.usefixtures("no_fsync")  # tests/conftest.py
 
 
 def make_checkpoint(run_dir: Path, step: int, commit: bool = True, evals: dict[int, float] | None = None) -> Path:

@@ -16,9 +16,7 @@ from gptresume.health.rollback import (
 )
 
 
-@pytest.fixture(autouse=True)
-def no_fsync(monkeypatch):
-    monkeypatch.setattr("os.fsync", lambda fd: None)
+pytestmark = pytest.mark.usefixtures("no_fsync")  # tests/conftest.py
 
 
 def make(run_dir: Path, step: int) -> Path:

@@ -28,10 +28,7 @@ from gptresume.remote.uploader import Uploader
 from gptresume.remote.url import Remote, output_dir_url_problem, remote_problems, scheme
 
 
-@pytest.fixture(autouse=True)
-def no_fsync(monkeypatch):
-    """Durability is not what these tests check: fsync is a no-op here."""
-    monkeypatch.setattr("os.fsync", lambda fd: None)
+pytestmark = pytest.mark.usefixtures("no_fsync")  # tests/conftest.py
 
 
 def make_checkpoint(run_dir: Path, step: int) -> Path:

@@ -48,10 +48,7 @@ def make_checkpoint(run_dir: Path, step: int, config: dict, *, state_files=STATE
     return ckpt
 
 
-@pytest.fixture(autouse=True)
-def no_fsync(monkeypatch):
-    """Durability is not what these tests check: fsync (tens of ms per file on a busy disk) is a no-op here."""
-    monkeypatch.setattr("os.fsync", lambda fd: None)
+pytestmark = pytest.mark.usefixtures("no_fsync")  # tests/conftest.py
 
 
 @pytest.fixture
