@@ -48,6 +48,7 @@ class Plan:
     matmul_n: int = 3072
     workloads: tuple = ("demo", "gpt2")
     packing_mb: tuple = (1024, 2048)  # generated text packed by the packing section: a size and twice it
+    packing_reps: int = 1  # each packing of 1-2 GB runs for minutes (about 70 min for the section on 2 cores)
     ddp_procs: int = 2  # checkpoint_ddp: processes under torchrun (gloo on CPU)
     verify_mb: int = 1536  # verify: the checkpoint's size (GPT-2 124M with Adam is about 1.5 GB)
 

@@ -21,11 +21,11 @@ def measure(r: Runner, plan: Plan) -> dict:
         if not corpus.is_dir():
             make_corpus(corpus, mb)
         runs = {p: [] for p in PEERS}
-        for rep in range(plan.reps):
+        for rep in range(plan.packing_reps):
             for peer in rotated(PEERS, rep):
                 work = r.work / f"pack-{mb}-{peer}-{rep}"
                 res = r.worker("pack", "--peer", peer, "--corpus", str(corpus), "--tokenizer",
-                               str(r.work / "tok-demo"), "--work", str(work))
+                               str(r.work / "tok-demo"), "--work", str(work), timeout=3 * 3600)
                 shutil.rmtree(work, ignore_errors=True)
                 runs[peer].append(res)
                 r.log(f"  pack {mb} MB {peer}: {res['tokens_per_s']:,.0f} tok/s, peak RSS {res['peak_rss_mb']:.0f} MB "
