@@ -29,8 +29,8 @@ def _header(results: dict) -> list[str]:
     return [
         "# Benchmark results",
         "",
-        f"Written by `make bench` (bench/run.py{' --quick' if results['quick'] else ''}) on {m['time']}; "
-        f"took {results['wall_s'] / 60:.1f} min. Raw numbers: bench/results.json.",
+        f"Written by {_command(results)} on {m['time']}; "
+        f"took {results['wall_s'] / 60:.1f} min. Raw numbers: results.json beside this file.",
         "",
         f"**Machine**: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
         f"{m['memory_gb']} GB RAM, {'GPU' if m['gpu'] else 'no GPU'}; ISA: {', '.join(m['isa'])}. "
@@ -40,10 +40,23 @@ def _header(results: dict) -> list[str]:
                                                                         results.get("load_at_end", 0)) > 0.5 else "")
         + ".",
         "",
-        f"Each figure is the median of {plan['reps']} runs, each in a fresh process; peers alternate within each "
-        "repetition (the order rotates and reverses).",
+        f"Each figure is the median of {plan['reps']} runs"
+        + (f" (packing: {plan.get('packing_reps', plan['reps'])}, each of 1-2 GB taking minutes)"
+           if "packing" in results.get("sections", []) and not results["quick"] else "")
+        + ", each in a fresh process; peers alternate within each repetition (the order rotates and reverses).",
         "",
     ]
+
+
+def _command(results: dict) -> str:
+    """The command that measured: `make bench` for every section, else bench/run.py with the options used."""
+    from sections import SECTIONS
+
+    sections = results.get("sections") or list(SECTIONS)
+    if list(sections) == list(SECTIONS) and not results["quick"]:
+        return "`make bench` (bench/run.py)"
+    return ("`bench/run.py" + (" --quick" if results["quick"] else "")
+            + ("" if list(sections) == list(SECTIONS) else " --only " + " ".join(sections)) + "`")
 
 
 def _targets(results: dict) -> list[str]:

@@ -1,7 +1,8 @@
 """checkpoint.remote against a real S3-compatible server (moto's standalone server on 127.0.0.1, through s3fs):
 upload and verification, a resume from the bucket after the local run directory is gone (bitwise equal to an
-uninterrupted run, skipping a corrupted and an unfinished remote checkpoint by name), an outage of the server
-during an upload, and a wrong bucket or endpoint refused before anything is written."""
+uninterrupted run, skipping a corrupted and an unfinished remote checkpoint by name), the same after a rollback
+(the set-aside checkpoint gone from the bucket, the rollback's data skip carried by the uploaded history.jsonl), an
+outage of the server during an upload, and a wrong bucket or endpoint refused before anything is written."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def test_upload_verify_and_resume_from_the_bucket_bitwise(tmp_path, s3):
     # every committed checkpoint uploaded, manifest included, and verified (the ledger records it)
     files = remote_names(s3, "run1")
     manifest = json.loads((tmp_path / "run" / "checkpoint-8" / "manifest.json").read_text())
-    assert set(files) == {f"checkpoint-{step}/{rel}" for step in (4, 8) for rel in [*manifest["files"], "manifest.json"]}
+    assert set(files) == {f"checkpoint-{step}/{rel}" for step in (4, 8) for rel in [*manifest["files"], "manifest.json"]
+                          } | {"history.jsonl"}  # the run's events, uploaded after each verified checkpoint
     ledger = json.loads((tmp_path / "run" / "remote-uploads.json").read_text())
     assert set(ledger["verified"]) == {"checkpoint-4", "checkpoint-8"}
     assert "verified" in first.stderr
@@ -136,6 +138,38 @@ def test_server_down_during_an_upload(tmp_path, s3):
     assert not (tmp_path / "run" / "checkpoint-4").exists()  # verified, then removed by keep_last 1
     checked = run_cli(tmp_path, "verify", f"s3://{BUCKET}/run2", env=env_for(s3))
     assert checked.returncode == 0 and checked.stdout.count("ok ") == 3, checked.stdout + checked.stderr
+
+
+def test_a_rollback_reaches_the_bucket(tmp_path, s3):
+    """health.on_nan: rollback sets checkpoint-6 aside (the NaN is at step 8, rollback_steps 4 -> checkpoint-3) and
+    the run stops right there. Its remote copy must go, and history.jsonl (the rollback's data skip) must be in
+    the bucket: the disk is then lost, and a start from the bucket must continue as the run that kept its disk."""
+    sections = {"train": {"max_steps": 12, "save_steps": 3},
+                "health": {"on_nan": "rollback", "rollback_steps": 4, "skip_batches": 2}}
+    fault = {"GPTRESUME_TEST_FAULT": "nan@8"}
+    reference = run_cli(tmp_path, "train", write_config(tmp_path, "ref.yaml", train={
+        **sections["train"], "output_dir": str(tmp_path / "ref")}, health=sections["health"]), env=fault)
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    config = write_config(tmp_path, "remote.yaml", checkpoint={
+        "keep_last": 2, "remote": f"s3://{BUCKET}/run3", "remote_options": {"endpoint_url": s3.endpoint}}, **sections)
+    env = env_for(s3)
+
+    stopped = run_cli(tmp_path, "train", config, "--stop-at-step", "8", env={**env, **fault})
+    out = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 75, out
+    assert "Rollback 1 of at most 3" in out and f"Removed from s3://{BUCKET}/run3 (set aside by the rollback): checkpoint-6" in out
+    remote = {p.split("/", 1)[0] for p in remote_names(s3, "run3")}
+    assert remote == {"checkpoint-3", "history.jsonl"}, remote
+    assert json.loads((tmp_path / "run" / "remote-uploads.json").read_text())["verified"].keys() == {"checkpoint-3"}
+
+    shutil.rmtree(tmp_path / "run")  # the machine is gone
+    resumed = run_cli(tmp_path, "train", config, env=env)
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, out
+    assert f"Downloaded s3://{BUCKET}/run3/checkpoint-3 (verified)" in out and "history.jsonl" in out, out
+    ref_losses, losses = train_losses(tmp_path / "ref"), train_losses(tmp_path / "run")
+    assert all(losses[s] == ref_losses[s] for s in range(4, 13)), (losses, ref_losses)
+    assert_bitwise_equal(final_weights(tmp_path / "ref"), final_weights(tmp_path / "run"))
 
 
 @pytest.mark.parametrize("where", ["bucket", "endpoint"])

@@ -2,7 +2,8 @@
 downloaded into the run directory and verified like a local one, then resumed as if it had been there.
 
 Newer remote checkpoints without a manifest (an upload cut short) or failing verification are skipped, each with
-a message naming its URL and the fault; they are left on the remote (remote retention removes them later)."""
+a message naming its URL and the fault; they are left on the remote (remote retention removes them later).
+The run's history.jsonl comes with it when the run directory has none: a rollback's data skip is recorded there."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from gptresume.durable import fsync_dir
 from gptresume.remote.ledger import Ledger
-from gptresume.remote.transfer import download_checkpoint, remote_checkpoints
+from gptresume.remote.transfer import download_checkpoint, download_history, remote_checkpoints
 from gptresume.remote.url import Remote
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ def fetch_newest_valid(remote: Remote, run_dir: Path) -> tuple[Path | None, list
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         Ledger(run_dir, remote.url).record(run_dir / name)  # the remote holds this very commit, verified
+        if download_history(remote, run_dir):  # a rollback's data skip (health/rollback.py) is recorded there
+            print(f"Downloaded {remote.label('history.jsonl')} into {run_dir}", flush=True)
         print(f"Downloaded {remote.label(name)} (verified) into {run_dir / name}", flush=True)
         return run_dir / name, skipped
     return None, skipped

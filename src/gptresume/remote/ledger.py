@@ -33,12 +33,17 @@ class Ledger:
         self.url = url
         self._lock = threading.Lock()
         self.verified: dict[str, dict] = {}
+        self.set_aside: dict[str, str] = {}
+        """Remote copies to delete (name -> manifest sha256): checkpoints a rollback set aside locally."""
         try:
             saved = json.loads(self.path.read_text())
         except (OSError, ValueError):
             saved = {}
         if isinstance(saved, dict) and saved.get("url") == url and isinstance(saved.get("verified"), dict):
             self.verified = {k: v for k, v in saved["verified"].items() if CHECKPOINT_RE.match(k) and isinstance(v, dict)}
+            aside = saved.get("set_aside")
+            if isinstance(aside, dict):
+                self.set_aside = {k: v for k, v in aside.items() if CHECKPOINT_RE.match(k) and isinstance(v, str)}
 
     def is_verified(self, ckpt: Path) -> bool:
         with self._lock:
@@ -65,6 +70,23 @@ class Ledger:
                     self.verified[n]["removed_remotely"] = True
             self._save()
 
+    def rolled_back(self, moved: dict[str, str | None]) -> None:
+        """A rollback set these checkpoints aside locally (name -> sha256 of their manifest): they no longer count
+        as verified copies (remote retention must not keep them as the newest), and their remote copies, verified
+        or not (an upload the rollback cut short may have reached its manifest), are to be deleted
+        (`transfer.delete_set_aside`), so a resume from the bucket cannot pick one."""
+        with self._lock:
+            for name, sha in moved.items():
+                self.verified.pop(name, None)
+                if sha:
+                    self.set_aside[name] = sha
+            self._save()
+
+    def deleted_set_aside(self, name: str) -> None:
+        with self._lock:
+            self.set_aside.pop(name, None)
+            self._save()
+
     def names(self) -> list[str]:
         """Checkpoints with a verified copy still on the remote (what remote retention counts)."""
         with self._lock:
@@ -72,5 +94,6 @@ class Ledger:
 
     def _save(self) -> None:
         if self.path.parent.is_dir():
-            atomic_write_text(self.path, json.dumps({"url": self.url, "verified": self.verified}, indent=1,
-                                                    sort_keys=True))
+            atomic_write_text(self.path, json.dumps({"url": self.url, "verified": self.verified,
+                                                     **({"set_aside": self.set_aside} if self.set_aside else {})},
+                                                    indent=1, sort_keys=True))

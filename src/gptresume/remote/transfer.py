@@ -126,6 +126,53 @@ def delete_remote_checkpoint(remote: Remote, name: str) -> bool:
     return True
 
 
+def delete_set_aside(remote: Remote, ledger) -> list[str]:
+    """Delete the remote copies of the checkpoints a rollback set aside (`ledger.set_aside`), each only while the
+    remote manifest is still the set-aside commit's (a newer save under that name is left alone). Returns the
+    names deleted; the storage's errors propagate, and what was not done stays in the ledger for the next try."""
+    import hashlib
+
+    deleted = []
+    for name, sha in sorted(ledger.set_aside.items()):
+        try:
+            remote_sha = hashlib.sha256(remote.fs.cat_file(remote.path(name, MANIFEST_NAME))).hexdigest()
+        except FileNotFoundError:
+            remote_sha = None
+        if remote_sha == sha:
+            if not delete_remote_checkpoint(remote, name):
+                raise OSError(f"could not delete {remote.label(name)}")
+            deleted.append(name)
+        ledger.deleted_set_aside(name)
+    return deleted
+
+
+def upload_history(remote: Remote, run_dir: Path) -> None:
+    """RUN_DIR/history.jsonl to URL/history.jsonl: a resume from the bucket reads a rollback's data skip there,
+    and `status URL` the run's events."""
+    from gptresume.rundir import HISTORY_NAME
+
+    local = Path(run_dir) / HISTORY_NAME
+    if local.is_file():
+        remote.fs.put_file(str(local), remote.path(HISTORY_NAME))
+
+
+def download_history(remote: Remote, run_dir: Path) -> bool:
+    """URL/history.jsonl into a run directory that has none (a wiped disk); True when one was fetched."""
+    from gptresume.durable import atomic_write_text
+    from gptresume.rundir import HISTORY_NAME
+
+    local = Path(run_dir) / HISTORY_NAME
+    if local.exists():
+        return False
+    try:
+        data = remote.fs.cat_file(remote.path(HISTORY_NAME))
+    except FileNotFoundError:
+        return False
+    text = data.decode(errors="replace")
+    atomic_write_text(local, text[: text.rfind("\n") + 1])  # an upload taken mid-append ends in a torn line
+    return True
+
+
 def remote_retention(remote: Remote, keep_last: int | None, verified: list[str]) -> list[str]:
     """After a remote checkpoint is verified: delete remote checkpoints older than the `keep_last` newest verified
     ones (`verified`: names whose remote copy this run verified). Nothing newer than that floor is touched, so

@@ -18,7 +18,13 @@ from pathlib import Path
 
 from gptresume.checkpoint.files import MANIFEST_NAME, list_checkpoints
 from gptresume.remote.ledger import Ledger
-from gptresume.remote.transfer import remote_retention, upload_checkpoint, verify_uploaded
+from gptresume.remote.transfer import (
+    delete_set_aside,
+    remote_retention,
+    upload_checkpoint,
+    upload_history,
+    verify_uploaded,
+)
 from gptresume.remote.url import Remote
 
 log = logging.getLogger(__name__)
@@ -134,7 +140,21 @@ class Uploader:
             if attempt > 1:
                 print(f"Upload of {ckpt.name} to {self.remote.url} verified after {attempt} attempts", flush=True)
             self._retention()
+            self._books()
             return
+
+    def _books(self) -> None:
+        """After a verified upload: the remote copies a rollback set aside (left by a failed earlier try) are
+        deleted, and history.jsonl is uploaded. Failures are retried after the next upload."""
+        try:
+            if self.ledger.set_aside:
+                deleted = delete_set_aside(self.remote, self.ledger)
+                if deleted:
+                    log.info("Removed from %s (set aside by a rollback): %s", self.remote.url, ", ".join(deleted))
+            upload_history(self.remote, self.run_dir)
+        except Exception as e:
+            log.warning("Updating %s after an upload failed (%s); trying again after the next upload",
+                        self.remote.url, _short(e))
 
     def _retention(self) -> None:
         if not self.keep_last:

@@ -216,6 +216,10 @@ def _decide(session, trainer, event: Verdict, stop_reason: str | None):
             rb = Rollback(event.step, event.detail, target.path, target.step, cfg.skip_batches, skip,
                           tuple(p.name for p in moved), done + 1)
             append_history(run_dir, ROLLBACK_EVENT, **rb.record())
+            if session.remote is not None:  # the bucket must not give back what was set aside (remote/rollback.py)
+                from gptresume.remote.rollback import after_rollback
+
+                after_rollback(session.remote, run_dir, moved)
             msg = (f"Rollback {done + 1} of at most {cfg.max_rollbacks}: {event.detail}; resuming from {target.path} "
                    f"(step {target.step}), skipping {cfg.skip_batches} batch(es) of data"
                    + (f"; set aside: {', '.join(rb.set_aside)}" if moved else ""))

@@ -16,6 +16,7 @@ from gptresume.errors import STOP_EXIT_CODE_ENV, UsageError, resolve_stop_exit_c
 from gptresume.remote.fetch import fetch_newest_valid
 from gptresume.remote.ledger import Ledger
 from gptresume.remote.probe import check_remote
+from gptresume.remote.rollback import after_rollback
 from gptresume.remote.transfer import (
     delete_remote_checkpoint,
     download_checkpoint,
@@ -166,6 +167,67 @@ def test_remote_retention_deletes_only_below_the_newest_verified(tmp_path, remot
     assert remote_retention(remote, None, ["checkpoint-20"]) == []
     assert delete_remote_checkpoint(remote, "checkpoint-20")
     assert remote_checkpoints(remote) == ["checkpoint-30", "checkpoint-40"]
+
+
+def test_set_aside_copies_are_deleted_only_while_they_are_that_commit(tmp_path, remote):
+    """A rollback (remote/rollback.py): the remote copies of what it set aside go, the ledger stops counting them,
+    history.jsonl is uploaded and comes back to a wiped run directory with the newest checkpoint."""
+    from gptresume.health.rollback import set_aside_after
+
+    run = tmp_path / "run"
+    ledger = Ledger(run, remote.url)
+    for step in (10, 20, 30):
+        ckpt = make_checkpoint(run, step)
+        upload_checkpoint(remote, ckpt)
+        ledger.record(ckpt)
+    (run / "history.jsonl").write_text('{"event": "rollback", "to_step": 10, "skip_samples": 8}\n')
+    newer = make_checkpoint(tmp_path / "other", 30)  # checkpoint-30 saved again since, in another timeline
+    (newer / "model.safetensors").write_bytes(b"other")
+    write_manifest(newer, step=30, epoch=1.0, config={}, config_fingerprint="d", data_fingerprint=None, world_size=1)
+    upload_checkpoint(remote, newer)
+    moved = set_aside_after(run, 10)
+    assert after_rollback(remote, run, moved) == ["checkpoint-20"]  # the newer commit named checkpoint-30 stays
+    assert remote_checkpoints(remote) == ["checkpoint-10", "checkpoint-30"]
+    again = Ledger(run, remote.url)
+    assert again.names() == ["checkpoint-10"] and again.set_aside == {}
+    assert (Path(remote.root) / "history.jsonl").read_text() == (run / "history.jsonl").read_text()
+
+    shutil.rmtree(run)
+    run.mkdir()
+    (Path(remote.root) / "checkpoint-30" / "manifest.json").unlink()
+    path, _ = fetch_newest_valid(remote, run)
+    assert path == run / "checkpoint-10" and '"skip_samples": 8' in (run / "history.jsonl").read_text()
+
+
+
+def test_a_set_aside_copy_the_storage_kept_is_deleted_after_the_next_upload(tmp_path, remote, caplog):
+    from gptresume.health.rollback import set_aside_after
+
+    run = tmp_path / "run"
+    ledger = Ledger(run, remote.url)
+    for step in (10, 20):
+        ckpt = make_checkpoint(run, step)
+        upload_checkpoint(remote, ckpt)
+        ledger.record(ckpt)
+    bucket = tmp_path / "bucket"
+    bucket.rename(tmp_path / "away")
+    bucket.write_text("a file where the remote directory should be")  # the storage unreachable at the rollback
+    with caplog.at_level(logging.WARNING):
+        assert after_rollback(remote, run, set_aside_after(run, 10)) == []
+    assert "Set-aside checkpoints still there: checkpoint-20" in caplog.text
+    assert Ledger(run, remote.url).set_aside.keys() == {"checkpoint-20"}  # kept for the retry
+    bucket.unlink()
+    (tmp_path / "away").rename(bucket)
+    (run / "history.jsonl").write_text('{"event": "rollback"}\n')
+    uploader = Uploader(remote, run).start()
+    try:
+        uploader.submit(make_checkpoint(run, 15))
+        assert uploader.drain(30)
+    finally:
+        uploader.close()
+    assert remote_checkpoints(remote) == ["checkpoint-10", "checkpoint-15"]
+    assert Ledger(run, remote.url).set_aside == {}
+    assert (bucket / "run" / "history.jsonl").read_text() == '{"event": "rollback"}\n'
 
 
 def test_uploader_retries_until_the_remote_works(tmp_path, caplog):
