@@ -194,13 +194,16 @@ def _resume(results: dict) -> list[str]:
              f"A tiny model on a packed dataset of {rs['blocks']:,} random blocks of {rs['block_size']} tokens "
              f"(one epoch = {rs['blocks'] // rs['batch']:,} batches of {rs['batch']}). Process start to the end of "
              "the first (resumed) step.", "",
-             "| start | to first step s | of which: start to train() s | train() to first step s |",
-             "|---|---:|---:|---:|"]
-    for kind, s in rs["summary"].items():
-        lines.append(f"| {kind} | {fmt(s['start_to_first_step_s'])} | {fmt(s['start_to_train_call_s'])} | "
-                     f"{fmt(s['train_call_to_first_step_s'])} |")
-    lines.append("")
+             *_latency_table(rs["summary"])]
     return lines
+
+
+def _latency_table(summary: dict) -> list[str]:
+    """Start-to-first-step rows (resume and streaming_resume sections), then a blank line."""
+    rows = [f"| {kind} | {fmt(s['start_to_first_step_s'])} | {fmt(s['start_to_train_call_s'])} | "
+            f"{fmt(s['train_call_to_first_step_s'])} |" for kind, s in summary.items()]
+    return ["| start | to first step s | of which: start to train() s | train() to first step s |",
+            "|---|---:|---:|---:|", *rows, ""]
 
 
 def _streaming_resume(results: dict) -> list[str]:
@@ -212,12 +215,7 @@ def _streaming_resume(results: dict) -> list[str]:
              f"The same tiny model streaming the synthetic text (data.streaming, batches of {ss['batch']} blocks of "
              f"{ss['block_size']} tokens); the late resume positions the reader {ss['documents_skipped']:,} "
              "documents into the source. Process start to the end of the first resumed step.", "",
-             "| start | to first step s | of which: start to train() s | train() to first step s |",
-             "|---|---:|---:|---:|"]
-    for kind, s in ss["summary"].items():
-        lines.append(f"| {kind} | {fmt(s['start_to_first_step_s'])} | {fmt(s['start_to_train_call_s'])} | "
-                     f"{fmt(s['train_call_to_first_step_s'])} |")
-    lines.append("")
+             *_latency_table(ss["summary"])]
     return lines
 
 
