@@ -48,6 +48,23 @@ def write_config(tmp_path: Path, name: str = "config.yaml", corpus_chars: int | 
     return path
 
 
+def fake_checkpoint(run_dir: Path, step: int, files: dict[str, bytes | str], commit: bool = True,
+                    **manifest) -> Path:
+    """RUN_DIR/checkpoint-STEP holding `files` (relative path -> bytes or text), committed by a manifest unless
+    `commit` is false; `manifest` overrides the write_manifest fields (defaults: no epoch, an empty config)."""
+    from gptresume.checkpoint import write_manifest
+
+    ckpt = run_dir / f"checkpoint-{step}"
+    ckpt.mkdir(parents=True)
+    for rel, data in files.items():
+        (ckpt / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ckpt / rel).write_bytes(data if isinstance(data, bytes) else data.encode())
+    if commit:
+        write_manifest(ckpt, **{"step": step, "epoch": None, "config": {}, "config_fingerprint": "c",
+                                "data_fingerprint": None, "world_size": 1, **manifest})
+    return ckpt
+
+
 # One Hugging Face cache per test process (offline: nothing is downloaded). Libraries read HF_HOME when imported,
 # so every child of this process, forked or fresh, sees the same one.
 HF_HOME = tempfile.mkdtemp(prefix="gptresume-tests-hf-")

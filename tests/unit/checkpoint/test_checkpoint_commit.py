@@ -4,26 +4,25 @@ import json
 
 import pytest
 
+from conftest import fake_checkpoint
 from gptresume.checkpoint import (
     MANIFEST_NAME,
     apply_retention,
     list_checkpoints,
     newest_valid,
     verify_checkpoint,
-    write_manifest,
 )
 
 
+def state_files(step):
+    """A small checkpoint's files (the manifest tests use the same)."""
+    return {"model.safetensors": bytes(range(256)) * 40, "optimizer.pt": b"o" * 5000,
+            "trainer_state.json": json.dumps({"global_step": step, "max_steps": 100})}
+
+
 def make_checkpoint(run_dir, step, commit=True):
-    ckpt = run_dir / f"checkpoint-{step}"
-    ckpt.mkdir(parents=True)
-    (ckpt / "model.safetensors").write_bytes(bytes(range(256)) * 40)
-    (ckpt / "optimizer.pt").write_bytes(b"o" * 5000)
-    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": 100}))
-    if commit:
-        write_manifest(ckpt, step=step, epoch=step / 10, config={"train": {}}, config_fingerprint="c",
-                       data_fingerprint="d", world_size=1)
-    return ckpt
+    return fake_checkpoint(run_dir, step, state_files(step), commit, epoch=step / 10, config={"train": {}},
+                           data_fingerprint="d")
 
 
 def flip_byte(p):

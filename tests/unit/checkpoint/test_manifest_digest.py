@@ -7,20 +7,16 @@ import json
 import pytest
 import xxhash
 
-from gptresume.checkpoint import MANIFEST_NAME, newest_valid, read_manifest, verify_checkpoint, write_manifest
+from conftest import fake_checkpoint
+from gptresume.checkpoint import MANIFEST_NAME, newest_valid, read_manifest, verify_checkpoint
 from gptresume.durable import DIGESTS, HASH_CHUNK, hash_file
 
 
 def make_checkpoint(run_dir, step, digest=None):
-    ckpt = run_dir / f"checkpoint-{step}"
-    ckpt.mkdir(parents=True)
-    (ckpt / "model.safetensors").write_bytes(bytes(range(256)) * 40)
-    (ckpt / "optimizer.pt").write_bytes(b"o" * 5000)
-    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": 100}))
-    kwargs = {"digest": digest} if digest else {}
-    write_manifest(ckpt, step=step, epoch=0.1, config={"train": {}}, config_fingerprint="c", data_fingerprint="d",
-                   world_size=1, **kwargs)
-    return ckpt
+    files = {"model.safetensors": bytes(range(256)) * 40, "optimizer.pt": b"o" * 5000,
+             "trainer_state.json": json.dumps({"global_step": step, "max_steps": 100})}
+    return fake_checkpoint(run_dir, step, files, epoch=0.1, config={"train": {}}, data_fingerprint="d",
+                           **({"digest": digest} if digest else {}))
 
 
 def manifest_of(ckpt):

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gptresume.checkpoint import apply_retention, list_checkpoints, protect, protected, write_manifest
+from conftest import fake_checkpoint
+from gptresume.checkpoint import apply_retention, list_checkpoints, protect, protected
 from gptresume.health.rollback import (
     newest_good,
     pending_skip,
@@ -20,12 +21,7 @@ pytestmark = pytest.mark.usefixtures("no_fsync")  # tests/conftest.py
 
 
 def make(run_dir: Path, step: int) -> Path:
-    ckpt = run_dir / f"checkpoint-{step}"
-    ckpt.mkdir(parents=True)
-    (ckpt / "model.safetensors").write_bytes(b"w" * 10)
-    write_manifest(ckpt, step=step, epoch=None, config={}, config_fingerprint="c", data_fingerprint=None,
-                   world_size=1)
-    return ckpt
+    return fake_checkpoint(run_dir, step, {"model.safetensors": b"w" * 10})
 
 
 def test_target_is_the_newest_verified_checkpoint_rollback_steps_before_the_event(tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import fake_checkpoint
 from gptresume.checkpoint import apply_retention, list_checkpoints, write_manifest
 from gptresume.errors import STOP_EXIT_CODE_ENV, UsageError, resolve_stop_exit_code
 from gptresume.remote.fetch import fetch_newest_valid
@@ -33,14 +34,8 @@ pytestmark = pytest.mark.usefixtures("no_fsync")  # tests/conftest.py
 
 
 def make_checkpoint(run_dir: Path, step: int) -> Path:
-    ckpt = run_dir / f"checkpoint-{step}"
-    (ckpt / "sub").mkdir(parents=True)
-    (ckpt / "model.safetensors").write_bytes(bytes([step % 256]) * 1000)
-    (ckpt / "sub" / "shard.bin").write_bytes(b"s" * 10)
-    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
-    write_manifest(ckpt, step=step, epoch=None, config={}, config_fingerprint="c", data_fingerprint=None,
-                   world_size=1)
-    return ckpt
+    return fake_checkpoint(run_dir, step, {"model.safetensors": bytes([step % 256]) * 1000, "sub/shard.bin": b"s" * 10,
+                                           "trainer_state.json": json.dumps({"global_step": step, "log_history": []})})
 
 
 @pytest.fixture
