@@ -19,10 +19,15 @@ from gptresume.durable import atomic_write_text
 from gptresume.rundir import REMOTE_LEDGER_NAME
 
 
+def manifest_bytes_id(data: bytes) -> str:
+    """Which commit a manifest.json's bytes are (local or remote copy alike)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def manifest_id(ckpt: Path) -> str | None:
-    """sha256 of the checkpoint's manifest.json bytes (None without one): which commit of this name it is."""
+    """`manifest_bytes_id` of the checkpoint's manifest.json (None without one): which commit of this name it is."""
     try:
-        return hashlib.sha256((Path(ckpt) / MANIFEST_NAME).read_bytes()).hexdigest()
+        return manifest_bytes_id((Path(ckpt) / MANIFEST_NAME).read_bytes())
     except OSError:
         return None
 

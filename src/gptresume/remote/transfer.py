@@ -130,12 +130,12 @@ def delete_set_aside(remote: Remote, ledger) -> list[str]:
     """Delete the remote copies of the checkpoints a rollback set aside (`ledger.set_aside`), each only while the
     remote manifest is still the set-aside commit's (a newer save under that name is left alone). Returns the
     names deleted; the storage's errors propagate, and what was not done stays in the ledger for the next try."""
-    import hashlib
+    from gptresume.remote.ledger import manifest_bytes_id
 
     deleted = []
     for name, sha in sorted(ledger.set_aside.items()):
         try:
-            remote_sha = hashlib.sha256(remote.fs.cat_file(remote.path(name, MANIFEST_NAME))).hexdigest()
+            remote_sha = manifest_bytes_id(remote.fs.cat_file(remote.path(name, MANIFEST_NAME)))
         except FileNotFoundError:
             remote_sha = None
         if remote_sha == sha:
