@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 CHECKED_SPEC ?= "transformers>=5.24,<5.25" "accelerate>=1.15,<1.16"
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo lint test test-fast bench clean
 
 install: $(STAMP)
 
@@ -25,8 +25,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
+# ruff (config in pyproject.toml [tool.ruff]): unused names, long lines, bugbear; `make test` runs it first.
+lint: $(STAMP)
+	$(PY) -m ruff check src tests bench examples
+
 # Two workers (one per core); each test file runs on one worker, so its shared runs are trained once.
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25
 
 test-fast: $(STAMP)

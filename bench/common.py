@@ -55,7 +55,8 @@ class Plan:
 
 FULL = Plan()
 QUICK = Plan(reps=1, demo_warmup=2, demo_steps=5, gpt2_warmup=1, gpt2_steps=2, ckpt_demo_saves=3,
-             ckpt_gpt2_every=2, long_position=50_000, goodput_seconds=30.0, goodput_interval=20.0, goodput_save_steps=10,
+             ckpt_gpt2_every=2, long_position=50_000, goodput_seconds=30.0, goodput_interval=20.0,
+             goodput_save_steps=10,
              interval_kinds=("SIGKILL",), interval_settings=("auto", 10, 40), interval_every=90.0,
              interval_steps=100,
              interval_overrides={"model.from_scratch.n_layer": 1, "model.from_scratch.n_head": 2,

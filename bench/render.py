@@ -179,9 +179,13 @@ def _checkpoint(results: dict, key: str = "checkpoint") -> list[str]:
                       f"{k} {fmt(copies(w, True), '.3f')} s / {fmt(copies(w, False), '.3f')} s "
                       f"({fmt(ratio(copies(w, False), w['summary']['sync']['total_s']), '.3f')} of a "
                       f"synchronous save)" for k, w in ck.items()) + "."]
+
+    def hash_percent(w):
+        share = ratio(w["summary"]["sync"]["hash_s"], w["summary"]["sync"]["total_s"])
+        return share * 100 if share else None
+
     lines += ["", "Hashing as a share of the synchronous save: " + ", ".join(
-        f"{k} {fmt(ratio(w['summary']['sync']['hash_s'], w['summary']['sync']['total_s']) * 100 if ratio(w['summary']['sync']['hash_s'], w['summary']['sync']['total_s']) else None, '.0f')}%"
-        for k, w in ck.items()) + ".", ""]
+        f"{k} {fmt(hash_percent(w), '.0f')}%" for k, w in ck.items()) + ".", ""]
     return lines
 
 
@@ -231,9 +235,10 @@ def _goodput(results: dict) -> list[str]:
              "| run | wall s | starts | goodput | load before / after | final weights equal uninterrupted |",
              "|---|---:|---:|---:|---|---|"]
     for kind, g in gp["runs"].items():
+        exact = "–" if g.get("exact", 0) is None or kind == "uninterrupted" else ("yes" if g["exact"] else "**no**")
         lines.append(f"| {kind} | {g['wall_s']:.1f} | {g['starts']} | {fmt(g.get('goodput', 1.0), '.3f')} | "
                      f"{g['load_before']:.1f} / {g['load']:.1f} | "
-                     f"{'–' if g.get('exact', 0) is None or kind == 'uninterrupted' else ('yes' if g['exact'] else '**no**')} |")
+                     f"{exact} |")
     lines.append("")
     return lines
 
@@ -285,7 +290,8 @@ def _remote(results: dict) -> list[str]:
     if not rm:
         return []
     lines = ["## Uploads to object storage (checkpoint.remote)", "",
-             f"The demo config in fp32, a checkpoint every {rm['save_every']} steps, {rm['measured_steps']} steps measured "
+             f"The demo config in fp32, a checkpoint every {rm['save_every']} steps, "
+             f"{rm['measured_steps']} steps measured "
              "after the warm-up; uploads go to moto's S3-compatible server on 127.0.0.1 (in the bench process, on "
              "the same cores) through s3fs, each verified by reading it back.", "",
              "| mode | tokens/s | vs local only |", "|---|---:|---:|"]

@@ -309,8 +309,8 @@ def measure_hashing(run_dir: Path, book: SaveBook) -> None:
     writes the same files of the same size), after training, so neither is added to the run being timed:
 
     - hash_s: `gptresume.durable.hash_file` (the function the commit streams every file through) re-run on each
-      file the manifest lists, with the digest the manifest records, checked against it. The files were just written and read by
-      the commit, so, as during the commit, they come from the page cache.
+      file the manifest lists, with the digest the manifest records, checked against it. The files were just written
+      and read by the commit, so, as during the commit, they come from the page cache.
     - fsync_s: each file copied to a scratch file (dirty pages, as a file torch.save has just written) and
       `os.fsync` of the copy timed: what the commit's fsync of a freshly written file costs on this disk.
     """
@@ -474,7 +474,8 @@ def run_gptresume(a, clock: Clock) -> None:
         clock.extra.update(model_facts(self.model, block), tokens_per_step=block * self.args.per_device_train_batch_size
                            * self.args.gradient_accumulation_steps,
                            settings={"bf16": self.args.bf16, "torch_compile": self.args.torch_compile,
-                                     "optim": str(self.args.optim.value), "attn": self.model.config._attn_implementation,
+                                     "optim": str(self.args.optim.value),
+                                     "attn": self.model.config._attn_implementation,
                                      "async_save": getattr(self, "async_saver", None) is not None})
         clock.mark("train_call")
         return original_train(self, *args, **kwargs)

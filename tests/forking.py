@@ -148,11 +148,11 @@ def serve() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, Trainer  # noqa: F401
 
     import gptresume.cli
-    import gptresume.tools.evaluate  # noqa: F401
-    import gptresume.tools.export  # noqa: F401
-    import gptresume.tools.generate  # noqa: F401
-    import gptresume.training.api  # noqa: F401
-    import gptresume.training.run  # noqa: F401
+    import gptresume.tools.evaluate
+    import gptresume.tools.export
+    import gptresume.tools.generate
+    import gptresume.training.api
+    import gptresume.training.run
 
     finished: dict[int, int] = {}
     reply = sys.stdout.buffer

@@ -51,9 +51,11 @@ def measure(r: Runner, plan: Plan, configs: dict, tpls: dict, nproc: int = 1) ->
                 per = res["saves"]
                 if len(per) != saves:
                     raise RuntimeError(f"{workload} {mode}: {len(per)} saves timed, {saves} expected: {per}")
-                r.log(f"  {workload} {mode}{f' x{nproc} processes' if nproc > 1 else ''}: paused {median([s['blocked_s'] for s in per]):.3f}s, total "
+                r.log(f"  {workload} {mode}{f' x{nproc} processes' if nproc > 1 else ''}: "
+                      f"paused {median([s['blocked_s'] for s in per]):.3f}s, total "
                       f"{median([s['total_s'] for s in per]):.3f}s per save, committed "
-                      f"{median([s['commit_s'] for s in per]):.3f}s, hash {median([s.get('hash_s') for s in per]):.3f}s, "
+                      f"{median([s['commit_s'] for s in per]):.3f}s, "
+                      f"hash {median([s.get('hash_s') for s in per]):.3f}s, "
                       f"fsync {median([s.get('fsync_s') for s in per]):.3f}s")
                 shutil.rmtree(run, ignore_errors=True)
         summary = {}

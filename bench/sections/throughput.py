@@ -49,7 +49,8 @@ def peers_for(workload: str, plan: Plan) -> list[dict]:
         {"name": "Trainer out of the box", "peer": "trainer", "args": ootb},
         {"name": "minimal loop out of the box", "peer": "minimal", "args": ootb},
         {"name": "+ bf16 autocast", "peer": "trainer", "args": ootb + bf16},
-        {"name": "+ optim adamw_torch (not fused)", "peer": "trainer", "args": ootb + ["--set", "train.optim=adamw_torch"]},
+        {"name": "+ optim adamw_torch (not fused)", "peer": "trainer",
+         "args": ootb + ["--set", "train.optim=adamw_torch"]},
         {"name": "+ eager attention (not SDPA)", "peer": "trainer", "args": ootb + ["--attn", "eager"]},
     ]
     if plan.compile_variants:  # compile on top of bf16: what it would add to the preset

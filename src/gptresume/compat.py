@@ -144,12 +144,13 @@ PRIVATE: tuple[Private, ...] = (
     P("transformers.integrations.MLflowCallback.setup", "option", TRAINER, "a resumed process re-attaches with "
       "MLFLOW_RUN_ID and logs no parameters again (MLFLOW_MAX_LOG_PARAMS=0; MLflow refuses a changed value)",
       params=("self", "args", "state", "model"),
-      source=('os.getenv("MLFLOW_RUN_ID"', 'os.getenv("MLFLOW_MAX_LOG_PARAMS"', "combined_dict_items[:max_log_params]")),
+      source=('os.getenv("MLFLOW_RUN_ID"', 'os.getenv("MLFLOW_MAX_LOG_PARAMS"',
+              "combined_dict_items[:max_log_params]")),
     P("transformers.integrations.MLflowCallback.on_log", "rule", TRAINER, "metric names are sanitised with this "
       "regex before logging: ContinuedMLflowCallback looks the held steps up under the same names",
       source=('re.sub(r"[^0-9A-Za-z_\\-\\.\\ :/]", "_", k)', "step=state.global_step")),
-    P("transformers.trainer_callback.ProgressCallback.__init__", "attribute read", "gptresume/training/callbacks.py", "the progress bar shows "
-      "the loss in Trainer's tqdm bar, training_bar", source=("self.training_bar = None",)),
+    P("transformers.trainer_callback.ProgressCallback.__init__", "attribute read", "gptresume/training/callbacks.py",
+      "the progress bar shows the loss in Trainer's tqdm bar, training_bar", source=("self.training_bar = None",)),
     *(P("transformers.trainer." + name, "file name", FILES, "checkpoint/ names Trainer's files without importing "
         "Trainer", value=value)
       for name, value in (("TRAINER_STATE_NAME", "trainer_state.json"), ("OPTIMIZER_NAME", "optimizer.pt"),
@@ -163,7 +164,8 @@ PRIVATE: tuple[Private, ...] = (
     P(T + "_load_rng_state", "rule", LOADABLE, "RNG files load weights-only under transformers' numpy allowlist",
       source=("with safe_globals():", "torch.load(rng_file, weights_only=True)")),
     P("transformers.trainer_pt_utils.safe_globals", "call", LOADABLE, "the same allowlist for the RNG files"),
-    P(T + "_load_scaler", "rule", LOADABLE, "scaler.pt loads weights-only", source=("SCALER_NAME", "weights_only=True")),
+    P(T + "_load_scaler", "rule", LOADABLE, "scaler.pt loads weights-only",
+      source=("SCALER_NAME", "weights_only=True")),
     P("transformers.trainer.SCALER_NAME", "file name", LOADABLE, "checkpoint/loadable.py names it", value="scaler.pt"),
     P(T + "_load_from_checkpoint", "rule", LOADABLE, "weights load with load_state_dict(strict=False): a shape "
       "mismatch raises mid-resume, so the check compares the safetensors header with the model first",
@@ -196,8 +198,8 @@ PRIVATE: tuple[Private, ...] = (
       source=("loss_type = self.__class__.__name__", "self.loss_type = loss_type")),
     P(T + "_get_num_items_in_batch", "rule", EVAL, "num_items_in_batch: labels != -100, of labels[..., 1:] when the "
       "loss shifts labels", source=('batch["labels"][..., 1:]', "labels.ne(-100).sum()")),
-    P(T + "_get_num_items_in_batch", "rule", "gptresume/data/collator.py", "PackedBlockCollator masks each block's first label so that "
-      "the count is the predicted tokens", source=("labels.ne(-100).sum()",)),
+    P(T + "_get_num_items_in_batch", "rule", "gptresume/data/collator.py", "PackedBlockCollator masks each block's "
+      "first label so that the count is the predicted tokens", source=("labels.ne(-100).sum()",)),
     P(T + "evaluation_loop", "rule", EVAL, "eval_loss: the mean over examples of their batch's loss",
       source=("losses.repeat(batch_size)",)),
     P("transformers.utils.logging._configure_library_root_logger", "rule", LOGS, "with CI=true Transformers "

@@ -169,7 +169,6 @@ def is_adapter_dir(path: Path) -> bool:
 
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 def check_vocab_fits(model, tokenizer, cfg: ModelConfig) -> None:

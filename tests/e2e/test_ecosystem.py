@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -183,7 +182,8 @@ def test_wandb_offline_run_continues_across_the_resume_without_duplicate_steps(l
     assert train_steps == list(range(1, MAX_STEPS + 1))  # the resumed process skipped the steps the run holds
     eval_steps = [row["train/global_step"] for _, rows in segments for row in rows if "eval/loss" in row]
     assert eval_steps == [4, 8]
-    logged = {row["train/global_step"]: row["train/loss"] for _, rows in segments for row in rows if "train/loss" in row}
+    logged = {row["train/global_step"]: row["train/loss"]
+              for _, rows in segments for row in rows if "train/loss" in row}
     assert logged == pytest.approx(lora.losses, rel=1e-6)
 
 

@@ -89,8 +89,8 @@ def test_thirty_kills_at_random_instants_leave_a_verified_exact_run(tmp_path):
             startup_kills += 1
         else:  # in the save of the step just logged, its commit or retention, or a training step
             target = min(done[0] + rng.randint(1, 3), MAX_STEPS)
-            wait_until(lambda: history.exists() and len(history.read_text().splitlines()) > starts, proc)
-            wait_until(lambda: logged_step(run) >= target, proc)
+            wait_until(lambda starts=starts: history.exists() and len(history.read_text().splitlines()) > starts, proc)
+            wait_until(lambda target=target: logged_step(run) >= target, proc)
             time.sleep(rng.uniform(0.0, 0.08))
         proc.kill()
         out, err = proc.communicate(timeout=120)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import pytest
 
@@ -53,7 +52,8 @@ def remote_names(server, prefix) -> list[str]:
 
 
 def test_upload_verify_and_resume_from_the_bucket_bitwise(tmp_path, s3):
-    reference = run_cli(tmp_path, "train", write_config(tmp_path, "ref.yaml", train={"output_dir": str(tmp_path / "ref")}))
+    reference = run_cli(tmp_path, "train",
+                        write_config(tmp_path, "ref.yaml", train={"output_dir": str(tmp_path / "ref")}))
     assert reference.returncode == 0, reference.stdout + reference.stderr
     config = config_with_remote(tmp_path, s3, "run1")
     env = env_for(s3)
@@ -157,7 +157,8 @@ def test_a_rollback_reaches_the_bucket(tmp_path, s3):
     stopped = run_cli(tmp_path, "train", config, "--stop-at-step", "8", env={**env, **fault})
     out = stopped.stdout + stopped.stderr
     assert stopped.returncode == 75, out
-    assert "Rollback 1 of at most 3" in out and f"Removed from s3://{BUCKET}/run3 (set aside by the rollback): checkpoint-6" in out
+    assert "Rollback 1 of at most 3" in out
+    assert f"Removed from s3://{BUCKET}/run3 (set aside by the rollback): checkpoint-6" in out
     remote = {p.split("/", 1)[0] for p in remote_names(s3, "run3")}
     assert remote == {"checkpoint-3", "history.jsonl"}, remote
     assert json.loads((tmp_path / "run" / "remote-uploads.json").read_text())["verified"].keys() == {"checkpoint-3"}
@@ -182,5 +183,6 @@ def test_wrong_bucket_or_endpoint_is_refused_before_anything_is_written(tmp_path
         "endpoint_url": endpoint, "config_kwargs": {"retries": {"max_attempts": 1}}}})
     result = run_cli(tmp_path, "train", config, env=CREDENTIALS)
     assert_refused(result, f"checkpoint.remote: could not write a probe object to {url}",
-                   "The specified bucket does not exist" if where == "bucket" else "Could not connect to the endpoint URL")
+                   "The specified bucket does not exist" if where == "bucket"
+                   else "Could not connect to the endpoint URL")
     assert not (tmp_path / "run").exists()

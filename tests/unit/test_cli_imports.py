@@ -26,15 +26,15 @@ from gptresume.rundir import LOCK_NAME, run_lock
 HEAVY = ("torch", "transformers", "datasets")
 
 # Run cli.main(ARGS) and report the exit code and which heavy modules were imported (last line of stdout).
-CHILD = """\
+CHILD = f"""\
 import json, sys
 from gptresume.cli import main
 try:
     code = main(sys.argv[1:])
 except SystemExit as e:
     code = e.code
-print(json.dumps({"code": code, "heavy": [m for m in %r if m in sys.modules]}))
-""" % (HEAVY,)
+print(json.dumps({{"code": code, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+"""
 
 
 def run_main(cwd: Path, *args) -> tuple[int, list[str], subprocess.CompletedProcess, float]:

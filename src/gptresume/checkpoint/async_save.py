@@ -119,7 +119,7 @@ def save_job(name: str, write, commit, agree=lambda ok: ok, is_main: bool = True
         error = None
         try:
             write()
-        except BaseException as e:  # noqa: BLE001 - raised below, after the other ranks are told
+        except BaseException as e:
             error = e
         timings["write_s"] = time.perf_counter() - w0
         if not agree(error is None):
@@ -129,7 +129,7 @@ def save_job(name: str, write, commit, agree=lambda ok: ok, is_main: bool = True
         if is_main and commit is not None:
             try:
                 commit()
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 error = e
         if not agree(error is None):
             raise error or NotCommitted(f"{name} was not committed: rank 0 could not commit its manifest (its "

@@ -43,7 +43,8 @@ def _verify(local: str, shown: str) -> int:
         return shown if p == path else f"{shown.rstrip('/')}/{p.relative_to(path).as_posix()}"
 
     if not path.is_dir():
-        raise UsageError(f"verify: {path if local == shown else shown} is not a directory; give a run directory or a checkpoint-N directory")
+        raise UsageError(f"verify: {path if local == shown else shown} is not a directory; "
+                         "give a run directory or a checkpoint-N directory")
     single = CHECKPOINT_RE.match(path.name) or (path / MANIFEST_NAME).is_file()
     targets = [path] if single else list_checkpoints(path)
     if not targets:

@@ -5,9 +5,10 @@ compute capability 8 or later) trains in bf16 on the GPU, an older GPU or Apple'
 `use_cpu`; a machine without a GPU gets `use_cpu: true` (it trains on the CPU anyway; Transformers accepts bf16 on
 a CPU only with it), and bf16 only with AVX512-BF16 or AMX: without them bf16 autocast is many times slower than
 fp32 (measured here: about 80 tokens/s instead of thousands). So the demo resolves on a CPU to what it was before
-`auto` (bf16 with use_cpu, or fp32 with use_cpu), and runs made then resume unchanged. The resolved value (`bf16: true/false`, and `use_cpu` when it was
-added) is what config.yaml and every manifest record, so a resume on hardware that resolves differently is a
-changed `bf16`, refused like any other change (exactness needs the same hardware anyway).
+`auto` (bf16 with use_cpu, or fp32 with use_cpu), and runs made then resume unchanged. The resolved value
+(`bf16: true/false`, and `use_cpu` when it was added) is what config.yaml and every manifest record, so a resume
+on hardware that resolves differently is a changed `bf16`, refused like any other change (exactness needs the same
+hardware anyway).
 """
 
 from __future__ import annotations

@@ -28,8 +28,6 @@ TRACKER_PACKAGES = {
     "dagshub": ("dagshub", "pip install dagshub"),
     "flyte": ("flytekit", "pip install flytekit"),
 }
-# Trackers whose runs gptresume continues across resumes (training/trackers.py).
-CONTINUED_TRACKERS = ("wandb", "mlflow")
 PUSH_TO_HUB_REFUSED = (
     "Trainer pushes from its own save, before gptresume has committed (hashed and manifested) the checkpoint, so "
     "an uncommitted or torn checkpoint could be published; remove it, and push committed content with "

@@ -41,7 +41,8 @@ def read_config(path: str | Path, overrides: list[str] | None = None) -> dict:
     """CONFIG's YAML as a dict with the `--set` overrides applied; not validated (no torch, no transformers)."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"config file {str(path)!r} not found; pass the path of a YAML file such as examples/demo.yaml")
+        raise UsageError(f"config file {str(path)!r} not found; "
+                         "pass the path of a YAML file such as examples/demo.yaml")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

@@ -33,7 +33,7 @@ from gptresume.data.collator import PackedBlockCollator  # noqa: F401 (re-export
 from gptresume.data.blocks import SPLIT_SEED, BlockDataset, Split, blocks_fingerprint, split_indices
 from gptresume.data.sources import remember_source_fingerprint, source_fingerprint
 from gptresume.errors import UsageError
-from gptresume.rundir import DATA_CACHE_DIR  # noqa: F401 (re-exported)
+from gptresume.rundir import DATA_CACHE_DIR
 
 log = logging.getLogger(__name__)
 

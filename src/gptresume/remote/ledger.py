@@ -45,7 +45,8 @@ class Ledger:
         except (OSError, ValueError):
             saved = {}
         if isinstance(saved, dict) and saved.get("url") == url and isinstance(saved.get("verified"), dict):
-            self.verified = {k: v for k, v in saved["verified"].items() if CHECKPOINT_RE.match(k) and isinstance(v, dict)}
+            self.verified = {k: v for k, v in saved["verified"].items()
+                             if CHECKPOINT_RE.match(k) and isinstance(v, dict)}
             aside = saved.get("set_aside")
             if isinstance(aside, dict):
                 self.set_aside = {k: v for k, v in aside.items() if CHECKPOINT_RE.match(k) and isinstance(v, str)}

@@ -27,10 +27,6 @@ log = logging.getLogger(__name__)
 TEST_UPLOAD_DELAY_ENV = "GPTRESUME_TEST_UPLOAD_DELAY"
 
 
-def _local_files(ckpt: Path) -> list[str]:
-    return sorted(p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file())
-
-
 def upload_checkpoint(remote: Remote, ckpt: Path) -> None:
     """Upload a committed local checkpoint: the files its manifest lists, then the manifest (the remote commit
     marker). A manifest already on the remote for this name (an older upload of a checkpoint set aside and saved
@@ -104,10 +100,6 @@ def remote_checkpoints(remote: Remote) -> list[str]:
         entries = fs.ls(remote.root, detail=False)
     names = {e.rstrip("/").rsplit("/", 1)[-1] for e in entries}
     return sorted((n for n in names if CHECKPOINT_RE.match(n)), key=_step)
-
-
-def has_manifest(remote: Remote, name: str) -> bool:
-    return remote.fs.exists(remote.path(name, MANIFEST_NAME))
 
 
 def delete_remote_checkpoint(remote: Remote, name: str) -> bool:

@@ -54,7 +54,8 @@ def _local_copy(url: str, command: str):
         except UsageError:
             raise
         except Exception as e:  # the backend's own error types
-            raise UsageError(f"{command}: could not read {url}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            raise UsageError(f"{command}: could not read {url}: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                              "; check the URL, the endpoint (AWS_ENDPOINT_URL or GPTRESUME_REMOTE_OPTIONS) and "
                              "the credentials") from None
         yield str(local)

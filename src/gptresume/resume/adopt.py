@@ -13,8 +13,6 @@ from pathlib import Path
 
 from gptresume.resume.changes import OPTIMIZER_KEYS, SCHEDULE_KEYS, train_value
 from gptresume.checkpoint import (
-    OPTIMIZER_NAME,
-    SCHEDULER_NAME,
     TRAINER_STATE_NAME,
     TRAINING_ARGS_NAME,
     CheckpointInfo,
@@ -61,7 +59,8 @@ def adoptable_checkpoint(path: Path, need_tokenizer: bool = True, where: str | N
 
 
 # TrainingArguments fields compared with the adopting config: those that change what the next steps train.
-COMPARED_FIELDS = (*(k.removeprefix("train.") for k in OPTIMIZER_KEYS), *(k.removeprefix("train.") for k in SCHEDULE_KEYS),
+COMPARED_FIELDS = (*(k.removeprefix("train.") for k in OPTIMIZER_KEYS),
+                   *(k.removeprefix("train.") for k in SCHEDULE_KEYS),
                    "per_device_train_batch_size", "gradient_accumulation_steps", "seed")
 
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 from gptresume.errors import UsageError
 
-FREE, OPTIMIZER, SCHEDULE, BATCH, DATA, NEVER, OTHER = "free", "optimizer", "schedule", "batch", "data", "never", "other"
+FREE, OPTIMIZER, SCHEDULE, BATCH, DATA, NEVER, OTHER = (
+    "free", "optimizer", "schedule", "batch", "data", "never", "other")
 ALLOWABLE_CLASSES = (OPTIMIZER, SCHEDULE, BATCH, DATA)
 
 # Fields that change what is logged, evaluated or kept, never what is trained.

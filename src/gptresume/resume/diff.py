@@ -31,7 +31,8 @@ def _resolve(source: str) -> tuple[str, dict, int, str | None]:
     if (path / CONFIG_NAME).is_file():
         from gptresume.config import load_config
 
-        return f"run {path} (no valid checkpoint; its {CONFIG_NAME})", load_config(path / CONFIG_NAME).to_dict(), 1, None
+        return (f"run {path} (no valid checkpoint; its {CONFIG_NAME})", load_config(path / CONFIG_NAME).to_dict(),
+                1, None)
     raise UsageError(f"diff: {path} is neither a checkpoint (no {MANIFEST_NAME}) nor a run (no valid checkpoint, "
                      f"no {CONFIG_NAME})")
 

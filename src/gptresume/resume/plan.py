@@ -221,7 +221,8 @@ def check_data(plan: ResumePlan, data_fingerprint: str | None) -> None:
             c.allowed, c.note = True, "same packed tokens"
     if any(c.refused and c.kind == DATA for c in plan.changes):
         raise ResumeRefused(f"the training data differs from the data {plan.checkpoint.path} was trained on "
-                            f"(data fingerprint {saved} then, {data_fingerprint} now).\n" + _refusal(plan), plan.changes)
+                            f"(data fingerprint {saved} then, {data_fingerprint} now).\n" + _refusal(plan),
+                            plan.changes)
 
 
 def data_stream(plan: ResumePlan, spec: RunSpec, train_samples: int, world_size: int) -> dict | None:

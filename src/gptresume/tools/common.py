@@ -14,8 +14,10 @@ from gptresume.rundir import CONFIG_NAME, FINAL_DIR, HISTORY_NAME, METRICS_NAME
 MODEL_CONFIG_NAME = "config.json"
 ADAPTER_CONFIG_NAME = "adapter_config.json"  # a LoRA run's checkpoints, final/ and adapter exports (peft)
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-WHAT_TO_GIVE = "give a run directory (train.output_dir), a checkpoint-N directory, or a save_pretrained/export directory"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+WHAT_TO_GIVE = ("give a run directory (train.output_dir), a checkpoint-N directory, "
+                "or a save_pretrained/export directory")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -86,7 +88,8 @@ def resolve_model(path: str | Path, command: str) -> ModelSource:
         if not info.valid:
             raise UsageError(f"{command}: {path} is not a valid checkpoint: {describe_faults(info)}. "
                              "Use another checkpoint (see `gptresume status` on its run)")
-        return ModelSource(path, path.parent if is_run_dir(path.parent) else None, info, f"checkpoint, step {info.step}")
+        return ModelSource(path, path.parent if is_run_dir(path.parent) else None, info,
+                           f"checkpoint, step {info.step}")
     if is_run_dir(path):
         final = path / FINAL_DIR
         if is_model_dir(final):

@@ -3,7 +3,8 @@
 The loss is computed the way `Trainer.evaluation_loop` computes `eval_loss` (checked against transformers 5.24):
 each batch's loss is its summed cross-entropy divided by Trainer's `num_items_in_batch`, every example of a batch
 gets its batch's loss, and eval_loss is the float32 mean over examples. The per-token loss is reported beside it
-(see `mean_eval_loss` for why they differ for GPT-2). So `eval` on a checkpoint prints the eval_loss Trainer logged at that step (tests hold it to 1e-5).
+(see `mean_eval_loss` for why they differ for GPT-2). So `eval` on a checkpoint prints the eval_loss Trainer
+logged at that step (tests hold it to 1e-5).
 The validation split is the run's own: read from RUN_DIR/data-cache by its data fingerprint, or packed again
 from the source with the same code and refused if its fingerprint differs from the one the checkpoint recorded.
 """
@@ -189,7 +190,8 @@ def _validation_blocks(source: ModelSource, run_data: DataConfig | None, tokeniz
                          f", the run recorded {expected}); its validation split cannot be rebuilt; pass --data FILE")
     if prepared.validation is None:
         raise UsageError(f"eval: run {source.run_dir} has no validation split; pass --data FILE")
-    return prepared.validation, run_data.block_size, f"validation split of {source.run_dir} (packed again from the source)"
+    return (prepared.validation, run_data.block_size,
+            f"validation split of {source.run_dir} (packed again from the source)")
 
 
 def _expected_data_fingerprint(source: ModelSource) -> str | None:

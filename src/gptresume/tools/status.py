@@ -236,7 +236,8 @@ def _health_lines(h: dict) -> list[str]:
     g = h.get("goodput") or {}
     if g.get("goodput") is not None:
         out.append(f"goodput: {g['goodput']:.1%} ({g['useful_s']:.1f}s of training up to the newest commit, step "
-                   f"{g['committed_step']}, in {g['wall_s']:.1f}s of wall time; {h['interruptions']} kill(s) or crash(es) and "
+                   f"{g['committed_step']}, in {g['wall_s']:.1f}s of wall time; "
+                   f"{h['interruptions']} kill(s) or crash(es) and "
                    f"{h['stops']} stop(s) in {h['training_hours']:.3f} training hours)")
     iv = h.get("interval")
     if iv:

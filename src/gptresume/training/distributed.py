@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Callable, TypeVar
+from typing import TypeVar
+from collections.abc import Callable
 
 from gptresume.errors import UsageError
 
@@ -155,7 +156,7 @@ def on_main(fn: Callable[..., T], *args, **kwargs) -> T:
         except UsageError as e:
             box[0] = ("usage", (str(e), e.exit_code))
             error = e
-        except BaseException as e:  # noqa: BLE001 - re-raised below, after the other ranks are told
+        except BaseException as e:
             box[0] = ("crash", f"{type(e).__name__}: {e}")
             error = e
         try:

@@ -3,10 +3,10 @@
 It runs the same phases as `run_training` up to the point where the run directory would be touched: the config
 (already validated by the caller), the resume plan (newest verified checkpoint, its state test-loaded, the config
 compared with the checkpoint's: a refusal is the same exit 2 and table), the tokenizer, the packed data (from
-RUN_DIR/data-cache when present, else packed in a staging directory removed afterwards), the model and its context, and the data and eval-cadence
-checks against the checkpoint. Then it prints what `train` would do. The run lock is not taken (nothing is
-written, so a training process that holds it is not disturbed); the run directory stays byte-identical, and is
-not created when it does not exist (tests/e2e/test_first_hour.py checks both).
+RUN_DIR/data-cache when present, else packed in a staging directory removed afterwards), the model and its context,
+and the data and eval-cadence checks against the checkpoint. Then it prints what `train` would do. The run lock is
+not taken (nothing is written, so a training process that holds it is not disturbed); the run directory stays
+byte-identical, and is not created when it does not exist (tests/e2e/test_first_hour.py checks both).
 """
 
 from __future__ import annotations

@@ -41,7 +41,6 @@ SAMPLE_PROMPTS = ("The", "A list", "def")
 def run_training(config: Config, resume: str = "auto", overwrite: bool = False, stop_at_step: int | None = None,
                  allow_partial: bool = False, allow_change: list[str] | None = None, adopt_checkpoint: bool = False,
                  stop_exit_code: int = EXIT_STOPPED) -> int:
-    run_dir = config.run_dir
     c = config.checkpoint
     options = Options(resume=resume, allow_change=list(allow_change or []), allow_partial=allow_partial,
                       overwrite=overwrite, adopt=adopt_checkpoint, keep_last=c.keep_last, keep_best=keeps_best(config),
@@ -49,8 +48,6 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
                       stop_exit_code=stop_exit_code, remote=c.remote, remote_options=dict(c.remote_options or {}),
                       remote_keep_last=c.remote_keep_last, remote_wait_seconds=c.remote_wait_seconds,
                       health=config.health, auto_interval=c if c.every == "auto" else None)
-    spec = RunSpec(run_dir, config.to_dict(), tokenizer_from_checkpoint=True)
-    world_size = distributed.world_size()
     if distributed.is_main():
         warn_if_unchecked(log)  # exactness relies on the private behaviour listed in compat.py
     while True:

@@ -158,7 +158,8 @@ class Session:
 
     def decide(self, world_size: int) -> ResumePlan:
         o = self.options
-        check = loads(self.spec)  # a checkpoint whose state would not load (resume/plan.py) is skipped like an invalid one
+        # a checkpoint whose state would not load (resume/plan.py) is skipped like an invalid one
+        check = loads(self.spec)
         if o.remote:
             self._check_remote()
             self._fetch_remote(check)

@@ -53,7 +53,7 @@ def run_ranks(n, write_fails=(), commit_fails=False):
         job = save_job("checkpoint-4", write_for(rank), commit, agree=ranks.agree_for(rank), is_main=rank == 0)
         try:
             job({})
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             errors[rank] = e
 
     threads = [threading.Thread(target=run, args=(r,)) for r in range(n)]
