@@ -251,27 +251,6 @@ def test_uploader_retries_until_the_remote_works(tmp_path, caplog):
 # ---------------------------------------------------------------- a real S3-compatible server
 
 
-@pytest.fixture(scope="module")
-def s3():
-    import os
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from s3server import CREDENTIALS, S3Server
-
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    server = S3Server().start()
-    server.create_bucket("unit-bucket")
-    yield server
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
 def test_probe_and_round_trip_through_s3(tmp_path, s3):
     remote = Remote("s3://unit-bucket/run", {"endpoint_url": s3.endpoint})
     check_remote(remote)
