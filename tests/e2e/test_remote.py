@@ -165,7 +165,7 @@ def test_a_rollback_reaches_the_bucket(tmp_path, s3):
     assert "Rollback 1 of at most 3" in out
     assert f"Removed from s3://{BUCKET}/run3 (set aside by the rollback): checkpoint-6" in out
     remote = {p.split("/", 1)[0] for p in remote_names(s3, "run3")}
-    assert remote == {"checkpoint-3", "history.jsonl"}, remote
+    assert remote == {"checkpoint-3", "history.jsonl", "protected.json"}, remote  # the rollback's target protected
     assert json.loads((tmp_path / "run" / "remote-uploads.json").read_text())["verified"].keys() == {"checkpoint-3"}
 
     shutil.rmtree(tmp_path / "run")  # the machine is gone
