@@ -237,6 +237,10 @@ def _decide(session, trainer, event: Verdict, stop_reason: str | None):
     good = newest_good(run_dir, first)
     if good is not None:
         protect(run_dir, good, f"newest checkpoint before the {event.kind} at step {event.step}")
+        if session.remote is not None:  # the bucket keeps it too, even if this disk is lost (remote/books.py)
+            from gptresume.remote.books import after_protect
+
+            after_protect(session.remote, run_dir)
     append_history(run_dir, UNHEALTHY_EVENT, step=event.step, kind=event.kind, reason=event.detail,
                    checkpoint=str(good) if good else None)
     msg = (f"Training stopped at step {event.step}: {event.detail} ({why}). No checkpoint of it was committed. "

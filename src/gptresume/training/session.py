@@ -273,7 +273,7 @@ class Session:
         if o.remote and distributed.is_main():
             from gptresume.remote.uploader import Uploader
 
-            self._uploader = Uploader(self.remote, self.spec.run_dir, o.remote_keep_last).start()
+            self._uploader = Uploader(self.remote, self.spec.run_dir, o.remote_keep_last, keep_best=o.keep_best).start()
         self._commit = CommitCallback(self.spec, o.keep_last, o.keep_best, resume_state, self._uploader)
         callbacks.append(self._commit)  # sees every other save decision
         if auto:
