@@ -86,12 +86,32 @@ def write_manifest(ckpt: Path, *, step: int, epoch: float | None, config: dict, 
     """Commit `ckpt`: hash and fsync every file, then write manifest.json atomically (the commit point).
 
     `digest`: xxh3_128 (format 2, the default) or sha256 (format 1, what older gptresume versions read)."""
+    files = checkpoint_file_entries(ckpt, digest, fsync=True)
+    fsync_dir(ckpt)
+    manifest = manifest_record(files, step=step, epoch=epoch, config=config, config_fingerprint=config_fingerprint,
+                               data_fingerprint=data_fingerprint, world_size=world_size, adopted=adopted,
+                               train_samples=train_samples, digest=digest)
+    atomic_write_text(ckpt / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+def checkpoint_file_entries(ckpt: Path, digest: str = DEFAULT_DIGEST, fsync: bool = False) -> dict:
+    """Every file under `ckpt` but the manifest (and its temporaries), as the manifest's `files` object:
+    relative path -> {"bytes": N, DIGEST: hex}. Also what one node's part of a checkpoint lists
+    (remote/parts.py), where each node hashes the files its ranks wrote."""
     files = {}
     for p in _checkpoint_files(ckpt):
-        size, hexdigest = hash_file(p, fsync=True, digest=digest)
+        size, hexdigest = hash_file(p, fsync=fsync, digest=digest)
         files[p.relative_to(ckpt).as_posix()] = {"bytes": size, digest: hexdigest}
-    fsync_dir(ckpt)
-    manifest = {
+    return files
+
+
+def manifest_record(files: dict, *, step: int, epoch: float | None, config: dict, config_fingerprint: str,
+                    data_fingerprint: str | None, world_size: int, adopted: bool = False,
+                    train_samples: int | None = None, digest: str = DEFAULT_DIGEST) -> dict:
+    """The manifest of a checkpoint whose `files` entries are known (hashed here by `write_manifest`, or merged
+    from every node's part by remote/commit.py, which writes it to the bucket)."""
+    return {
         "format": FORMAT_OF_DIGEST[digest],
         **({"digest": digest} if digest != "sha256" else {}),
         "step": step,
@@ -107,8 +127,6 @@ def write_manifest(ckpt: Path, *, step: int, epoch: float | None, config: dict, 
         "adopted": adopted,
         "train_samples": train_samples,
     }
-    atomic_write_text(ckpt / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True))
-    return manifest
 
 
 # ---------------------------------------------------------------- verification and discovery

@@ -116,16 +116,26 @@ def _problems(raw: dict, transformers: bool) -> tuple[list[str], dict, dict]:
         raw_train = raw.get("train") or {}
         problems.extend(_train_problems_without_transformers(raw_train))
         problems.extend(train_value_problems(raw_train, every_minutes) + _model_size_problems(built)
-                        + _streaming_problems(built, raw_train))
+                        + _streaming_problems(built, raw_train) + _separate_disks_problems(built, raw_train))
         return problems, built, {}
     train, errs = _build_train(raw.get("train") or {})
     if not errs:
         _default_evaluation(train, built["data"])
         errs = (train_value_problems(train, every_minutes) + _model_size_problems(built)
                 + _streaming_problems(built, train))
-        errs += best_model_problems(train, built["checkpoint"].keep_last)
+        errs += best_model_problems(train, built["checkpoint"].keep_last) + _separate_disks_problems(built, train)
     problems.extend(errs or report_to_problems(train.get("report_to")) or _training_arguments_problems(train))
     return problems, built, train
+
+
+def _separate_disks_problems(built: dict, train) -> list[str]:
+    """checkpoint.shared_filesystem: false needs checkpoint.remote and excludes what needs one run directory."""
+    from gptresume.remote.url import separate_disks_problems
+
+    c = built.get("checkpoint")
+    if c is None:
+        return []
+    return separate_disks_problems(c.shared_filesystem, c.remote, train, built.get("health"))
 
 
 def _streaming_problems(built: dict, train: dict) -> list[str]:

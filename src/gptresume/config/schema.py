@@ -229,6 +229,11 @@ class CheckpointConfig:
     remote_wait_seconds: float = 120.0
     """At the end of training or after a stop, wait up to this long for pending uploads before exiting; what is
     still pending is uploaded by the next start of the run."""
+    shared_filesystem: bool = True
+    """Whether every node of a multi-node run sees the same train.output_dir. false (with remote): each node keeps
+    its own run directory on its own disk, uploads its part of every checkpoint, and global rank 0 commits the
+    checkpoint in the bucket once every node's part is there; every resume goes through the bucket's commit. A
+    start checks it (a probe file) and refuses a setting that contradicts the disks."""
 
     every: str | None = None
     """`auto`: save when Daly's optimum interval has passed since the last save, from the measured pause per save
@@ -365,7 +370,7 @@ OPTIONAL_MODEL_FIELDS = {"dtype": None, "revision": None, "trust_remote_code": F
                          "peft": None}
 # checkpoint fields added after runs existed (issue 17, checkpoint.remote), the same way.
 OPTIONAL_CHECKPOINT_FIELDS = {"remote": None, "remote_options": None, "remote_keep_last": None,
-                              "remote_wait_seconds": 120.0,
+                              "remote_wait_seconds": 120.0, "shared_filesystem": True,  # issue 27
                               # issue 16: checkpoint.every: auto and its bounds
                               "every": None, "expected_interruptions_per_hour": 0.5, "auto_min_seconds": 10.0,
                               "auto_max_seconds": 3600.0}

@@ -20,18 +20,22 @@ from pathlib import Path
 from gptresume.checkpoint.files import PROTECTED_NAME
 from gptresume.durable import atomic_write_bytes
 from gptresume.remote.url import Remote
-from gptresume.rundir import HISTORY_NAME
+from gptresume.rundir import HISTORY_NAME, METRICS_NAME
 
 log = logging.getLogger(__name__)
 
 BOOK_NAMES = (HISTORY_NAME, PROTECTED_NAME)
+NODE_BOOKS = (*BOOK_NAMES, METRICS_NAME)
+"""With checkpoint.shared_filesystem: false, metrics.jsonl too: global rank 0 may be on another node at the next
+start (or every disk may be new), and the loss curve must stay one curve across resumes."""
+JSONL_BOOKS = (HISTORY_NAME, METRICS_NAME)
 
 
-def upload_books(remote: Remote, run_dir: Path) -> list[str]:
+def upload_books(remote: Remote, run_dir: Path, names=BOOK_NAMES) -> list[str]:
     """Every book the run directory has, to URL/<name>. Returns the names uploaded; the storage's errors
     propagate (the caller retries later)."""
     uploaded = []
-    for name in BOOK_NAMES:
+    for name in names:
         local = Path(run_dir) / name
         if local.is_file():
             remote.storage.put_file(local, name)
@@ -39,20 +43,27 @@ def upload_books(remote: Remote, run_dir: Path) -> list[str]:
     return uploaded
 
 
-def download_books(remote: Remote, run_dir: Path) -> list[str]:
+def download_books(remote: Remote, run_dir: Path, names=BOOK_NAMES, extend: bool = False) -> list[str]:
     """Each book the bucket has and the run directory lacks (a wiped disk), written atomically. Returns the names
-    downloaded. history.jsonl uploaded in the middle of an append may end in a torn line: it is cut there."""
+    downloaded. A JSON-lines book uploaded in the middle of an append may end in a torn line: it is cut there.
+
+    `extend` (several nodes without a shared file system, where global rank 0 may run on another node than last
+    time): a local JSON-lines book is also replaced by the bucket's copy unless it begins with it. A local copy
+    that begins with the bucket's is this node's own continuation (lines written after the last upload); any
+    other was left by an earlier start on this node, while another node kept the books since."""
     fetched = []
-    for name in BOOK_NAMES:
+    for name in names:
         local = Path(run_dir) / name
-        if local.exists():
+        if local.exists() and not (extend and name in JSONL_BOOKS and local.is_file()):
             continue
         try:
             data = remote.storage.read_bytes(name)
         except FileNotFoundError:
             continue
-        if name == HISTORY_NAME:
+        if name in JSONL_BOOKS:
             data = data[: data.rfind(b"\n") + 1]
+        if local.exists() and local.read_bytes().startswith(data):
+            continue
         atomic_write_bytes(local, data)
         fetched.append(name)
     return fetched

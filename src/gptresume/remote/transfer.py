@@ -45,7 +45,7 @@ def upload_checkpoint(remote: Remote, ckpt: Path) -> None:
     for i, rel in enumerate(sorted(manifest["files"])):
         storage.put_file(ckpt / rel, f"{name}/{rel}")
         if i == 0:
-            _delay_for_tests(name)
+            delay_upload_for_tests(name)
     storage.put_file(ckpt / MANIFEST_NAME, marker)
 
 
@@ -150,7 +150,7 @@ def _step(name: str) -> int:
 _delayed: set[str] = set()
 
 
-def _delay_for_tests(name: str) -> None:
+def delay_upload_for_tests(name: str) -> None:
     spec = os.environ.get(TEST_UPLOAD_DELAY_ENV)
     if spec and name not in _delayed:  # once per process: a retry uploads without the delay
         at, _, seconds = spec.partition(":")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from gptresume.errors import UsageError, resolve_stop_exit_code
-from gptresume.remote.url import remote_problems
-from gptresume.training import distributed
+from gptresume.remote.url import remote_problems, separate_disks_problems
+from gptresume.training import distributed, nodes
 from gptresume.training.script import resume_mode, spec_for_trainer
 from gptresume.training.session import Options, Outcome, Session
 
@@ -16,7 +17,8 @@ log = logging.getLogger("gptresume")
 
 def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, keep_best, every_minutes,
                     async_save, stop_at_step, exit_on_stop, data_fingerprint, stop_exit_code=None, remote=None,
-                    remote_options=None, remote_keep_last=None, remote_wait_seconds=120.0) -> Outcome:
+                    remote_options=None, remote_keep_last=None, remote_wait_seconds=120.0,
+                    shared_filesystem=True) -> Outcome:
     from gptresume.compat import warn_if_unchecked
     from gptresume.modeling import has_dropout
 
@@ -24,6 +26,8 @@ def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, 
     _check_trainer(trainer, every_minutes)
     stop_exit_code = resolve_stop_exit_code(stop_exit_code)
     problems = remote_problems(remote, remote_options, remote_keep_last, prefix="gptresume.train()")
+    problems += separate_disks_problems(shared_filesystem, remote, args.to_dict(), prefix="gptresume.train() ",
+                                        train_prefix="TrainingArguments.")
     if problems:
         raise UsageError("\n".join(problems))
     warn_if_unchecked(log)
@@ -36,9 +40,10 @@ def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, 
                       keep_last=keep_last, keep_best=keep_best, every_minutes=every_minutes, async_save=async_save,
                       stop_at_step=stop_at_step, stop_exit_code=stop_exit_code, remote=remote,
                       remote_options=dict(remote_options or {}), remote_keep_last=remote_keep_last,
-                      remote_wait_seconds=remote_wait_seconds)
+                      remote_wait_seconds=remote_wait_seconds, shared_filesystem=shared_filesystem)
     world_size = args.world_size
     with Session(None, options) as session:
+        session.nodes = nodes.start_nodes(shared_filesystem, Path(args.output_dir))  # several nodes: which disks
 
         def decide():  # rank 0: lock, plan, data and model checks, the run's books
             session.spec = spec_for_trainer(trainer, data_fingerprint, keep_last, keep_best)
@@ -51,6 +56,7 @@ def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, 
             return session.spec, session.plan, complete
 
         session.spec, session.plan, complete = distributed.on_main(decide)
+        nodes.join_nodes(session.nodes, session.plan, session.remote)  # separate disks: each node's part
         if complete:
             return _already_complete(trainer, session)
         if session.checkpoint is not None:

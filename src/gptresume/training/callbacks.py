@@ -52,15 +52,21 @@ class CommitCallback(TrainerCallback):
         if self.deferred_step == state.global_step:  # an asynchronous save: its writer thread commits it
             return
         distributed.barrier()  # every rank's files are on disk before the manifest commits them
-        if state.is_world_process_zero:
+        if self.runs_commit(state):
             self.commit_later(args, state, deferred=False)()
         distributed.barrier()
+
+    def runs_commit(self, state) -> bool:
+        """Rank 0 commits; with separate disks every node's leader also runs the commit job, which sends its
+        node's part to the bucket (remote/node_uploader.py; it is the only rank here with a NodeUploader)."""
+        return state.is_world_process_zero or hasattr(self.uploader, "submit_part")
 
     def commit_later(self, args, state, deferred: bool = True):
         """What the commit needs, captured now (at the save's step); returns the commit itself: write the
         manifest once every file is on disk, then apply retention. async_save.py runs it in its writer thread."""
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         step, epoch, world_size, extra = state.global_step, state.epoch, args.world_size, self.resume_state()
+        main = state.is_world_process_zero
         started = self.save_started if self.save_started is not None else time.perf_counter()
         self.save_started = None
         if deferred:
@@ -68,8 +74,15 @@ class CommitCallback(TrainerCallback):
 
         def commit():
             t0 = time.perf_counter()
-            if extra:
+            if extra and main:
                 atomic_write_text(ckpt / RESUME_STATE_NAME, json.dumps(extra, indent=1, sort_keys=True))
+            if hasattr(self.uploader, "submit_part"):  # separate disks: the bucket's manifest is the commit
+                fields = dict(step=step, epoch=epoch, config=self.spec.config,
+                              config_fingerprint=self.config_fingerprint,
+                              data_fingerprint=self.spec.data_fingerprint, world_size=world_size,
+                              train_samples=self.spec.train_samples) if main else None
+                self.uploader.submit_part(ckpt, fields, started)
+                return
             manifest = write_manifest(ckpt, step=step, epoch=epoch, config=self.spec.config,
                                       config_fingerprint=self.config_fingerprint,
                                       data_fingerprint=self.spec.data_fingerprint,

@@ -209,3 +209,25 @@ def whole_model(trainer, final_dir):
 
         return AutoModelForCausalLM.from_pretrained(str(final_dir))
     return trainer.model
+
+
+# ---------------------------------------------------------------- several nodes (training/nodes.py): at the start only
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's `obj` (picklable), in rank order, on every rank ([obj] with one process). For decisions taken
+    once at the start, never per step."""
+    if not active():
+        return [obj]
+    out = [None] * _dist().get_world_size()
+    _dist().all_gather_object(out, obj, group=_control_group())
+    return out
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank (its own with one process)."""
+    if not active():
+        return obj
+    box = [obj if is_main() else None]
+    _dist().broadcast_object_list(box, src=0, group=_control_group())
+    return box[0]

@@ -30,7 +30,7 @@ from gptresume.modeling import (
 )
 from gptresume.resume.plan import ResumePlan, RunSpec
 from gptresume.rundir import CONFIG_NAME, FINAL_DIR, TOKENIZER_DIR, remove_leftovers, remove_path, run_lock
-from gptresume.training import distributed
+from gptresume.training import distributed, nodes
 from gptresume.training.session import Options, Session
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
                       every_minutes=c.every_minutes, async_save=c.async_save, stop_at_step=stop_at_step,
                       stop_exit_code=stop_exit_code, remote=c.remote, remote_options=dict(c.remote_options or {}),
                       remote_keep_last=c.remote_keep_last, remote_wait_seconds=c.remote_wait_seconds,
-                      health=config.health, auto_interval=c if c.every == "auto" else None)
+                      shared_filesystem=c.shared_filesystem, health=config.health,
+                      auto_interval=c if c.every == "auto" else None)
     if distributed.is_main():
         warn_if_unchecked(log)  # exactness relies on the private behaviour listed in compat.py
     while True:
@@ -65,6 +66,7 @@ def _run_session(config: Config, options: Options):
     spec = RunSpec(run_dir, config.to_dict(), tokenizer_from_checkpoint=True)
     world_size = distributed.world_size()
     with Session(spec, options) as session:
+        session.nodes = nodes.start_nodes(options.shared_filesystem, run_dir)  # several nodes: which, which disks
 
         def decide() -> ResumePlan:
             session.lock()
@@ -92,8 +94,11 @@ def _run_session(config: Config, options: Options):
                 raise
 
         distributed.on_main(accept)
-        if not inputs:  # the other ranks read what rank 0 checked and wrote: tokenizer/, data-cache/
-            inputs.update(_load_inputs(config, plan, tokenizer_dir=ckpt or run_dir / TOKENIZER_DIR))
+        ckpt = nodes.join_nodes(session.nodes, plan, session.remote, (TOKENIZER_DIR,))  # separate disks: its part
+        # the other ranks read what rank 0 checked and wrote (tokenizer/, data-cache/), or their node's leader did
+        inputs = nodes.load_on_nodes(session.nodes, inputs, lambda: _load_inputs(
+            config, plan, tokenizer_dir=ckpt or run_dir / TOKENIZER_DIR), lambda i: nodes.keep_node_data(config, i))
+        nodes.same_data(session.nodes, inputs["data"].fingerprint)
         tokenizer, data, model = inputs["tokenizer"], inputs["data"], inputs["model"]
         trainer = _make_trainer(config, model, tokenizer, data)
         if config.data.streaming:  # before the session's commit callback: the state is in the committed files

@@ -78,6 +78,9 @@ class Options:
     """Remote checkpoints to keep; None keeps all."""
     remote_wait_seconds: float = 120.0
     """How long the end of training (or a stop) waits for pending uploads."""
+    shared_filesystem: bool = True
+    """checkpoint.shared_filesystem: false when the nodes of a multi-node run have separate disks: each node's part
+    of a checkpoint goes to `remote`, where global rank 0 commits it (training/nodes.py, remote/node_uploader.py)."""
 
 
 @dataclass
@@ -129,6 +132,7 @@ class Session:
         self._health = None
         self._uploader = None
         self._remote = None
+        self.nodes = None  # training/nodes.py: this node's place, when the nodes share no file system
 
     def __enter__(self) -> Session:
         return self
@@ -162,7 +166,7 @@ class Session:
         check = loads(self.spec)
         if o.remote:
             self._check_remote()
-            self._fetch_remote(check)
+            check = self._fetch_remote(check)
         self.plan = plan_resume(self.spec, o.resume, o.overwrite, o.allow_partial, o.allow_change, o.adopt,
                                 world_size, check=check)
         if self.plan.checkpoint is not None and not self.plan.adopt:  # a rollback to it skips data (health/)
@@ -186,18 +190,24 @@ class Session:
 
         check_remote(self.remote)
 
-    def _fetch_remote(self, check) -> None:
-        """No usable local checkpoint (a new machine, a wiped disk): download the newest valid remote one."""
+    def _fetch_remote(self, check):
+        """No usable local checkpoint (a new machine, a wiped disk): download the newest valid remote one. Returns
+        the check the plan applies to a checkpoint (with separate disks also: it is the bucket's commit)."""
         from gptresume.checkpoint import newest_valid
         from gptresume.remote.fetch import fetch_newest_valid
         from gptresume.remote.transfer import remote_checkpoints
 
+        if not self.options.shared_filesystem:  # separate disks: only the bucket's commit counts (materialize.py)
+            from gptresume.remote.materialize import resume_through_bucket
+
+            return resume_through_bucket(self.remote, self.spec.run_dir, self.options.resume, check, self._take_lock)
         if self.options.resume not in ("auto", "must") or newest_valid(self.spec.run_dir, check)[0] is not None:
-            return
+            return check
         if not remote_checkpoints(self.remote):
-            return
+            return check
         self._take_lock()
         fetch_newest_valid(self.remote, self.spec.run_dir)
+        return check
 
     def check_inputs(self, dropout: bool) -> None:
         """Changed data (by `spec.data_fingerprint`) and, with dropout on, a changed eval cadence."""
@@ -270,7 +280,12 @@ class Session:
                 state["health"] = detector.state()
             return state or None
 
-        if o.remote and distributed.is_main():
+        if o.remote and self.nodes is not None and self.nodes.leader:  # separate disks: every node sends its part
+            from gptresume.remote.node_uploader import NodeUploader
+
+            self._uploader = NodeUploader(self.remote, self.nodes.run_dir, self.nodes.role(), o.remote_keep_last,
+                                          keep_best=o.keep_best).start()
+        elif o.remote and self.nodes is None and distributed.is_main():
             from gptresume.remote.uploader import Uploader
 
             self._uploader = Uploader(self.remote, self.spec.run_dir, o.remote_keep_last, keep_best=o.keep_best).start()

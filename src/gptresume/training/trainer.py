@@ -172,7 +172,8 @@ class ResumableTrainerMixin:
             self._write_snapshot(output_dir, step, model_state, optimizer_state, scheduler_state)
 
         job = save_job(name, write, commit, agree=lambda ok: distributed.all_ranks_ok(ok, group),
-                       is_main=self.args.process_index == 0)
+                       is_main=(self.async_commit.runs_commit(self.state) if self.async_commit is not None
+                                else self.args.process_index == 0))
         self.async_saver.submit(name, job, timings)
 
     def _async_unsupported(self, trial) -> str | None:
