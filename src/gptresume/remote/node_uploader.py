@@ -107,7 +107,7 @@ class NodeUploader(Uploader):
                 return True
             time.sleep(wait)
             wait = min(wait * 2, POLL_MAX_S)
-        log.info("%s committed in %s (this node's part included)", name, self.remote.url)
+        print(f"{name} committed in {self.remote.url} (this node's part included)", flush=True)
         return True
 
     # ---------------------------------------------------------------- the thread

@@ -169,10 +169,9 @@ def _remove_probe(run_dir: Path, probe: dict) -> None:
         pass
 
 
-def join_nodes(nodes: Nodes | None, plan, remote, share_dirs=()) -> Path | None:
-    """Every rank, after rank 0 planned the resume (`plan`) and prepared its run directory. With separate disks:
-    the leaders drop their local checkpoint caches but the resumed one; the other nodes' leaders download their
-    part of it and, from rank 0, the run directories `share_dirs` (the CLI's tokenizer/); then every rank's
+def join_nodes(nodes: Nodes | None, plan, remote) -> Path | None:
+    """Every rank, once rank 0 planned the resume (`plan`). With separate disks: the leaders drop their local
+    checkpoint caches but the resumed one; the other nodes' leaders download their part of it; then every rank's
     `plan.checkpoint.path` is its own node's copy. Returns the checkpoint to resume from on this rank (None: a
     fresh start). Any node's failure raises on every rank."""
     ckpt = plan.checkpoint.path if plan.checkpoint is not None else None
@@ -182,15 +181,12 @@ def join_nodes(nodes: Nodes | None, plan, remote, share_dirs=()) -> Path | None:
     from gptresume.rundir import remove_leftovers
 
     main = distributed.is_main()
-    shared = _read_dirs(nodes.run_dir, share_dirs) if main and share_dirs else None
-    shared = distributed.broadcast_object(shared) if share_dirs else None
     error = None
     if nodes.leader:
         try:
             nodes.run_dir.mkdir(parents=True, exist_ok=True)
             if not main:
                 remove_leftovers(nodes.run_dir)  # a killed process's scratch (rank 0 did this in its own start)
-                _write_dirs(nodes.run_dir, shared or {})
             drop_caches(nodes.run_dir, keep=ckpt.name if ckpt is not None else None, keep_newer_commits=main)
             if ckpt is not None and not main:
                 fetch_part(remote, nodes.run_dir, ckpt.name, plan.checkpoint.manifest, nodes.ranks)
@@ -225,13 +221,17 @@ def _write_dirs(run_dir: Path, files: dict[str, bytes]) -> None:
         atomic_write_bytes(target, data)
 
 
-def load_on_nodes(nodes: Nodes | None, inputs: dict, load, keep) -> dict:
-    """Every rank (the CLI, after rank 0 loaded and checked its inputs: `inputs`): the other ranks load theirs
-    (`load()`). With separate disks each other node's leader loads first and keeps what it prepared on its disk
-    (`keep(inputs)`: the packed data cache), then the node's other ranks read it, as on rank 0's node."""
+def load_on_nodes(nodes: Nodes | None, inputs: dict, load, keep, share=()) -> dict:
+    """Every rank (the CLI, after rank 0 loaded and checked its inputs, `inputs`, and wrote its run directory):
+    the other ranks load theirs (`load()`). With separate disks each other node's leader first receives rank 0's
+    run directories `share` (the tokenizer it trained or chose), loads, and keeps what it prepared on its disk
+    (`keep(inputs)`: the packed data cache); then the node's other ranks read it, as on rank 0's node."""
     if nodes is None:
         return inputs or load()
-    if nodes.leader and not distributed.is_main():
+    main = distributed.is_main()
+    files = distributed.broadcast_object(_read_dirs(nodes.run_dir, share) if main else None)
+    if nodes.leader and not main:
+        _write_dirs(nodes.run_dir, files or {})
         inputs = load()
         keep(inputs)
     distributed.barrier()

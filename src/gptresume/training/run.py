@@ -73,6 +73,7 @@ def _run_session(config: Config, options: Options):
             return session.decide(world_size)
 
         session.plan = plan = distributed.on_main(decide)
+        nodes.join_nodes(session.nodes, plan, session.remote)  # separate disks: each node's part, from the bucket
         if session.is_complete():
             return distributed.on_main(_report_complete, config, plan), None
         ckpt = session.checkpoint
@@ -94,10 +95,10 @@ def _run_session(config: Config, options: Options):
                 raise
 
         distributed.on_main(accept)
-        ckpt = nodes.join_nodes(session.nodes, plan, session.remote, (TOKENIZER_DIR,))  # separate disks: its part
         # the other ranks read what rank 0 checked and wrote (tokenizer/, data-cache/), or their node's leader did
         inputs = nodes.load_on_nodes(session.nodes, inputs, lambda: _load_inputs(
-            config, plan, tokenizer_dir=ckpt or run_dir / TOKENIZER_DIR), lambda i: nodes.keep_node_data(config, i))
+            config, plan, tokenizer_dir=ckpt or run_dir / TOKENIZER_DIR), lambda i: nodes.keep_node_data(config, i),
+            share=(TOKENIZER_DIR,))
         nodes.same_data(session.nodes, inputs["data"].fingerprint)
         tokenizer, data, model = inputs["tokenizer"], inputs["data"], inputs["model"]
         trainer = _make_trainer(config, model, tokenizer, data)

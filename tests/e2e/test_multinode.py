@@ -1,0 +1,230 @@
+"""Two nodes without a shared file system (checkpoint.shared_filesystem: false), on loopback: two
+`python -m gptresume.launch --nnodes 2 --nproc_per_node 1 --node_rank K --master_addr 127.0.0.1` members (torchrun's
+static rendezvous), each started in its own working directory with a relative train.output_dir, so each node's run
+directory is its own "disk"; the checkpoints meet in an S3-compatible server (moto on 127.0.0.1).
+
+- An uninterrupted run: every save is committed in the bucket by global rank 0 from both nodes' parts (the
+  manifest lists both ranks' RNG files), while neither local directory ever holds a whole checkpoint.
+- SIGTERM to both nodes: both exit 75 with the stop's checkpoint committed in the bucket; both local directories
+  are deleted; the resume (node ranks swapped: the other machine is global rank 0 now) downloads what each node
+  needs and ends bitwise equal to the uninterrupted run, the loss curve continuous (metrics.jsonl from the bucket).
+- SIGKILL of node 1 while its part of checkpoint-8 is being uploaded: checkpoint-8 is never committed, and the
+  re-run on the same disks resumes from checkpoint-4, bitwise equal to the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import (
+    assert_bitwise_equal,
+    ddp_env,
+    final_weights,
+    free_port,
+    read_metrics,
+    run_cli,
+    train_losses,
+    wait_for_step,
+    write_config,
+)
+from s3server import CREDENTIALS, S3Server
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "nodes"
+MAX_STEPS = 12
+TIMEOUT = 300
+NODE_DIRS = ("machine-a", "machine-b")  # machine-a is node 0 unless a test swaps them
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = S3Server().start()
+    server.create_bucket(BUCKET)
+    yield server
+    server.stop()
+
+
+def config_for(tmp: Path, server: S3Server, prefix: str) -> Path:
+    return write_config(tmp, f"{prefix}.yaml", corpus_chars=3600, train={
+        "max_steps": MAX_STEPS, "save_steps": 4, "eval_steps": 6, "output_dir": "run"},  # relative: one per node
+        checkpoint={"keep_last": 1, "remote": f"s3://{BUCKET}/{prefix}", "remote_keep_last": 1,
+                    "remote_options": {"endpoint_url": server.endpoint}, "shared_filesystem": False})
+
+
+class Node:
+    """One node: `python -m gptresume.launch` for node rank `rank`, in its own directory, output to a log file."""
+
+    def __init__(self, tmp: Path, machine: str, rank: int, port: int, config: Path, server: S3Server, *args,
+                 env: dict | None = None):
+        self.dir = tmp / machine
+        self.dir.mkdir(exist_ok=True)
+        self.rank = rank
+        self.log = self.dir / f"node{rank}-{time.monotonic_ns()}.log"
+        cmd = [sys.executable, "-m", "gptresume.launch", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank",
+               str(rank), "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "gptresume", "train",
+               str(config), *args]
+        full_env = {**ddp_env(tmp), **CREDENTIALS, "AWS_ENDPOINT_URL": server.endpoint, **(env or {})}
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(cmd, cwd=self.dir, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.dir / "run"
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait(self) -> int:
+        try:
+            return self.proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"node {self.rank} did not finish:\n{self.output()}") from None
+
+    def kill(self) -> None:
+        """SIGKILL the whole node: the launcher and every worker (torchrun gives each worker its own session)."""
+        import psutil
+
+        procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        for p in procs:
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=60)
+
+    def wait_for_output(self, fragment: str) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while fragment not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"never printed {fragment!r}:\n{self.output()}")
+            time.sleep(0.05)
+
+
+def start_two(tmp, config, server, *args, swap=False, env1=None) -> tuple[Node, Node]:
+    """Node 0 and node 1 of one job (machine-b is node 0 when `swap`)."""
+    port = free_port()
+    a, b = (NODE_DIRS[1], NODE_DIRS[0]) if swap else NODE_DIRS
+    return (Node(tmp, a, 0, port, config, server, *args),
+            Node(tmp, b, 1, port, config, server, *args, env=env1))
+
+
+def finish(nodes) -> list[int]:
+    return [n.wait() for n in nodes]
+
+
+def bucket_checkpoints(server, prefix) -> dict[str, set[str]]:
+    """checkpoint-N -> the names under it in the bucket."""
+    fs, out = server.fs(), {}
+    for path in fs.find(f"{BUCKET}/{prefix}"):
+        rel = path.split(f"{BUCKET}/{prefix}/", 1)[1]
+        if rel.startswith("checkpoint-"):
+            name, _, rest = rel.partition("/")
+            out.setdefault(name, set()).add(rest)
+    return out
+
+
+def committed(server, prefix) -> list[str]:
+    return sorted((n for n, files in bucket_checkpoints(server, prefix).items() if "manifest.json" in files),
+                  key=lambda n: int(n.split("-")[1]))
+
+
+def local_files(run_dir: Path) -> dict[str, set[str]]:
+    return {p.name: {f.name for f in p.iterdir()} for p in sorted(run_dir.glob("checkpoint-*"))}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, s3):
+    """One uninterrupted 2-node run through the bucket, shared by the tests."""
+    tmp = tmp_path_factory.mktemp("nodes-ref")
+    nodes = start_two(tmp, config_for(tmp, s3, "ref"), s3)
+    codes = finish(nodes)
+    assert codes == [0, 0], "\n".join(n.output() for n in nodes)
+    return tmp, nodes
+
+
+def test_every_save_is_committed_in_the_bucket_from_both_nodes_parts(reference, s3, tmp_path):
+    tmp, (node0, node1) = reference
+    assert "Training complete at step 12" in node0.output()
+    assert committed(s3, "ref") == ["checkpoint-12"]  # remote_keep_last 1: the older commits went after it
+    manifest = json.loads(s3.fs().cat_file(f"{BUCKET}/ref/checkpoint-12/manifest.json"))
+    assert manifest["world_size"] == 2 and {"rng_state_0.pth", "rng_state_1.pth", "model.safetensors",
+                                            "optimizer.pt"} <= set(manifest["files"])
+    assert manifest["nodes"] == {"0": {"host": manifest["nodes"]["0"]["host"], "ranks": [0]},
+                                 "1": {"host": manifest["nodes"]["1"]["host"], "ranks": [1]}}
+    out0 = node0.output()
+    assert all(f"checkpoint-{s} committed in s3://{BUCKET}/ref by 2 node(s)" in out0 for s in (4, 8, 12)), out0
+    # separate disks: no local directory holds a whole checkpoint or a manifest; node 1 holds only its own files
+    assert local_files(node1.run_dir) == {"checkpoint-12": {"rng_state_1.pth"}}
+    assert "rng_state_1.pth" not in local_files(node0.run_dir)["checkpoint-12"]
+    assert not list(node0.run_dir.glob("checkpoint-*/manifest.json"))
+    # the bucket's commit verifies as a whole (every file downloaded and hashed by the read-only tools)
+    checked = run_cli(tmp_path, "verify", f"s3://{BUCKET}/ref", env={**CREDENTIALS, "AWS_ENDPOINT_URL": s3.endpoint})
+    assert checked.returncode == 0 and f"ok       s3://{BUCKET}/ref/checkpoint-12" in checked.stdout, checked.stdout
+
+
+def test_sigterm_commits_on_both_nodes_then_fresh_disks_resume_bitwise(reference, s3, tmp_path):
+    ref = reference[1][0].run_dir
+    config = config_for(tmp_path, s3, "stop")
+    nodes = start_two(tmp_path, config, s3)
+    wait_for_step(nodes[0].run_dir, 5, nodes[0].proc, timeout=TIMEOUT)
+    for n in nodes:  # a preemption of both machines (a stop of one alone is agreed by every rank as well)
+        n.proc.send_signal(signal.SIGTERM)
+    codes = finish(nodes)
+    out = "\n".join(n.output() for n in nodes)
+    assert codes == [75, 75], out
+    stopped = max(r["step"] for r in read_metrics(nodes[0].run_dir))
+    assert 5 <= stopped < MAX_STEPS
+    assert committed(s3, "stop") == [f"checkpoint-{stopped}"], out  # one committed checkpoint: the stop's
+    assert f"checkpoint-{stopped} committed in s3://{BUCKET}/stop (this node's part included)" in nodes[1].output()
+
+    for n in nodes:  # both machines are gone
+        shutil.rmtree(n.run_dir)
+    resumed = start_two(tmp_path, config, s3, swap=True)  # machine-b is global rank 0 now
+    codes = finish(resumed)
+    out = "\n".join(n.output() for n in resumed)
+    assert codes == [0, 0], out
+    assert f"Resuming from run/checkpoint-{stopped}" in resumed[0].output()
+    assert "this node's" in resumed[1].output()  # node 1 fetched its part (the model, its RNG file) only
+    assert local_files(resumed[1].run_dir) == {"checkpoint-12": {"rng_state_1.pth"}}
+    run = resumed[0].run_dir
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == list(range(1, MAX_STEPS + 1))
+    assert train_losses(run) == train_losses(ref)  # metrics.jsonl came from the bucket, then went on
+    assert_bitwise_equal(final_weights(run), final_weights(ref))
+
+
+def test_sigkill_of_one_node_during_its_upload_leaves_that_checkpoint_uncommitted(reference, s3, tmp_path):
+    ref = reference[1][0].run_dir
+    config = config_for(tmp_path, s3, "kill")
+    # node 1's upload of its part of checkpoint-8 holds after its first file, until node 1 is killed
+    nodes = start_two(tmp_path, config, s3, "--set", "checkpoint.remote_wait_seconds=20",
+                      env1={"GPTRESUME_TEST_UPLOAD_DELAY": "8:600"})
+    nodes[1].wait_for_output("the upload of checkpoint-8 sleeps")
+    nodes[1].kill()
+    assert nodes[0].wait() not in (0, 75), nodes[0].output()  # the job cannot go on without node 1
+    held = bucket_checkpoints(s3, "kill")
+    assert "rng_state_1.pth" in held["checkpoint-8"]  # node 1's upload had begun...
+    assert "manifest.json" not in held["checkpoint-8"] and ".parts/node-1.json" not in held["checkpoint-8"]
+    assert committed(s3, "kill") == ["checkpoint-4"]  # ...and checkpoint-8 was never committed
+
+    resumed = start_two(tmp_path, config, s3)  # the same machines, their disks kept
+    codes = finish(resumed)
+    out = "\n".join(n.output() for n in resumed)
+    assert codes == [0, 0], out
+    assert f"skipping remote s3://{BUCKET}/kill/checkpoint-" in out and "no manifest.json" in out, out
+    assert "Resuming from run/checkpoint-4" in resumed[0].output(), out
+    run = resumed[0].run_dir
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == list(range(1, MAX_STEPS + 1))
+    assert train_losses(run) == train_losses(ref)
+    assert_bitwise_equal(final_weights(run), final_weights(ref))
+    assert committed(s3, "kill") == ["checkpoint-12"]
