@@ -85,6 +85,7 @@ def fetch_committed(remote: Remote, run_dir: Path, check=None) -> tuple[Checkpoi
     with a message naming its URL and fault. The run's books come with it (`download_books`: history.jsonl,
     protected.json, metrics.jsonl, where the bucket's copy is newer). Returns (its info or None, messages)."""
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
 
     def fetch(name: str) -> CheckpointInfo:
         step = int(CHECKPOINT_RE.match(name).group(1))
