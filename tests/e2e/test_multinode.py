@@ -5,11 +5,11 @@ directory is its own "disk"; the checkpoints meet in an S3-compatible server (mo
 
 - An uninterrupted run: every save is committed in the bucket by global rank 0 from both nodes' parts (the
   manifest lists both ranks' RNG files), while neither local directory ever holds a whole checkpoint.
-- SIGTERM to both nodes: both exit 75 with the stop's checkpoint committed in the bucket; both local directories
-  are deleted; the resume (node ranks swapped: the other machine is global rank 0 now) downloads what each node
-  needs and ends bitwise equal to the uninterrupted run, the loss curve continuous (metrics.jsonl from the bucket).
-- SIGKILL of node 1 while its part of checkpoint-8 is being uploaded: checkpoint-8 is never committed, and the
-  re-run on the same disks resumes from checkpoint-4, bitwise equal to the uninterrupted run.
+- One run through three failures: SIGKILL of node 1 while its part of checkpoint-8 is being uploaded (checkpoint-8
+  is never committed; the re-run on the same disks resumes from checkpoint-4); SIGTERM to both nodes (both exit
+  75 with the stop's checkpoint committed in the bucket); both local directories deleted and the resume started
+  with the node ranks swapped (the other machine is global rank 0 now): each node downloads what it needs and the
+  run ends bitwise equal to the uninterrupted one, the loss curve continuous (metrics.jsonl from the bucket).
 """
 
 from __future__ import annotations
@@ -173,21 +173,40 @@ def test_every_save_is_committed_in_the_bucket_from_both_nodes_parts(reference, 
     assert checked.returncode == 0 and f"ok       s3://{BUCKET}/ref/checkpoint-12" in checked.stdout, checked.stdout
 
 
-def test_sigterm_commits_on_both_nodes_then_fresh_disks_resume_bitwise(reference, s3, tmp_path):
+def test_a_node_killed_mid_upload_then_a_stop_then_fresh_disks_resume_bitwise(reference, s3, tmp_path):
+    """One run through three failures: node 1 SIGKILLed while its part of checkpoint-8 is being uploaded (never
+    committed; the re-run on the same disks resumes from checkpoint-4), then SIGTERM to both nodes (both exit 75,
+    one committed checkpoint in the bucket), then both disks lost and the nodes swapped (the other machine is
+    global rank 0): the end is bitwise equal to the uninterrupted run, the loss curve continuous."""
     ref = reference[1][0].run_dir
-    config = config_for(tmp_path, s3, "stop")
-    nodes = start_two(tmp_path, config, s3)
-    wait_for_step(nodes[0].run_dir, 5, nodes[0].proc, timeout=TIMEOUT)
+    config = config_for(tmp_path, s3, "run")
+    # node 1's upload of its part of checkpoint-8 holds after its first file, until node 1 is killed
+    nodes = start_two(tmp_path, config, s3, "--set", "checkpoint.remote_wait_seconds=2",
+                      env1={"GPTRESUME_TEST_UPLOAD_DELAY": "8:600"})
+    nodes[1].wait_for_output("the upload of checkpoint-8 sleeps")
+    wait_until(lambda: committed(s3, "run") == ["checkpoint-4"], nodes[0])
+    nodes[1].kill()
+    assert nodes[0].wait() not in (0, 75), nodes[0].output()  # the job cannot go on without node 1
+    held = bucket_checkpoints(s3, "run")
+    assert "rng_state_1.pth" in held["checkpoint-8"]  # node 1's upload had begun...
+    assert "manifest.json" not in held["checkpoint-8"] and ".parts/node-1.json" not in held["checkpoint-8"]
+    assert committed(s3, "run") == ["checkpoint-4"]  # ...and checkpoint-8 was never committed
+
+    nodes = start_two(tmp_path, config, s3)  # the same machines, their disks kept
+    nodes[0].wait_for_output("Resuming from run/checkpoint-4")  # the previous commit
+    assert f"skipping remote s3://{BUCKET}/run/checkpoint-8: no manifest.json" in nodes[0].output()
+    wait_for_step(nodes[0].run_dir, 6, nodes[0].proc, timeout=TIMEOUT)
     for n in nodes:  # a preemption of both machines (a stop of one alone is agreed by every rank as well)
         n.proc.send_signal(signal.SIGTERM)
     codes = finish(nodes)
     out = "\n".join(n.output() for n in nodes)
     assert codes == [75, 75], out
     stopped = max(r["step"] for r in read_metrics(nodes[0].run_dir))
-    assert 5 <= stopped < MAX_STEPS
-    assert committed(s3, "stop") == [f"checkpoint-{stopped}"], out  # one committed checkpoint: the stop's
-    assert f"checkpoint-{stopped} committed in s3://{BUCKET}/stop (this node's part included)" in nodes[1].output()
+    assert 6 <= stopped < MAX_STEPS
+    assert committed(s3, "run") == [f"checkpoint-{stopped}"], out  # one committed checkpoint: the stop's
+    assert f"checkpoint-{stopped} committed in s3://{BUCKET}/run (this node's part included)" in nodes[1].output()
 
+    manifest = json.loads(s3.fs().cat_file(f"{BUCKET}/run/checkpoint-{stopped}/manifest.json"))
     for n in nodes:  # both machines are gone
         shutil.rmtree(n.run_dir)
     resumed = start_two(tmp_path, config, s3, swap=True)  # machine-b is global rank 0 now
@@ -195,36 +214,19 @@ def test_sigterm_commits_on_both_nodes_then_fresh_disks_resume_bitwise(reference
     out = "\n".join(n.output() for n in resumed)
     assert codes == [0, 0], out
     assert f"Resuming from run/checkpoint-{stopped}" in resumed[0].output()
-    assert "this node's" in resumed[1].output()  # node 1 fetched its part (the model, its RNG file) only
+    wanted = len(manifest["files"]) - 1  # every file but rank 0's RNG file
+    assert f"this node's {wanted} files are in run/checkpoint-{stopped} ({wanted} downloaded" in resumed[1].output()
     assert local_files(resumed[1].run_dir) == {"checkpoint-12": {"rng_state_1.pth"}}
     run = resumed[0].run_dir
     assert [r["step"] for r in read_metrics(run) if "loss" in r] == list(range(1, MAX_STEPS + 1))
     assert train_losses(run) == train_losses(ref)  # metrics.jsonl came from the bucket, then went on
     assert_bitwise_equal(final_weights(run), final_weights(ref))
+    assert committed(s3, "run") == ["checkpoint-12"]
 
 
-def test_sigkill_of_one_node_during_its_upload_leaves_that_checkpoint_uncommitted(reference, s3, tmp_path):
-    ref = reference[1][0].run_dir
-    config = config_for(tmp_path, s3, "kill")
-    # node 1's upload of its part of checkpoint-8 holds after its first file, until node 1 is killed
-    nodes = start_two(tmp_path, config, s3, "--set", "checkpoint.remote_wait_seconds=20",
-                      env1={"GPTRESUME_TEST_UPLOAD_DELAY": "8:600"})
-    nodes[1].wait_for_output("the upload of checkpoint-8 sleeps")
-    nodes[1].kill()
-    assert nodes[0].wait() not in (0, 75), nodes[0].output()  # the job cannot go on without node 1
-    held = bucket_checkpoints(s3, "kill")
-    assert "rng_state_1.pth" in held["checkpoint-8"]  # node 1's upload had begun...
-    assert "manifest.json" not in held["checkpoint-8"] and ".parts/node-1.json" not in held["checkpoint-8"]
-    assert committed(s3, "kill") == ["checkpoint-4"]  # ...and checkpoint-8 was never committed
-
-    resumed = start_two(tmp_path, config, s3)  # the same machines, their disks kept
-    codes = finish(resumed)
-    out = "\n".join(n.output() for n in resumed)
-    assert codes == [0, 0], out
-    assert f"skipping remote s3://{BUCKET}/kill/checkpoint-" in out and "no manifest.json" in out, out
-    assert "Resuming from run/checkpoint-4" in resumed[0].output(), out
-    run = resumed[0].run_dir
-    assert [r["step"] for r in read_metrics(run) if "loss" in r] == list(range(1, MAX_STEPS + 1))
-    assert train_losses(run) == train_losses(ref)
-    assert_bitwise_equal(final_weights(run), final_weights(ref))
-    assert committed(s3, "kill") == ["checkpoint-12"]
+def wait_until(condition, node: Node) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        if node.proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"condition never met:\n{node.output()}")
+        time.sleep(0.1)
