@@ -230,3 +230,29 @@ def wait_until(condition, node: Node) -> None:
         if node.proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"condition never met:\n{node.output()}")
         time.sleep(0.1)
+
+
+def test_one_process_with_async_saves_commits_through_the_bucket(s3, tmp_path):
+    """shared_filesystem: false with one node and checkpoint.async_save: the background writer's commit sends the
+    node's part and the bucket's manifest commits it (no local manifest ever); after the disk is lost the bucket's
+    commit resumes bitwise like a plain local run."""
+    env = {**CREDENTIALS, "AWS_ENDPOINT_URL": s3.endpoint}
+    ref_config = write_config(tmp_path, "plain.yaml", train={"output_dir": str(tmp_path / "plain")})
+    plain = run_cli(tmp_path, "train", ref_config)
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    config = write_config(tmp_path, "one.yaml", checkpoint={
+        "keep_last": 1, "async_save": True, "remote": f"s3://{BUCKET}/one", "shared_filesystem": False,
+        "remote_options": {"endpoint_url": s3.endpoint}})
+    stopped = run_cli(tmp_path, "train", config, "--stop-at-step", "8", env=env)
+    out = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 75, out
+    assert f"checkpoint-8 committed in s3://{BUCKET}/one by 1 node(s)" in out
+    assert committed(s3, "one") == ["checkpoint-4", "checkpoint-8"]
+    assert not list((tmp_path / "run").glob("checkpoint-*/manifest.json"))  # the bucket's manifest is the commit
+    shutil.rmtree(tmp_path / "run")
+    resumed = run_cli(tmp_path, "train", config, env=env)
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, out
+    assert "Resuming from" in out and "checkpoint-8" in out
+    assert train_losses(tmp_path / "run") == train_losses(tmp_path / "plain")  # steps 1-8 from the bucket's books
+    assert_bitwise_equal(final_weights(tmp_path / "run"), final_weights(tmp_path / "plain"))
