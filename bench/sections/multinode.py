@@ -42,6 +42,7 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "
 WARMUP = 3
 COMMITTED = {"local": re.compile(r"checkpoint-(\d+) committed \([^,]+, ([0-9.]+) s\)"),
              "bucket": re.compile(r"checkpoint-(\d+) committed in \S+ by \d+ node\(s\) \([^,]+, ([0-9.]+) s from")}
+PAUSED = re.compile(r"checkpoint-(\d+) committed in \S+ by \d+ node\(s\) .*training paused ([0-9.]+) s\)")
 
 
 def _port() -> int:
@@ -114,7 +115,11 @@ def run_mode(work: Path, mode: str, config: Path, endpoint: str | None, rep: int
         raise RuntimeError(f"{mode} run failed ({codes}):\n{logs[-4000:]}")
     rows = [json.loads(x) for x in (base / "node0" / "run" / "metrics.jsonl").read_text().splitlines()
             if '"loss"' in x]
-    return {"rows": rows, "commit_s": [float(s) for _, s in COMMITTED[mode].findall(logs)]}
+    commit = [float(s) for _, s in COMMITTED[mode].findall(logs)]
+    # training blocked by a save: a local synchronous save commits before training goes on (its committed line's
+    # seconds); with the bucket, training goes on once every rank's files are on its disk (the line says how long)
+    blocked = commit if mode == "local" else [float(s) for _, s in PAUSED.findall(logs)]
+    return {"rows": rows, "commit_s": commit, "blocked_s": blocked}
 
 
 def pauses(rows: list[dict], every: int, steps: int) -> tuple[list[float], float]:
@@ -140,9 +145,11 @@ def measure(work: Path, quick: bool = False, reps: int | None = None) -> dict:
             for mode in (("local", "bucket") if rep % 2 == 0 else ("bucket", "local")):
                 got = run_mode(work, mode, config, endpoint, rep)
                 p, step = pauses(got["rows"], every, steps)
-                results[mode].append({"pauses_s": p, "step_s": step, "commit_s": got["commit_s"]})
-                print(f"  {mode}: pause per save {statistics.median(p):.3f} s (step {step:.3f} s), commit "
-                      f"{statistics.median(got['commit_s']):.2f} s after the save's start", flush=True)
+                results[mode].append({"pauses_s": p, "step_s": step, "commit_s": got["commit_s"],
+                                      "blocked_s": got["blocked_s"]})
+                print(f"  {mode}: pause per save {statistics.median(p):.3f} s (step {step:.3f} s), training blocked "
+                      f"{statistics.median(got['blocked_s']):.3f} s, commit {statistics.median(got['commit_s']):.2f} s "
+                      "after the save's start", flush=True)
     finally:
         server.stop()
         for k, v in saved.items():
@@ -156,18 +163,27 @@ def measure(work: Path, quick: bool = False, reps: int | None = None) -> dict:
         return statistics.median(values)
 
     summary = {mode: {"pause_per_save_s": med(mode, "pauses_s"), "step_s": med(mode, "step_s"),
-                      "save_to_commit_s": med(mode, "commit_s")} for mode in results}
+                      "blocked_s": med(mode, "blocked_s"), "save_to_commit_s": med(mode, "commit_s")}
+               for mode in results}
     summary["pause_ratio"] = summary["bucket"]["pause_per_save_s"] / summary["local"]["pause_per_save_s"]
     return {"steps": steps, "save_every": every, "reps": reps, "runs": results, "summary": summary,
             "machine": machine()}
 
 
-def row(result: dict) -> str:
+HEADER = ("| per save (median) | one node, local commit | 2 nodes, commit in the bucket | ratio |\n"
+          "|---|---|---|---|")
+
+
+def rows(result: dict) -> str:
     s = result["summary"]
-    return (f"| 2 processes, demo model, save every {result['save_every']} steps | "
-            f"{s['local']['pause_per_save_s']:.3f} s | {s['bucket']['pause_per_save_s']:.3f} s | "
-            f"{s['pause_ratio']:.2f} | {s['local']['save_to_commit_s']:.2f} s | "
-            f"{s['bucket']['save_to_commit_s']:.2f} s |")
+    out = []
+    for key, what in (("pause_per_save_s", "pause: the step after a save, over a typical step"),
+                      ("blocked_s", "training blocked by the save"),
+                      ("save_to_commit_s", "save's start to its commit"),
+                      ("step_s", "a step away from saves")):
+        a, b = s["local"][key], s["bucket"][key]
+        out.append(f"| {what} | {a:.3f} s | {b:.3f} s | {b / a:.2f} |")
+    return "\n".join(out)
 
 
 def main() -> int:
@@ -182,10 +198,10 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
-    print("| run | pause per save, one node (local commit) | pause per save, 2 nodes (commit in the bucket) | "
-          "ratio | save to commit, local | save to commit, bucket |")
-    print("|---|---|---|---|---|---|")
-    print(row(result))
+    print(f"2 processes (gloo, CPU), the demo model, a save every {result['save_every']} of {result['steps']} steps, "
+          f"{result['reps']} repetition(s):")
+    print(HEADER)
+    print(rows(result))
     return 0
 
 

@@ -256,3 +256,18 @@ def test_one_process_with_async_saves_commits_through_the_bucket(s3, tmp_path):
     assert "Resuming from" in out and "checkpoint-8" in out
     assert train_losses(tmp_path / "run") == train_losses(tmp_path / "plain")  # steps 1-8 from the bucket's books
     assert_bitwise_equal(final_weights(tmp_path / "run"), final_weights(tmp_path / "plain"))
+
+
+def test_separate_disks_without_the_setting_are_refused_before_anything_is_written(s3, tmp_path):
+    """shared_filesystem left at true while each node has its own directory: the probe finds it at start, every
+    node exits 2 with one message (on global rank 0's), and neither run directory is created."""
+    config = config_for(tmp_path, s3, "refused")
+    nodes = start_two(tmp_path, config, s3, "--set", "checkpoint.shared_filesystem=true")
+    codes = finish(nodes)
+    out = "\n".join(n.output() for n in nodes)
+    assert codes == [2, 2], out
+    assert nodes[0].output().count("error: train.output_dir: node 1 (") == 1, out
+    assert "does not see the run directory" in out and "error:" not in nodes[1].output()
+    assert "Traceback" not in out
+    assert not any((tmp_path / d / "run").exists() for d in NODE_DIRS)
+    assert not [p for d in NODE_DIRS for p in (tmp_path / d).iterdir() if p.name.startswith(".gptresume-node")]

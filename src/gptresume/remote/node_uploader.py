@@ -59,7 +59,7 @@ class NodeUploader(Uploader):
                  keep_best: bool = False, backoff: tuple[float, float] | None = None):
         super().__init__(remote, run_dir, keep_last, *(() if backoff is None else (backoff,)), keep_best=keep_best)
         self.role = role
-        self._jobs: dict[Path, tuple[dict | None, float]] = {}
+        self._jobs: dict[Path, tuple[dict | None, float, float]] = {}
         self.last_part: str | None = None
         """The newest checkpoint whose part this node uploaded and verified."""
         self.committed: list[str] = []
@@ -81,7 +81,7 @@ class NodeUploader(Uploader):
         global rank 0 what the manifest records besides the files (step, epoch, config, ...), else None.
         `started`: when the save began (the committed line reports the time from there to the commit)."""
         with self._cond:
-            self._jobs[Path(ckpt)] = (fields, started)
+            self._jobs[Path(ckpt)] = (fields, started, time.perf_counter() - started)
         self.submit(ckpt)
 
     def drain(self, timeout: float | None) -> bool:
@@ -114,7 +114,7 @@ class NodeUploader(Uploader):
 
     def _upload_with_retries(self, ckpt: Path) -> None:
         with self._cond:
-            fields, started = self._jobs.get(ckpt, (None, time.perf_counter()))
+            fields, started, paused = self._jobs.get(ckpt, (None, time.perf_counter(), 0.0))
         name, role = ckpt.name, self.role
         step = int(CHECKPOINT_RE.match(name).group(1))
         wait, attempt, part, sent = self.backoff[0], 0, None, False
@@ -153,14 +153,14 @@ class NodeUploader(Uploader):
         with self._cond:
             self._jobs.pop(ckpt, None)
         seconds = time.perf_counter() - started
-        self.history.append({"name": name, "seconds": seconds, "attempts": attempt})
+        self.history.append({"name": name, "seconds": seconds, "attempts": attempt, "paused": paused})
         if manifest is None:
             log.debug("Node %d's part of %s is in %s, verified (%.2fs)", role.node, name, self.remote.url, seconds)
             return
         self.committed.append(name)
         size = sum(int(f["bytes"]) for f in manifest["files"].values())
-        log.info("%s %s committed in %s by %d node(s) (%.1f MB, %.2f s from the save)", time.strftime("%H:%M:%S"),
-                 name, self.remote.url, len(role.nodes), size / 1e6, seconds)
+        log.info("%s %s committed in %s by %d node(s) (%.1f MB, %.2f s from the save; training paused %.2f s)",
+                 time.strftime("%H:%M:%S"), name, self.remote.url, len(role.nodes), size / 1e6, seconds, paused)
         self._books()
         self._retention(name)
 

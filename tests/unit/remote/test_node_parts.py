@@ -292,3 +292,37 @@ def test_config_rules_of_separate_disks():
     raw["checkpoint"] = {"shared_filesystem": "no"}
     with pytest.raises(ConfigError, match="checkpoint.shared_filesystem"):
         check_without_transformers(raw)
+
+
+def test_the_probe_is_looked_for_at_each_nodes_own_run_directory(tmp_path):
+    """Rank 0 writes the probe at the nearest existing directory of its run directory; another node looks the same
+    number of levels above its own run directory: found on a shared file system (the same path), not on another
+    disk (loopback: another directory), and removed afterwards."""
+    from gptresume.training.nodes import _remove_probe, _sees_probe, _write_probe
+
+    mine, same, other = tmp_path / "a" / "runs" / "x", tmp_path / "a" / "runs" / "x", tmp_path / "b" / "runs" / "x"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b" / "runs").mkdir(parents=True)
+    probe = _write_probe(mine)  # runs/x does not exist yet: the probe goes into a/, two levels up
+    assert probe["up"] == 2 and (tmp_path / "a" / probe["name"]).is_file()
+    assert _sees_probe(same, probe) and not _sees_probe(other, probe)
+    _remove_probe(mine, probe)
+    assert list((tmp_path / "a").iterdir()) == []  # nothing left behind
+
+
+def test_a_node_with_other_data_refuses_the_run(monkeypatch, tmp_path):
+    """`same_data` over the gathered (node, data fingerprint) pairs: another node's packed data refuses the run on
+    every rank (rank 0 raises the message; the other ranks exit 2 without printing it)."""
+    from gptresume.errors import UsageError
+    from gptresume.training import distributed, nodes
+
+    layout = nodes.Nodes(node=0, leader=True, nodes=NODES, hosts={0: "a", 1: "b"}, attempt="a1", run_dir=tmp_path)
+    monkeypatch.setattr(distributed, "all_gather_objects", lambda mine: [mine, (1, "other")])
+    with pytest.raises(UsageError, match=r"node\(s\) 1 read other data than global rank 0 \(data fingerprint f0"):
+        nodes.same_data(layout, "f0")
+    monkeypatch.setattr(distributed, "all_gather_objects", lambda mine: [mine, (1, "f0")])
+    nodes.same_data(layout, "f0")
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    monkeypatch.setattr(distributed, "all_gather_objects", lambda mine: [(0, "f0"), mine])
+    with pytest.raises(distributed.DecidedOnRankZero):
+        nodes.same_data(layout, "other")
