@@ -35,7 +35,8 @@ from gptresume.resume.changes import (
     refusal_hint,
     train_value,
 )
-from gptresume.resume.adopt import adoptable_checkpoint, trained_with
+from gptresume.resume.adopt import adoption, trained_with
+from gptresume.resume.effective import writer_version
 from gptresume.config import fingerprint_of
 from gptresume.errors import ResumeRefused, UsageError
 from gptresume.resume.position import Geometry, map_position
@@ -150,9 +151,9 @@ def plan_resume(spec: RunSpec, mode: str, overwrite: bool = False, allow_partial
             why = "; ".join(describe_skip(s) for s in skipped) or "it has no checkpoint-N directory"
             raise UsageError(f"--resume must: no valid checkpoint in {run_dir} ({why})")
         plan = ResumePlan(checkpoint=info, skipped=skipped)
-    elif adopt and not (Path(mode) / MANIFEST_NAME).is_file():
-        plan = ResumePlan(checkpoint=adoptable_checkpoint(Path(mode), spec.tokenizer_from_checkpoint, check=check),
-                          adopt=True)
+    elif adopt and not (Path(mode) / MANIFEST_NAME).is_file():  # adopted into run_dir, never written where it is
+        info, adopting = adoption(Path(mode), run_dir, spec.tokenizer_from_checkpoint, check)
+        plan = ResumePlan(checkpoint=info, adopt=adopting)
     else:
         plan = ResumePlan(checkpoint=_explicit_checkpoint(Path(mode), check))
     if plan.checkpoint is None:
@@ -166,7 +167,8 @@ def plan_resume(spec: RunSpec, mode: str, overwrite: bool = False, allow_partial
         plan.changes = config_changes(plan.adopted_config, new)
     else:
         plan.resume_state = read_resume_state(plan.checkpoint.path)
-        plan.changes = config_changes(plan.old_config, spec.config, plan.old_world_size, world_size)
+        plan.changes = config_changes(plan.old_config, spec.config, plan.old_world_size, world_size,
+                                      old_version=writer_version(plan.checkpoint.manifest))
     plan.allowed = allow_keys(allow_change or [], {c.key for c in plan.changes})
     apply_allowed(plan.changes, plan.allowed)
     _check_schedule(plan, spec)
