@@ -30,7 +30,8 @@ def test_each_filtered_warning_is_still_emitted_and_still_matched(entry):
 
 
 def test_every_noise_filter_is_listed_with_where_it_comes_from():
-    assert {w.value for w in compat.WARNINGS} == {*compat.NOISE, compat.PIN_MEMORY_WARNING_REGEX}
+    assert {w.value for w in compat.WARNINGS} == {*compat.NOISE, compat.PIN_MEMORY_WARNING_REGEX,
+                                                 *(text for _, text in compat.SCRIPT_NOISE.values())}
     assert set(compat.WARNINGS) <= set(compat.PRIVATE)
 
 
