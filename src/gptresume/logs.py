@@ -64,10 +64,16 @@ def drop_noise(handler: logging.Handler) -> None:
         handler.addFilter(_DropNoise())
 
 
+# What the CLI drops as well, from any logger (the CLI's runs are all gptresume's): Trainer's comparison of
+# trainer_state.json with the arguments, contradicting the change table gptresume printed, and the best checkpoint
+# that retention deleted (compat.SCRIPT_NOISE).
+CLI_NOISE = (*NOISE, SCRIPT_NOISE["cadence_mismatch"][1], SCRIPT_NOISE["best_checkpoint_gone"][1])
+
+
 class _DropNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not any(n in message for n in NOISE)
+        return not any(n in message for n in CLI_NOISE)
 
 
 def _quiet_known_noise(interactive: bool) -> None:
