@@ -41,6 +41,7 @@ from gptresume.config import fingerprint_of
 from gptresume.errors import ResumeRefused, UsageError
 from gptresume.resume.position import Geometry, map_position
 from gptresume.resume.schedule import SHAPES, SchedulePlan
+from gptresume.rundir import CONFIG_NAME
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,17 @@ def _check_schedule(plan: ResumePlan, spec: RunSpec) -> None:
 
 def _refusal(plan: ResumePlan) -> str:
     return (f"the config differs from the one {plan.checkpoint.path} was trained with:\n"
-            f"{format_changes(plan.changes)}\n{refusal_hint(plan.changes)}")
+            f"{format_changes(plan.changes)}\n{refusal_hint(plan.changes)}{_recorded_config_hint(plan)}")
+
+
+def _recorded_config_hint(plan: ResumePlan) -> str:
+    """A run started with `gptresume train` recorded its resolved config: `gptresume resume` continues from it,
+    without the --set options of the command that started it (a script's run has none: it re-runs its script)."""
+    run_dir = plan.checkpoint.path.parent
+    if plan.adopt or not (run_dir / CONFIG_NAME).is_file():
+        return ""
+    return (f"\nTo continue with the settings the run was started with (its recorded {CONFIG_NAME}, every --set "
+            f"included): gptresume resume {run_dir}")
 
 
 def check_inputs(plan: ResumePlan, data_fingerprint: str | None, dropout: bool) -> None:
