@@ -86,6 +86,7 @@ def test_no_writing_model_shards_bar_while_it_runs_and_the_bar_again_after(tmp_p
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=64))
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.enable_progress_bar()  # as in a script on a terminal
+    earlier = hf_logging.set_tqdm_hook(None)  # a script's process: no hook of the CLI's (quiet_transformers)
     try:
         with known_noise_filtered():
             model.save_pretrained(tmp_path / "during")
@@ -93,6 +94,7 @@ def test_no_writing_model_shards_bar_while_it_runs_and_the_bar_again_after(tmp_p
         model.save_pretrained(tmp_path / "after")  # the script's own save, after gptresume.train returned
         after = capsys.readouterr().err
     finally:
+        hf_logging.set_tqdm_hook(earlier)
         if not enabled:
             hf_logging.disable_progress_bar()
     assert "Writing model shards" not in during and (tmp_path / "during" / "model.safetensors").is_file()
