@@ -208,6 +208,19 @@ def s3():
             os.environ[k] = v
 
 
+def byte_snapshot(path: Path) -> dict:
+    """Every entry under path (itself included) with its mode, and for a file its size, mtime and sha256: to prove
+    a directory was not written at all, not even rewritten with the same bytes."""
+    import hashlib
+
+    out = {}
+    for p in sorted([path, *path.rglob("*")]):
+        st = p.stat()
+        content = (st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) if p.is_file() else ()
+        out[str(p.relative_to(path))] = (st.st_mode, *content)
+    return out
+
+
 @pytest.fixture
 def no_fsync(monkeypatch):
     """Durability is not what these tests check: fsync (tens of ms per file on a busy disk) is a no-op here. A test

@@ -24,6 +24,7 @@ examples:
   gptresume train my.yaml --resume old_script_out/checkpoint-500 --adopt  # take over a plain Trainer checkpoint
   gptresume train examples/demo.yaml --dry-run              # check config, data, model, resume; write nothing
   gptresume train examples/demo.yaml --print-config         # the resolved config, defaults included
+  gptresume resume runs/demo                # continue from its recorded config: no --set to retype
   torchrun --nproc_per_node 2 -m gptresume train examples/demo.yaml
 
 exit codes: 0 done (or already complete), 2 bad input or refused resume (nothing changed),
@@ -37,13 +38,22 @@ def add_parser(subparsers):
                                           "train.output_dir is resumed; otherwise a new run starts.",
                               epilog=EXAMPLES)
     p.add_argument("config", metavar="CONFIG", help="YAML config (see examples/demo.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value (repeatable), e.g. --set train.learning_rate=1e-4")
     p.add_argument("--resume", default="auto", metavar="auto|never|must|PATH",
                    help="auto (default): newest valid checkpoint, else start fresh; never: start fresh, refuse "
                         "if checkpoints exist; must: fail if there is none; PATH: that checkpoint directory")
     p.add_argument("--overwrite", action="store_true",
                    help="with --resume never: delete the run's checkpoints, metrics and final model first")
+    p.add_argument("--adopt", action="store_true",
+                   help="with --resume PATH: take over a checkpoint written by a plain Transformers script (no "
+                        "manifest) after checking that its files load; PATH is copied into the run, never written")
+    add_run_options(p)
+    return p
+
+
+def add_run_options(p) -> None:
+    """The options `train` shares with `resume` (cli/resume.py), which runs `run` below on a recorded config."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value (repeatable), e.g. --set train.learning_rate=1e-4")
     p.add_argument("--allow-partial", action="store_true",
                    help="resume from a checkpoint that lacks optimizer, scheduler or RNG state (the run will "
                         "differ from an uninterrupted one; the warning says how)")
@@ -51,9 +61,6 @@ def add_parser(subparsers):
                    help="accept a changed field on resume and apply it correctly (repeatable): a field "
                         "(learning_rate, max_steps, per_device_train_batch_size, ...), or a class: optimizer, "
                         "schedule, batch, data. Without it such a change is refused with a table of differences")
-    p.add_argument("--adopt", action="store_true",
-                   help="with --resume PATH: take over a checkpoint written by a plain Transformers script (no "
-                        "manifest) after checking that its files load")
     p.add_argument("--stop-exit-code", type=int, default=None, metavar="N",
                    help=f"exit with N instead of 75 after a committed stop (default: ${STOP_EXIT_CODE_ENV}, else "
                         "75); e.g. 143 for Kubeflow's restartPolicy: ExitCode, which restarts only codes >= 128")
@@ -66,7 +73,6 @@ def add_parser(subparsers):
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (with --set applied and gptresume's defaults filled in) as "
                         "YAML, then exit")
-    return p
 
 
 def run(args) -> int:

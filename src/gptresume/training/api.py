@@ -6,6 +6,7 @@ import logging
 import os
 
 from gptresume.errors import UsageError, resolve_stop_exit_code
+from gptresume.logs import known_noise_filtered
 from gptresume.remote.url import remote_problems
 from gptresume.training import distributed
 from gptresume.training.script import resume_mode, spec_for_trainer
@@ -38,7 +39,7 @@ def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, 
                       remote_options=dict(remote_options or {}), remote_keep_last=remote_keep_last,
                       remote_wait_seconds=remote_wait_seconds)
     world_size = args.world_size
-    with Session(None, options) as session:
+    with Session(None, options) as session, known_noise_filtered() as noise:  # Transformers' noise, for this call
 
         def decide():  # rank 0: lock, plan, data and model checks, the run's books
             session.spec = spec_for_trainer(trainer, data_fingerprint, keep_last, keep_best)
@@ -51,6 +52,7 @@ def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, 
             return session.spec, session.plan, complete
 
         session.spec, session.plan, complete = distributed.on_main(decide)
+        noise.resuming = session.checkpoint is not None
         if complete:
             return _already_complete(trainer, session)
         if session.checkpoint is not None:
