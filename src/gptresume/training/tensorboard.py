@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptresume.rundir import TENSORBOARD_DIR
-from gptresume.training.trainer import tensorboard_callback_class
 
 
 def use_run_tensorboard(trainer, run_dir: Path) -> bool:
@@ -29,3 +28,30 @@ def use_run_tensorboard(trainer, run_dir: Path) -> bool:
     trainer.add_callback(tensorboard_callback_class()(Path(run_dir) / TENSORBOARD_DIR))
     return True
 
+
+
+# ---------------------------------------------------------------- TensorBoard
+
+
+def tensorboard_callback_class():
+    from transformers.integrations import TensorBoardCallback
+
+    class ResumableTensorBoardCallback(TensorBoardCallback):
+        """Trainer's TensorBoardCallback, with a fixed log directory and purge_step on resume."""
+
+        def __init__(self, logging_dir: Path):
+            super().__init__()
+            if self.logging_dir is None:  # TENSORBOARD_LOGGING_DIR, when set, still wins
+                self.logging_dir = str(logging_dir)
+            self.purge_step = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # Trainer has restored the checkpoint's state here: global_step is the step training resumes from.
+            self.purge_step = state.global_step + 1 if state.global_step > 0 else None
+            return super().on_train_begin(args, state, control, **kwargs)
+
+        def _init_summary_writer(self, args):
+            if self._SummaryWriter is not None:
+                self.tb_writer = self._SummaryWriter(log_dir=self.logging_dir, purge_step=self.purge_step)
+
+    return ResumableTensorBoardCallback
