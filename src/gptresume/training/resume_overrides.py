@@ -1,4 +1,12 @@
-"""ResumeOverrides (moved from trainer.py)."""
+"""Allowed changes written into the restored training state: `ResumeOverrides`, a callback run at the resumed
+step's `on_train_begin`, after Trainer restored the optimizer, the scheduler and `TrainerState` from the
+checkpoint (`Trainer._prepare_for_training`, transformers 5.24) and before the first resumed step.
+
+It writes new optimizer hyperparameters into the param groups, a re-planned (or inherited) schedule into the
+scheduler's private state (`LambdaLR.lr_lambdas`, `base_lrs`, `_last_lr`, under accelerate's wrapper), and a changed
+logging/eval/save cadence into the restored `TrainerState`. Each private behaviour is listed in compat.py under this
+module. (DESIGN: a callback that writes into the optimizer or scheduler lives beside the Trainer subclass.)
+"""
 
 from __future__ import annotations
 

@@ -1,17 +1,23 @@
-"""Every private Transformers behaviour gptresume overrides or writes into, in one place (listed, with the checked
-versions, in gptresume/compat.py; a Transformers upgrade is re-checked here).
+"""Every private Trainer method gptresume overrides, in one class (`ResumableTrainerMixin`), and the two functions
+that make a Trainer resumable or load a finished run into it. Each override is listed, with the checked versions, in
+gptresume/compat.py; a Transformers upgrade is re-checked here.
 
 - `ResumableTrainerMixin`, mixed in before the script's own Trainer class (`make_resumable` swaps the instance's
   class, so a script keeps its Trainer subclass): the training sampler after a changed resume, the RNG file of
-  each rank after a change of process count, and `_save_checkpoint` for asynchronous saves.
-- `ResumeOverrides`: writes allowed optimizer and schedule changes, and the new logging/eval/save cadence, into the
-  optimizer, the scheduler (`LambdaLR.lr_lambdas`, `base_lrs`, `_last_lr`) and the restored `TrainerState`.
-- `ResumableTensorBoardCallback`: Trainer's TensorBoardCallback with a fixed directory and `purge_step`
-  (`_init_summary_writer`).
+  each rank after a change of process count, a streamed training set's DataLoader and RNG timing,
+  `_save_checkpoint` for asynchronous saves, and the run-health hooks: `training_step` (public) and
+  `_get_grad_norm` (private) hand each micro-batch's loss and each step's gradient norm, as device tensors, to a
+  `HealthMonitor` (training/health.py); `compute_loss` (public) applies the test-only fault hook (health/faults.py,
+  GPTRESUME_TEST_FAULT).
 - `load_finished_checkpoint`: a run that is already complete gets its weights and state without a train() call.
-- Run health (training/health.py): `training_step` (public) and `_get_grad_norm` (private) hand each micro-batch's
-  loss and each step's gradient norm to a `HealthMonitor`; `compute_loss` (public) applies the test-only fault hook
-  (health/faults.py, GPTRESUME_TEST_FAULT).
+
+The other private Transformers behaviour lives beside what uses it, each module listed in compat.py:
+- training/async_snapshot.py: the body of `Trainer._save_checkpoint`, split into a snapshot on the training thread
+  and a background write (private Trainer methods called, the copied source pinned by its sha256);
+- training/resume_overrides.py: `ResumeOverrides`, a callback that writes allowed changes into the restored
+  optimizer, the scheduler (`LambdaLR.lr_lambdas`, `base_lrs`, `_last_lr`) and the restored `TrainerState`;
+- training/tensorboard.py: `ResumableTensorBoardCallback` (overrides `TensorBoardCallback._init_summary_writer`);
+- training/trackers.py: the wandb and MLflow callbacks that continue one tracker run across resumes.
 
 All checked with transformers 5.24.0, accelerate 1.15, torch 2.13.
 """
@@ -27,8 +33,7 @@ from pathlib import Path
 from gptresume.checkpoint.async_save import BackgroundSaver, save_job
 from gptresume.resume.position import StreamSampler
 from gptresume.resume.rng import DERIVED, derived_seed, rng_file_name, rng_source
-from gptresume.training.async_snapshot import AsyncSnapshotMixin
-from gptresume.training.resume_overrides import ResumeOverrides  # noqa: F401  (moved; session.py imports it here)
+from gptresume.training.async_snapshot import async_unsupported, snapshot_checkpoint, write_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,7 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- the Trainer mixin
 
 
-class ResumableTrainerMixin(AsyncSnapshotMixin):
+class ResumableTrainerMixin:
     """Trainer with three changes, each inactive unless gptresume sets it up:
 
     - `_gptresume_stream`: after a resume that changed the global batch or the data, the training sampler is a
@@ -145,8 +150,8 @@ class ResumableTrainerMixin(AsyncSnapshotMixin):
             log.info("Rank %d restores the RNG state of %s", self.args.process_index, source.name)
             return super()._load_rng_state(tmp)
 
-    def _save_checkpoint(self, model, trial):
-        reason = self._async_unsupported(trial) if self.async_saver is not None else "off"
+    def _save_checkpoint(self, model, trial):  # checked with transformers 5.24 (async_snapshot.py mirrors it)
+        reason = async_unsupported(self, trial) if self.async_saver is not None else "off"
         if reason:
             if reason != "off" and not getattr(self, "_async_warned", False):
                 self._async_warned = True
@@ -161,13 +166,13 @@ class ResumableTrainerMixin(AsyncSnapshotMixin):
         if self.args.world_size > 1 and getattr(self, "_gptresume_writers", None) is None:
             self._gptresume_writers = distributed.writer_group()  # every rank, same step: a collective
         group = getattr(self, "_gptresume_writers", None)
-        output_dir, model_state, optimizer_state, scheduler_state = self._snapshot_checkpoint()
+        output_dir, model_state, optimizer_state, scheduler_state = snapshot_checkpoint(self)
         commit = self.async_commit.commit_later(self.args, self.state) if self.async_commit is not None else None
         timings["blocked_s"] = time.perf_counter() - t0
         name = os.path.basename(output_dir)
 
         def write():
-            self._write_snapshot(output_dir, step, model_state, optimizer_state, scheduler_state)
+            write_snapshot(self, output_dir, step, model_state, optimizer_state, scheduler_state)
 
         job = save_job(name, write, commit, agree=lambda ok: distributed.all_ranks_ok(ok, group),
                        is_main=self.args.process_index == 0)
