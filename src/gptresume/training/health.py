@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 
 from gptresume.health.detect import NONFINITE, SUSPECT, Detector, SpikeRule, Verdict
 from gptresume.health.interval import IntervalChoice, choose_interval, interruption_rate
+from gptresume.rundir import INTERVAL_EVENT
 from gptresume.training import distributed
 from gptresume.training.preemption import _any_rank
 
@@ -112,7 +113,7 @@ class AutoInterval(TrainerCallback):
         self.cfg, self.run_dir = checkpoint_config, Path(run_dir)
         history = read_history(run_dir)
         self.past_interruptions, self.past_hours = interruptions(history)
-        last = [e for e in history if e.get("event") == "interval"]
+        last = [e for e in history if e.get("event") == INTERVAL_EVENT]
         self.delta = float(last[-1]["delta_s"]) if last and last[-1].get("delta_s") else None
         self.session_start = time.monotonic()
         self.last_save = time.monotonic()
@@ -139,7 +140,7 @@ class AutoInterval(TrainerCallback):
             if distributed.is_main():
                 from gptresume.rundir import append_history
 
-                append_history(self.run_dir, "interval", step=step, **self.choice.to_dict(),
+                append_history(self.run_dir, INTERVAL_EVENT, step=step, **self.choice.to_dict(),
                                interruptions=self.past_interruptions, training_hours=round(hours, 4))
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -197,7 +198,7 @@ def _decide(session, trainer, event: Verdict, stop_reason: str | None):
         set_aside_after,
     )
     from gptresume.resume.plan import loads
-    from gptresume.rundir import append_history, read_history
+    from gptresume.rundir import STOPPED_EVENT, append_history, read_history
 
     cfg = session.options.health or HealthConfig()
     run_dir = session.spec.run_dir
@@ -225,7 +226,7 @@ def _decide(session, trainer, event: Verdict, stop_reason: str | None):
                    + (f"; set aside: {', '.join(rb.set_aside)}" if moved else ""))
             print(msg, flush=True)
             if stop_reason:  # a stop was asked for as well: the rollback is recorded, the re-run continues it
-                append_history(run_dir, "stopped", step=target.step, reason=stop_reason)
+                append_history(run_dir, STOPPED_EVENT, step=target.step, reason=stop_reason)
                 return "stopped", target.step, str(target.path), stop_reason
             return "rollback", event.step, str(target.path), msg
         why = (f"no verified checkpoint at least {cfg.rollback_steps} step(s) before step {first} to roll back to "
