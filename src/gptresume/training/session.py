@@ -243,6 +243,7 @@ class Session:
     def attach(self, trainer, tokens_per_step: int | None = None) -> None:
         """Add gptresume's callbacks to `trainer` and give it the resumable Trainer behaviour (trainer.py)."""
         from gptresume.checkpoint.async_save import BackgroundSaver
+        from gptresume.training.agreement import StepAgreement
         from gptresume.resume.position import StreamSampler
         from gptresume.training.callbacks import CommitCallback, MetricsCallback
         from gptresume.training.health import AutoInterval, HealthCallback, HealthMonitor, make_detector
@@ -286,6 +287,7 @@ class Session:
             callbacks.append(auto.probe)  # after the commit: the pause it measures includes it
         self._health = HealthCallback(monitor, detector)
         callbacks.append(self._health)  # the very last: it vetoes a save of a bad step
+        callbacks.insert(0, StepAgreement(callbacks))  # first: each step's one cross-rank agreement (agreement.py)
         for cb in callbacks:
             trainer.add_callback(cb)
         seed = args.data_seed if args.data_seed is not None else args.seed
