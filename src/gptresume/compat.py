@@ -58,6 +58,7 @@ TRAINER, FILES, RNG = "gptresume/training/trainer.py", "gptresume/checkpoint/fil
 # The modules beside training/trainer.py that hold private Transformers behaviour (trainer.py's docstring names them)
 SNAPSHOT, OVERRIDES = "gptresume/training/async_snapshot.py", "gptresume/training/resume_overrides.py"
 TENSORBOARD, TRACKERS = "gptresume/training/tensorboard.py", "gptresume/training/trackers.py"
+AGREEMENT = "gptresume/training/agreement.py"
 POSITION, EVAL, LOGS = "gptresume/resume/position.py", "gptresume/tools/evaluate.py", "gptresume/logs.py"
 PACKING, T = "gptresume/data/packing.py", "transformers.Trainer."
 LOADABLE = "gptresume/checkpoint/loadable.py"
@@ -125,6 +126,19 @@ PRIVATE: tuple[Private, ...] = (
     P(T + "_inner_training_loop", "ordering", OVERRIDES, "on_train_begin runs after that restore and before the first "
       "resumed step: where changed values are written in",
       source=("self._prepare_for_training(", "callback_handler.on_train_begin(", "self._run_epoch(")),
+    P("transformers.trainer_callback.DefaultFlowCallback.on_step_end", "ordering", AGREEMENT, "Trainer's first "
+      "callback sets the step's should_log / should_evaluate / should_save before gptresume's: the agreement reads "
+      "the health values exactly at the steps that log, evaluate or may save",
+      source=("control.should_log = True", "control.should_evaluate = True", "control.should_save = True")),
+    P("transformers.trainer_callback.DefaultFlowCallback.on_epoch_end", "ordering", AGREEMENT, "a save by epoch is "
+      "decided at on_epoch_end: the agreement judges the health values there too", source=("control.should_save",)),
+    P(T + "_run_epoch", "ordering", AGREEMENT, "on_step_end runs before _maybe_log_save_evaluate, whose log reads "
+      "the loss (.item()) and whose save follows: the health read at a logging step waits on what Trainer's read "
+      "would, and a save is judged before it is written",
+      source=("self.callback_handler.on_step_end(", "self._maybe_log_save_evaluate(")),
+    P(T + "_maybe_log_save_evaluate", "rule", AGREEMENT, "Trainer syncs on the loss only when should_log "
+      "(`.item()`), then saves when should_save", source=("if self.control.should_log", ".item()",
+                                                          "if self.control.should_save", "self._save_checkpoint(")),
     P(T + "get_decay_parameter_names", "call", OVERRIDES, "a changed weight_decay goes to the groups Trainer decays",
       params=("self", "model")),
     P("torch.optim.lr_scheduler.LRScheduler.get_last_lr", "attribute write", OVERRIDES, "ResumeOverrides writes "

@@ -18,6 +18,9 @@ The other private Transformers behaviour lives beside what uses it, each module 
   optimizer, the scheduler (`LambdaLR.lr_lambdas`, `base_lrs`, `_last_lr`) and the restored `TrainerState`;
 - training/tensorboard.py: `ResumableTensorBoardCallback` (overrides `TensorBoardCallback._init_summary_writer`);
 - training/trackers.py: the wandb and MLflow callbacks that continue one tracker run across resumes.
+- training/agreement.py: the step's one cross-rank reduction and the batched health read rely on Trainer's order
+  (DefaultFlowCallback sets the step's log/eval/save flags first; `_run_epoch` calls on_step_end before
+  `_maybe_log_save_evaluate`, which reads the loss only at logging steps).
 
 All checked with transformers 5.24.0, accelerate 1.15, torch 2.13.
 """
