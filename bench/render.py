@@ -132,7 +132,11 @@ def _step_cost(results: dict) -> list[str]:
         return []
     s, d = sc["summary"], sc["ddp"]
     rows = (("Trainer alone", "plain"), ("with gptresume's callbacks", "gptresume"))
-    when = f" Measured {sc['measured']}." if sc.get("measured") else ""
+    when = f" Measured {sc['measured']}" + (f" (`{sc['command']}`)" if sc.get("command") else "") + "." \
+        if sc.get("measured") else ""
+    if (sc.get("load") or 0) > 0.5 * (results["machine"].get("cores") or 1):
+        when += (" **A busy machine: the step times are noise** (other processes took the cores); the time inside "
+                 "the callbacks and the counts hold.")
     return ["## Callbacks' share of a step", "",
             f"The same Trainer (demo shape, random tokens, {sc['device']}) trained with `trainer.train()` and with "
             f"`gptresume.train(trainer)` in one process, the order alternating; steps {sc['warmup'] + 1}-"
@@ -140,12 +144,15 @@ def _step_cost(results: dict) -> list[str]:
             "tensor-to-Python conversions (on a GPU each waits for the device; here on the device / all). "
             f"Collectives: Python-level torch.distributed calls per step, {d['world_size']} processes (DDP's "
             f"gradient all-reduce is not one of them).{when}", "",
-            "| | ms per step | host syncs per step (device / all) | collectives per step |", "|---|---:|---:|---:|",
-            *(f"| {name} | {fmt(s[k]['step_s'] * 1e3, '.2f')} | {fmt(s[k]['device_syncs_per_step'], '.2f')} / "
-              f"{fmt(s[k]['syncs_per_step'], '.2f')} | {fmt(d[k]['collectives_per_step'], '.2f')} |"
-              for name, k in rows),
-            "", f"gptresume's callbacks took {fmt(sc['share'] * 100, '.2f')}% of each step (median over the "
-                f"repetitions of (with - without) / with; negative: within the noise).", ""]
+            "| | ms per step | ms in callbacks per step | host syncs per step (device / all) | collectives per step |",
+            "|---|---:|---:|---:|---:|",
+            *(f"| {name} | {fmt(s[k]['step_s'] * 1e3, '.2f')} | "
+              f"{fmt(s[k].get('callbacks_s_per_step', 0) * 1e3, '.3f')} | "
+              f"{fmt(s[k]['device_syncs_per_step'], '.2f')} / {fmt(s[k]['syncs_per_step'], '.2f')} | "
+              f"{fmt(d[k]['collectives_per_step'], '.2f')} |" for name, k in rows),
+            "", f"Step time with gptresume's callbacks vs without: {fmt(sc['share'] * 100, '.2f')}% of a step (median "
+                "over the repetitions of (with - without) / with; negative: within the noise); time inside "
+                f"gptresume's callbacks: {fmt(sc.get('callbacks_share', 0) * 100, '.3f')}% of a step.", ""]
 
 
 def _checkpoint_ddp(results: dict) -> list[str]:

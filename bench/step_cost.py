@@ -8,6 +8,9 @@ with the same seed. Per optimizer step it records the time and three counters:
   device_syncs  the same, of tensors not in CPU memory (0 on a CPU-only machine)
   collectives   Python-level torch.distributed calls (all_reduce, barrier, broadcast, ...): gptresume's per-step
                 agreement; DDP's gradient all-reduce runs in C++ and is not among them
+  callbacks_s   time inside Trainer's callback handler (every event, every callback: Trainer's own and, for the
+                second peer, gptresume's), which a busy machine disturbs far less than the step time; on a GPU a
+                sync inside a callback shows here as its wait
 
 Under torchrun every rank trains and rank 0 reports. Steps after the warm-up and before the last (which saves) are
 the measured ones; the figures are per step.
@@ -28,10 +31,23 @@ COLLECTIVES = ("all_reduce", "barrier", "all_gather", "all_gather_into_tensor", 
 class Counters:
     def __init__(self):
         self.syncs = self.device_syncs = self.collectives = 0
+        self.callbacks_s = 0.0
 
     def install(self) -> None:
         import torch
         import torch.distributed as dist
+        from transformers.trainer_callback import CallbackHandler
+
+        call_event = CallbackHandler.call_event
+
+        def timed(handler, *a, **k):
+            t0 = time.perf_counter()
+            try:
+                return call_event(handler, *a, **k)
+            finally:
+                self.callbacks_s += time.perf_counter() - t0
+
+        CallbackHandler.call_event = timed
 
         for name in CONVERSIONS:
             original = getattr(torch.Tensor, name)
@@ -52,8 +68,8 @@ class Counters:
 
                 setattr(dist, name, collective)
 
-    def read(self) -> tuple[int, int, int]:
-        return self.syncs, self.device_syncs, self.collectives
+    def read(self) -> tuple[int, int, int, float]:
+        return self.syncs, self.device_syncs, self.collectives, self.callbacks_s
 
 
 def _trainer(preset: dict, out: Path, steps: int, logging_steps: int):
@@ -81,7 +97,7 @@ def _run(peer: str, preset: dict, work: Path, steps: int, warmup: int, logging_s
     import torch
     from transformers import TrainerCallback
 
-    rows: list[tuple[int, float, int, int, int]] = []
+    rows: list[tuple[int, float, int, int, int, float]] = []
     cuda = torch.cuda.is_available()
 
     class Clock(TrainerCallback):  # added last: it reads the counters after every other callback's on_step_end
@@ -108,10 +124,10 @@ def _run(peer: str, preset: dict, work: Path, steps: int, warmup: int, logging_s
         Trainer.train = train
         gptresume.train(trainer, data_fingerprint="bench", exit_on_stop=False, keep_last=1)
     by_step = {r[0]: r[1:] for r in rows}
-    (t0, s0, d0, c0), (t1, s1, d1, c1) = by_step[warmup], by_step[steps - 1]
+    (t0, s0, d0, c0, k0), (t1, s1, d1, c1, k1) = by_step[warmup], by_step[steps - 1]
     n = steps - 1 - warmup
     return {"step_s": (t1 - t0) / n, "syncs_per_step": (s1 - s0) / n, "device_syncs_per_step": (d1 - d0) / n,
-            "collectives_per_step": (c1 - c0) / n}
+            "collectives_per_step": (c1 - c0) / n, "callbacks_s_per_step": (k1 - k0) / n}
 
 
 def measure(preset_path: str, work: str, steps: int, warmup: int, logging_steps: int, order: list[str]) -> dict:

@@ -4,6 +4,7 @@ then the counts again under torchrun with plan.ddp_procs processes). Measured by
 
 from __future__ import annotations
 
+import sys
 import time
 
 from common import Plan, Runner, loadavg, median
@@ -27,7 +28,10 @@ def measure(r: Runner, plan: Plan) -> dict:
     summary = {peer: {key: median([run[peer][key] for run in runs]) for key in runs[0][peer]} for peer in PEERS}
     plain, ours = summary["plain"]["step_s"], summary["gptresume"]["step_s"]
     shares = [(run["gptresume"]["step_s"] - run["plain"]["step_s"]) / run["gptresume"]["step_s"] for run in runs]
-    return {"runs": runs, "ddp": ddp, "summary": summary, "share": median(shares),
+    own = [(run["gptresume"]["callbacks_s_per_step"] - run["plain"]["callbacks_s_per_step"])
+           / run["gptresume"]["step_s"] for run in runs]
+    return {"runs": runs, "ddp": ddp, "summary": summary, "share": median(shares), "callbacks_share": median(own),
             "step_ratio": ours / plain if plain else None, "device": runs[0]["device"], "steps": steps,
             "warmup": warmup, "logging_steps": plan.step_cost_logging,
-            "measured": f"{time.strftime('%Y-%m-%d %H:%M')}, load average {loadavg():.2f}"}
+            "measured": f"{time.strftime('%Y-%m-%d %H:%M')}, load average {loadavg():.2f}", "load": loadavg(),
+            "command": " ".join(["bench/run.py", *sys.argv[1:]])}

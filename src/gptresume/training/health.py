@@ -48,8 +48,9 @@ class HealthMonitor:
     def __init__(self):
         self.loss = None
         self.grad_norm = None
-        self._values: list = []  # device tensors (1-element or concatenated), in push order
-        self._count = 0  # scalars in _values
+        self._chunks: list = []  # concatenated device tensors, then
+        self._values: list = []  # the 1-element ones pushed since, in push order
+        self._count = 0  # scalars in both
         self._steps: list[tuple[int, int | None, int | None, float | None]] = []  # step, loss i, grad i, grad float
 
     def add_loss(self, loss) -> None:
@@ -77,26 +78,29 @@ class HealthMonitor:
         """(step, loss, grad_norm) of every step since the last read, in order, and with `model` whether all its
         weights are finite (None: not checked): one host sync for all of them."""
         weights_i = self._push(_weights_finite_flag(model)) if model is not None else None
-        values = self._concat().tolist() if self._values else []  # the one host sync
+        values = _concat(self._chunks + self._values).tolist() if self._count else []  # the one host sync
         rows = [(step, values[li] if li is not None else None, values[gi] if gi is not None else gv)
                 for step, li, gi, gv in self._steps]
         weights_ok = None if weights_i is None else values[weights_i] == 1.0
-        self._values, self._count, self._steps = [], 0, []
+        self._chunks, self._values, self._count, self._steps = [], [], 0, []
         return rows, weights_ok
 
     def _push(self, value) -> int:
         self._values.append(value.detach().reshape(1))
         self._count += 1
         if len(self._values) >= self.COMPACT_AT:
-            self._values = [self._concat()]
+            self._chunks.append(_concat(self._values))
+            self._values = []
         return self._count - 1
 
-    def _concat(self):
-        import torch
 
-        wide = any(v.dtype == torch.float64 for v in self._values)  # float32 holds bf16/fp16/fp32 values exactly
-        dtype, device = (torch.float64 if wide else torch.float32), self._values[0].device
-        return torch.cat([v.to(device=device, dtype=dtype) for v in self._values])
+def _concat(tensors):
+    """One tensor of `tensors`' values, in order, on the first one's device (no host sync)."""
+    import torch
+
+    wide = any(v.dtype == torch.float64 for v in tensors)  # float32 holds bf16/fp16/fp32 values exactly
+    dtype, device = (torch.float64 if wide else torch.float32), tensors[0].device
+    return torch.cat([v.to(device=device, dtype=dtype) for v in tensors])
 
 
 def _weights_finite_flag(model):

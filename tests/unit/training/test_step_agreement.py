@@ -216,3 +216,24 @@ def test_reading_rarely_decides_what_reading_every_step_decides(seed, monkeypatc
         assert stopped_at == event[1] <= rare_stopped_at  # found at the next read point at the latest
     else:
         assert rare_stopped_at == stopped_at == len(losses)
+
+
+def test_the_monitor_gives_back_every_steps_values_exactly_and_the_weights_check(monkeypatch):
+    monitor = HealthMonitor()
+    monkeypatch.setattr(monitor, "COMPACT_AT", 4)  # several concatenated chunks, then single values
+    expected = []
+    for s in range(1, 12):
+        losses = [torch.tensor(1 / 3 + s, dtype=torch.bfloat16), torch.tensor(1 / 7, dtype=torch.float32)]
+        for loss in losses:
+            monitor.add_loss(loss)
+        grad = torch.tensor(s / 3, dtype=torch.float64) if s % 3 else 2.5  # a float as DeepSpeed returns it
+        monitor.set_grad_norm(grad)
+        monitor.end_step(s)
+        expected.append((s, float(losses[0] + losses[1]), float(grad)))
+    model = torch.nn.Linear(2, 2)
+    rows, finite = monitor.take(model)
+    assert rows == expected and finite is True  # what float() of each value gives, bit for bit
+    with torch.no_grad():
+        model.weight[0, 0] = float("inf")
+    monitor.end_step(12)  # a step without a loss or gradient norm (none handed over)
+    assert monitor.take(model) == ([(12, None, None)], False) and monitor.take() == ([], None)
