@@ -9,6 +9,8 @@ Sections (`--only` runs some of them; the machine description is always written)
   throughput  steady-state tokens/s (warm-up steps skipped) of gptresume train, plain Trainer and a minimal loop
               with the same model, data, batch and precision, for the demo model and a GPT-2 124M-shaped one;
               for the demo, Trainer out of the box and one performance setting changed at a time
+  step_cost   callbacks' share of a step: the same Trainer without and with gptresume's callbacks in one process
+              (demo shape, random tokens), with the host syncs and cross-rank collectives per step of each
   checkpoint  per save: training paused, total save time, hashing, fsync; synchronous vs checkpoint.async_save
   checkpoint_ddp  the same with 2 processes under torchrun (DDP; gloo on CPU)
   verify      verify_checkpoint of a 1.5 GB checkpoint: format 1 (sha256) vs format 2 (xxh3-128) manifest
@@ -38,8 +40,8 @@ from pathlib import Path
 # beside this one import by their plain names.
 from common import BENCH, FULL, QUICK, Runner, loadavg, machine
 from render import fmt, write_results
-from sections import (SECTIONS, checkpoint, goodput, packing, peak, remote, resume, streaming_resume, throughput,
-                      verify)
+from sections import (SECTIONS, checkpoint, goodput, packing, peak, remote, resume, step_cost, streaming_resume,
+                      throughput, verify)
 from workloads import prepare_template, write_workloads
 
 
@@ -101,6 +103,8 @@ def main() -> int:
                 results["peak"] = peak.measure(r, plan)
             elif name == "throughput":
                 results["throughput"] = throughput.measure(r, plan, configs, tpls)
+            elif name == "step_cost":
+                results["step_cost"] = step_cost.measure(r, plan)
             elif name == "checkpoint":
                 results["checkpoint"] = checkpoint.measure(r, plan, configs, tpls)
             elif name == "checkpoint_ddp":

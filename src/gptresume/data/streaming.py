@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gptresume.checkpoint.files import checkpoint_name
 from gptresume.config import HUB_PREFIX, DataConfig, fingerprint_of
 from gptresume.errors import UsageError
 
@@ -204,8 +205,8 @@ def streaming_refusal(plan) -> str | None:
     (each rank's reader state belongs to its part of the source), another global batch, other data."""
     for c in plan.changes:
         other_world = c.key == "world_size"
-        other_batch = c.kind == "batch" and not c.note.startswith("same")
-        other_data = c.kind == "data" and c.note != "same packed tokens"
+        other_batch = c.kind == "batch" and not c.equivalent
+        other_data = c.kind == "data" and not c.equivalent
         if other_world or other_batch or other_data:
             return (f"{c.key} changed ({c.old!r} -> {c.new!r}) on a streaming run: its data position is the "
                     "reader's state after the blocks trained (per process), not a sample count, so it cannot be "
@@ -256,6 +257,6 @@ class StreamStateCallback(_callback_base()):
         self.stream.keep = KEPT_SNAPSHOTS + 4 * args.per_device_train_batch_size * args.gradient_accumulation_steps
 
     def on_save(self, args, state, control, **kwargs):
-        directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        directory = Path(args.output_dir) / checkpoint_name(state.global_step)
         blocks = state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps
         self.stream.save_state(blocks, directory)

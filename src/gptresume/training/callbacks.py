@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 
 from gptresume.training import distributed
 from gptresume.checkpoint import RESUME_STATE_NAME, apply_retention, atomic_write_text, clear_the_way, write_manifest
+from gptresume.checkpoint.files import checkpoint_name
 from gptresume.resume.plan import RunSpec
 from gptresume.rundir import perplexity
 
@@ -35,7 +36,7 @@ class CommitCallback(TrainerCallback):
         if state.global_step >= state.max_steps:
             control.should_save = True  # always keep the final state, so the run can be extended later
         if control.should_save and state.is_world_process_zero:
-            stale = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            stale = Path(args.output_dir) / checkpoint_name(state.global_step)
             if stale.exists() or stale.is_symlink():  # an earlier attempt at this step (crashed save, other timeline)
                 log.warning(clear_the_way(stale))
         if control.should_save:  # the same on every rank (stop and timed saves are agreed across ranks)
@@ -59,7 +60,7 @@ class CommitCallback(TrainerCallback):
     def commit_later(self, args, state, deferred: bool = True):
         """What the commit needs, captured now (at the save's step); returns the commit itself: write the
         manifest once every file is on disk, then apply retention. async_save.py runs it in its writer thread."""
-        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        ckpt = Path(args.output_dir) / checkpoint_name(state.global_step)
         step, epoch, world_size, extra = state.global_step, state.epoch, args.world_size, self.resume_state()
         started = self.save_started if self.save_started is not None else time.perf_counter()
         self.save_started = None

@@ -21,11 +21,16 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gptresume.checkpoint.files import checkpoint_name
 from gptresume.errors import EXIT_OK, EXIT_STOPPED, EXIT_UNHEALTHY
 from gptresume.resume.plan import RunSpec, ResumePlan, check_inputs, data_stream, loads, plan_resume, report_changes
 from gptresume.rundir import (
+    COMPLETE_EVENT,
     LOCK_NAME,
     METRICS_NAME,
+    RESUME_EVENT,
+    START_EVENT,
+    STOPPED_EVENT,
     announce_lock_holder,
     append_history,
     clear_run,
@@ -224,7 +229,7 @@ class Session:
             write_inputs()
         trim_metrics(spec.run_dir / METRICS_NAME, plan.step)
         append_history(
-            spec.run_dir, "resume" if plan.checkpoint else "start",
+            spec.run_dir, RESUME_EVENT if plan.checkpoint else START_EVENT,
             checkpoint=str(plan.checkpoint.path) if plan.checkpoint else None, step=plan.step,
             skipped={s.name: s.faults for s in plan.skipped},
             changes=[{"key": c.key, "old": c.old, "new": c.new, "class": c.kind, "note": c.note}
@@ -238,12 +243,14 @@ class Session:
     def attach(self, trainer, tokens_per_step: int | None = None) -> None:
         """Add gptresume's callbacks to `trainer` and give it the resumable Trainer behaviour (trainer.py)."""
         from gptresume.checkpoint.async_save import BackgroundSaver
+        from gptresume.training.agreement import StepAgreement
         from gptresume.resume.position import StreamSampler
         from gptresume.training.callbacks import CommitCallback, MetricsCallback
         from gptresume.training.health import AutoInterval, HealthCallback, HealthMonitor, make_detector
         from gptresume.training.preemption import StopCallback, StopRequest, TimedSaveCallback
         from gptresume.training.tensorboard import use_run_tensorboard
-        from gptresume.training.trainer import ResumeOverrides, make_resumable
+        from gptresume.training.resume_overrides import ResumeOverrides
+        from gptresume.training.trainer import make_resumable
 
         args, plan, o = trainer.args, self.plan, self.options
         # A streamed dataset has no length and keeps its own position (data/streaming.py): no StreamSampler.
@@ -280,6 +287,7 @@ class Session:
             callbacks.append(auto.probe)  # after the commit: the pause it measures includes it
         self._health = HealthCallback(monitor, detector)
         callbacks.append(self._health)  # the very last: it vetoes a save of a bad step
+        callbacks.insert(0, StepAgreement(callbacks))  # first: each step's one cross-rank agreement (agreement.py)
         for cb in callbacks:
             trainer.add_callback(cb)
         seed = args.data_seed if args.data_seed is not None else args.seed
@@ -311,14 +319,14 @@ class Session:
         self._finish_uploads()  # done or stopped: the uploads of the newest checkpoints, then retention
         step = trainer.state.global_step
         run_dir = self.spec.run_dir
-        newest = run_dir / f"checkpoint-{step}"
+        newest = run_dir / checkpoint_name(step)
         if self._health is not None and self._health.event is not None:
             from gptresume.training.health import conclude
 
             return conclude(self, trainer, self._health.event, stop.reason, output)
         if self._stop.stopped_at is not None:
             if distributed.is_main():
-                append_history(run_dir, "stopped", step=step, reason=stop.reason)
+                append_history(run_dir, STOPPED_EVENT, step=step, reason=stop.reason)
             return Outcome("stopped", step, newest, ckpt, stop.reason, output, self.options.stop_exit_code)
         return Outcome("complete", step, newest, ckpt, None, output)
 
@@ -345,4 +353,4 @@ class Session:
 
     def record_complete(self, step: int) -> None:
         if distributed.is_main():
-            append_history(self.spec.run_dir, "complete", step=step)
+            append_history(self.spec.run_dir, COMPLETE_EVENT, step=step)

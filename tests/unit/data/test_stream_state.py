@@ -105,9 +105,10 @@ class Plan:
 def test_resumes_that_need_a_sample_count_are_refused():
     assert streaming_refusal(Plan()) is None
     assert streaming_refusal(Plan(Change("train.per_device_train_batch_size", 4, 2, BATCH, True,
-                                         "same global batch (8): same samples per step"))) is None
-    assert streaming_refusal(Plan(Change("data.source", "a", "b", DATA, True, "same packed tokens"))) is None
-    elastic = streaming_refusal(Plan(Change("world_size", 1, 2, BATCH, True, "same global batch (8)")))
+                                         "same global batch (8): same samples per step", equivalent=True))) is None
+    assert streaming_refusal(Plan(Change("data.source", "a", "b", DATA, True, "same packed tokens",
+                                         equivalent=True))) is None
+    elastic = streaming_refusal(Plan(Change("world_size", 1, 2, BATCH, True, "same global batch (8)", equivalent=True)))
     assert "world_size changed (1 -> 2)" in elastic and "process count" in elastic
     assert "global batch" in streaming_refusal(Plan(Change("train.per_device_train_batch_size", 4, 2, BATCH, True,
                                                            "global batch 8 -> 4")))
