@@ -30,9 +30,10 @@ LOCK_NAME = ".lock"
 TOKENIZER_DIR = "tokenizer"
 DATA_CACHE_DIR = "data-cache"
 REMOTE_LEDGER_NAME = "remote-uploads.json"  # checkpoints with a verified copy at checkpoint.remote (remote/ledger.py)
+SAMPLE_LEDGER_DIR = "ledger"  # the sample ledger's segments, one per committed checkpoint (gptresume/ledger/books.py)
 # What --overwrite removes besides the checkpoints (the data cache stays: it is keyed by its inputs).
 RUN_FILES = (CONFIG_NAME, METRICS_NAME, HISTORY_NAME, FINAL_DIR, TOKENIZER_DIR, TENSORBOARD_DIR, TRACKERS_NAME,
-             PROTECTED_NAME, REMOTE_LEDGER_NAME)
+             PROTECTED_NAME, REMOTE_LEDGER_NAME, SAMPLE_LEDGER_DIR)
 # Temporary names written under the run lock and renamed into place: a kill can leave one behind.
 TEMPORARIES = (f".{FINAL_DIR}.tmp*", f".{FINAL_DIR}.old-*", f"{CONFIG_NAME}.tmp", ".*.tmp-*",
                f"{DATA_CACHE_DIR}/*.tmp-*")

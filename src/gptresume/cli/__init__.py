@@ -19,11 +19,11 @@ import os
 import sys
 import textwrap
 
-from gptresume.cli import diff, eval, export, generate, plot, status, train, verify
+from gptresume.cli import diff, eval, export, generate, ledger, plot, status, train, verify
 from gptresume.errors import EXIT_INTERNAL, UsageError, storage_error
 from gptresume.logs import setup_logging
 
-COMMANDS = (train, verify, diff, status, export, generate, eval, plot)
+COMMANDS = (train, verify, ledger, diff, status, export, generate, eval, plot)
 
 
 def command_name(module) -> str:

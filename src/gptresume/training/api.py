@@ -16,7 +16,7 @@ log = logging.getLogger("gptresume")
 
 def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, keep_best, every_minutes,
                     async_save, stop_at_step, exit_on_stop, data_fingerprint, stop_exit_code=None, remote=None,
-                    remote_options=None, remote_keep_last=None, remote_wait_seconds=120.0) -> Outcome:
+                    remote_options=None, remote_keep_last=None, remote_wait_seconds=120.0, ledger=False) -> Outcome:
     from gptresume.compat import warn_if_unchecked
     from gptresume.modeling import has_dropout
 
@@ -36,7 +36,7 @@ def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, 
                       keep_last=keep_last, keep_best=keep_best, every_minutes=every_minutes, async_save=async_save,
                       stop_at_step=stop_at_step, stop_exit_code=stop_exit_code, remote=remote,
                       remote_options=dict(remote_options or {}), remote_keep_last=remote_keep_last,
-                      remote_wait_seconds=remote_wait_seconds)
+                      remote_wait_seconds=remote_wait_seconds, ledger=ledger)
     world_size = args.world_size
     with Session(None, options) as session:
 
