@@ -30,6 +30,8 @@ class Verdict:
     """What the ledger covers and proves, one line per fact."""
     violations: list[str] = field(default_factory=list)
     """Each a sentence naming the first offending samples and steps."""
+    claim: str = "every sample of each completed epoch was trained once, none twice"
+    """What an empty `violations` proves."""
 
     @property
     def ok(self) -> bool:
@@ -50,6 +52,8 @@ def check(segments: list[Segment]) -> Verdict:
     if segments[0].kind == "packed":
         _packed(segments, v)
     else:
+        v.claim = ("every block the stream produced was trained once, none twice, or is still held by the stream "
+                   "(its shuffle buffers) at the last commit")
         _stream(segments, v)
     return v
 
