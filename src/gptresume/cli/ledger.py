@@ -45,8 +45,9 @@ def run(args) -> int:
     verdict = check(segments)
     history = _history_line(read_history(run_dir))
     if args.json:
-        print(json.dumps({"run_dir": str(run_dir), "exactly_once": verdict.ok, "claim": verdict.claim, "facts": verdict.lines,
-                          "violations": verdict.violations, "notes": notes, "history": history}, indent=1))
+        print(json.dumps({"run_dir": str(run_dir), "exactly_once": verdict.ok, "claim": verdict.claim,
+                          "facts": verdict.lines, "violations": verdict.violations, "notes": notes,
+                          "history": history}, indent=1))
         return 0 if verdict.ok else EXIT_USAGE
     print(f"{run_dir}: sample ledger")
     for line in verdict.lines + ([history] if history else []) + notes:

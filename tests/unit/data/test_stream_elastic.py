@@ -81,7 +81,7 @@ def reference_blocks(cfg, tokenizer, parts, count=400):
 def run_chain(tmp_path, cfg, tokenizer, chain):
     """Processes counts and steps per stage, e.g. [(2, 10), (1, 5), (2, 6)]; global batch 4 blocks per step."""
     blocks, ckpt, step = [], None, 0
-    for stage, (world, steps) in enumerate(chain):
+    for world, steps in chain:
         procs = [Process(cfg, tokenizer, r, world, 4 // world, ckpt, step) for r in range(world)]
         for p in procs:
             p.train(steps)
