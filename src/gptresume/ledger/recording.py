@@ -90,7 +90,13 @@ class LedgerJob:
             self.segment.write(Path(ckpt) / CHECKPOINT_SEGMENT)
 
     def after_manifest(self, ckpt: Path) -> None:
-        book_checkpoint(self.run_dir, Path(ckpt))
+        """The checkpoint is committed whatever happens here: a failure to book its segment is logged, the segment
+        stays in the checkpoint, the next start books it again, and `gptresume ledger` reports what is missing."""
+        try:
+            book_checkpoint(self.run_dir, Path(ckpt))
+        except Exception:
+            log.exception("ledger: could not copy %s's segment into %s (the checkpoint holds it; the next start "
+                          "books it again)", Path(ckpt).name, self.run_dir / "ledger")
 
 
 def start_ledger(trainer, plan, spec, sampler: StreamSampler | None, seed: int):
