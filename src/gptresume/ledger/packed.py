@@ -36,18 +36,21 @@ def trained_length(g: Geometry, n: int) -> int:
 
 
 class PackedRecorder:
-    """Process 0's record of the samples of each step, from the sampler's yields (`observe`), taken at each commit."""
+    """Process 0's record of the samples of each step, from the sampler's yields (`observe`), taken at each commit.
+
+    Each Trainer epoch's yields go into an array indexed by their position in the epoch (-1: not yielded yet), so a
+    step's attribution is an array slice; at most two epochs' arrays are held (the current one and the one before)."""
 
     def __init__(self, sampler: StreamSampler, geometry: Geometry, resume_step: int, skip_samples: int = 0,
                  meta: dict | None = None):
         self.sampler, self.g, self.n = sampler, geometry, sampler.n
         self.spe, self.gb = geometry.steps_per_epoch(self.n), geometry.global_batch
         self.length = trained_length(geometry, self.n)
-        self.head = min(self.n, geometry.world_size * geometry.per_device) if self.length > self.n else 0
         self.resume_step = self.last_done = resume_step
         epoch, within = divmod(resume_step, self.spe)
         self.keep_from = sampler.offset + epoch * self.n + within * self.gb  # first position of the next step
-        self.yields: dict[int, int] = {}
+        self.epochs_yielded: dict[int, np.ndarray] = {}  # Trainer epoch -> index yielded at each position, or -1
+        self._base, self._current = None, None
         self.unobserved = 0
         self.meta = {"samples": self.n, "global_batch": self.gb, "per_device": geometry.per_device,
                      "accumulation": geometry.accumulation, "world_size": geometry.world_size,
@@ -55,21 +58,27 @@ class PackedRecorder:
         self._perm_epoch, self._perm = None, None
         self._reset()
         if skip_samples:
-            positions = range(self.keep_from - skip_samples, self.keep_from)
-            self.skipped = ([self._index_at(p) for p in positions], [p // self.n for p in positions])
+            positions = np.arange(self.keep_from - skip_samples, self.keep_from)
+            self.skipped = (self._indices_at(positions), positions // self.n)
         sampler.observer = self.observe
 
     def _reset(self) -> None:
         self.steps, self.counts, self.ids, self.epochs, self.padded = [], [], [], [], []
         self.dropped, self.dropped_epochs = [], []
-        self.skipped = ([], [])
+        self.skipped = (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     def observe(self, position: int, index: int) -> None:
-        if position < self.keep_from:  # a step already trained (Trainer skips its batches on a resume)
-            base = self.sampler.offset + ((position - self.sampler.offset) // self.n) * self.n
-            if position - base >= self.head:
-                return
-        self.yields[position] = index
+        q = position - self._base if self._base is not None else -1
+        if not 0 <= q < self.n:  # the first yield of a Trainer epoch
+            epoch = (position - self.sampler.offset) // self.n
+            self._base = self.sampler.offset + epoch * self.n
+            if epoch not in self.epochs_yielded:
+                self.epochs_yielded[epoch] = np.full(self.n, -1, np.int64)
+                for old in [e for e in self.epochs_yielded if e < epoch - 1]:
+                    del self.epochs_yielded[old]
+            self._current = self.epochs_yielded[epoch]
+            q = position - self._base
+        self._current[q] = index
 
     def step_done(self, step: int) -> None:
         """Attribute the positions of optimizer step `step` (1-based), and of any step before it not done yet."""
@@ -80,51 +89,54 @@ class PackedRecorder:
     def _attribute(self, step: int) -> None:
         epoch, u = divmod(step - 1, self.spe)
         base = self.sampler.offset + epoch * self.n
-        lo, hi = u * self.gb, min((u + 1) * self.gb, self.length)
-        for q in range(lo, hi):
-            padded = q >= self.n
-            p = base + ((q - self.n) % self.n if padded else q)
-            self.ids.append(self._yielded(p, keep=padded or q < self.head))
-            self.epochs.append(p // self.n)
-            self.padded.append(padded)
+        q = np.arange(u * self.gb, max(u * self.gb, min((u + 1) * self.gb, self.length)), dtype=np.int64)
+        padded = q >= self.n
+        source = np.where(padded, (q - self.n) % self.n, q)  # a repeat takes the epoch's first samples again
+        yielded = self.epochs_yielded.get(epoch)
+        ids = yielded[source] if yielded is not None else np.full(len(q), -1, np.int64)
+        missing = ids < 0
+        if missing.any():  # the sampler never yielded it: the count model and Trainer disagree (reported)
+            self.unobserved += int(missing.sum())
+            ids[missing] = self._indices_at(base + source[missing])
         self.steps.append(step)
-        self.counts.append(max(0, hi - lo))
-        if u == self.spe - 1:  # the epoch's last step: its tail (dataloader_drop_last) and its padding sources
-            for q in range(self.length, self.n):  # never trained, maybe never yielded (Trainer stops reading)
-                self.yields.pop(base + q, None)
-                self.dropped.append(self._index_at(base + q))
-                self.dropped_epochs.append((base + q) // self.n)
-            for q in range(self.head):
-                self.yields.pop(base + q, None)
+        self.counts.append(len(q))
+        self.ids.append(ids)
+        self.epochs.append((base + source) // self.n)
+        self.padded.append(padded)
+        if u == self.spe - 1:  # the epoch's last step: its tail (dataloader_drop_last) is never trained
+            tail = base + np.arange(self.length, self.n, dtype=np.int64)
+            self.dropped.append(self._indices_at(tail))
+            self.dropped_epochs.append(tail // self.n)
+            self.epochs_yielded.pop(epoch - 1, None)
 
-    def _yielded(self, position: int, keep: bool) -> int:
-        index = self.yields.get(position) if keep else self.yields.pop(position, None)
-        if index is None:  # the sampler never yielded it: the count model and Trainer disagree (reported)
-            self.unobserved += 1
-            index = self._index_at(position)
-        return index
+    def _indices_at(self, positions: np.ndarray) -> np.ndarray:
+        """The sampler's index at each stream position, computed (for samples never yielded to be trained)."""
+        out = np.zeros(len(positions), np.int64)
+        for epoch in np.unique(positions // self.n):
+            if self._perm_epoch != epoch:
+                import torch
 
-    def _index_at(self, position: int) -> int:
-        epoch, i = divmod(position, self.n)
-        if self._perm_epoch != epoch:
-            import torch
-
-            gen = torch.Generator()
-            gen.manual_seed(self.sampler.seed + epoch)
-            self._perm_epoch, self._perm = epoch, torch.randperm(self.n, generator=gen).numpy()
-        return int(self._perm[i])
+                gen = torch.Generator()
+                gen.manual_seed(self.sampler.seed + int(epoch))
+                self._perm_epoch, self._perm = epoch, torch.randperm(self.n, generator=gen).numpy()
+            mask = positions // self.n == epoch
+            out[mask] = self._perm[positions[mask] % self.n]
+        return out
 
     def take(self) -> Segment | None:
         """The segment of the steps done since the last take (None when there are none), and start a new one."""
-        if not self.steps and not self.skipped[0]:
+        if not self.steps and not len(self.skipped[0]):
             return None
+
+        def cat(arrays, dtype):
+            return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype)
+
         meta = dict(self.meta, unobserved=self.unobserved)
         segment = Segment.of(
             "packed", meta, steps=np.asarray(self.steps, np.int64), counts=np.asarray(self.counts, np.int64),
-            ids=np.asarray(self.ids, np.int64), epochs=np.asarray(self.epochs, np.int64),
-            padded=np.asarray(self.padded, np.bool_),
-            skipped_ids=np.asarray(self.skipped[0], np.int64), skipped_epochs=np.asarray(self.skipped[1], np.int64),
-            dropped_ids=np.asarray(self.dropped, np.int64), dropped_epochs=np.asarray(self.dropped_epochs, np.int64))
+            ids=cat(self.ids, np.int64), epochs=cat(self.epochs, np.int64), padded=cat(self.padded, np.bool_),
+            skipped_ids=self.skipped[0], skipped_epochs=self.skipped[1],
+            dropped_ids=cat(self.dropped, np.int64), dropped_epochs=cat(self.dropped_epochs, np.int64))
         self.unobserved = 0
         self._reset()
         return segment
