@@ -163,3 +163,65 @@ def test_padding_of_an_epochs_last_batch_is_found(tmp_path):
     assert ledger.returncode == 2, ledger.stdout + ledger.stderr
     assert "2 sample(s) of an epoch recorded more than once" in ledger.stdout
     assert "(padding)" in ledger.stdout and "dataloader_drop_last: true" in ledger.stdout
+
+
+SCRIPT = r'''
+import json, sys
+
+import datasets
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+import gptresume
+
+out, opts = sys.argv[1], json.loads(sys.argv[2])
+from pydoc_data.topics import topics
+
+data = list("\n\n".join(topics[k] for k in sorted(topics)[:8]).encode()[:32 * 30])
+train = datasets.Dataset.from_dict({"input_ids": [data[i:i + 32] for i in range(0, len(data) - 31, 32)]})
+
+
+def collate(rows):
+    ids = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+class OwnSampler(Trainer):
+    def _get_train_sampler(self, train_dataset=None):
+        return torch.utils.data.SequentialSampler(self.train_dataset)
+
+
+torch.manual_seed(0)
+model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab_size=256))
+args = TrainingArguments(output_dir=out, max_steps=12, per_device_train_batch_size=3, logging_steps=1, save_steps=4,
+                         seed=11, report_to="none", use_cpu=True, disable_tqdm=True, dataloader_pin_memory=False)
+trainer = (OwnSampler if opts.get("own_sampler") else Trainer)(model=model, args=args, train_dataset=train,
+                                                              data_collator=collate)
+try:
+    gptresume.train(trainer, ledger=True, stop_at_step=opts.get("stop_at_step"))
+except gptresume.UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
+'''
+
+
+def test_a_scripts_trainer_keeps_a_ledger_or_is_refused_before_anything_is_written(tmp_path):
+    """gptresume.train(trainer, ledger=True): 30 blocks of 3 per step, stopped at step 6 and resumed; a Trainer
+    subclass with its own sampler is refused, its output directory untouched."""
+    from conftest import run_script
+
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / "out"
+    stopped = run_script(tmp_path, script, out, json.dumps({"stop_at_step": 6}))
+    assert stopped.returncode == 75, stopped.stdout + stopped.stderr
+    done = run_script(tmp_path, script, out, "{}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    ledger = run_cli(tmp_path, "ledger", out)
+    assert ledger.returncode == 0, ledger.stdout + ledger.stderr
+    assert "epoch 0: each of the 30 blocks trained once" in ledger.stdout, ledger.stdout
+
+    refused = run_script(tmp_path, script, tmp_path / "own", json.dumps({"own_sampler": True}))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "OwnSampler._get_train_sampler is overridden" in refused.stderr
+    assert not (tmp_path / "own").exists() or not list((tmp_path / "own").iterdir())  # (Trainer may create it)

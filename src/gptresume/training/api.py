@@ -21,7 +21,7 @@ def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, 
     from gptresume.modeling import has_dropout
 
     args = trainer.args
-    _check_trainer(trainer, every_minutes)
+    _check_trainer(trainer, every_minutes, ledger)
     stop_exit_code = resolve_stop_exit_code(stop_exit_code)
     problems = remote_problems(remote, remote_options, remote_keep_last, prefix="gptresume.train()")
     if problems:
@@ -77,7 +77,7 @@ def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, 
     return outcome
 
 
-def _check_trainer(trainer, every_minutes) -> None:
+def _check_trainer(trainer, every_minutes, ledger: bool = False) -> None:
     """What would make a protected run impossible, refused before anything is read or written."""
     from transformers import Trainer
 
@@ -96,6 +96,10 @@ def _check_trainer(trainer, every_minutes) -> None:
     why = (output_dir_url_problem(args.output_dir, "TrainingArguments.output_dir")
            or output_dir_problem(args.output_dir, "TrainingArguments.output_dir"))
     problems += [why] if why else []
+    if ledger:  # the sample ledger needs Trainer's own sampler (gptresume/ledger/recording.py)
+        from gptresume.ledger.recording import ledger_problems
+
+        problems += ledger_problems(trainer)
     if problems:
         raise UsageError("\n".join(problems))
     launched = int(os.environ.get("WORLD_SIZE", "1"))
