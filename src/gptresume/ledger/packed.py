@@ -42,11 +42,14 @@ class PackedRecorder:
     step's attribution is an array slice; at most two epochs' arrays are held (the current one and the one before)."""
 
     def __init__(self, sampler: StreamSampler, geometry: Geometry, resume_step: int, skip_samples: int = 0,
-                 meta: dict | None = None):
+                 meta: dict | None = None, restarts_epoch: bool = False):
+        """`restarts_epoch`: train.ignore_data_skip on a resume: Trainer reads the resumed epoch again from its
+        start, so the resumed step's samples are the epoch's first (its earlier steps' samples come again)."""
         self.sampler, self.g, self.n = sampler, geometry, sampler.n
         self.spe, self.gb = geometry.steps_per_epoch(self.n), geometry.global_batch
         self.length = trained_length(geometry, self.n)
         self.resume_step = self.last_done = resume_step
+        self.origin = resume_step % self.spe if restarts_epoch else 0  # steps the resumed epoch lost to the restart
         epoch, within = divmod(resume_step, self.spe)
         self.keep_from = sampler.offset + epoch * self.n + within * self.gb  # first position of the next step
         self.epochs_yielded: dict[int, np.ndarray] = {}  # Trainer epoch -> index yielded at each position, or -1
@@ -87,7 +90,7 @@ class PackedRecorder:
             self._attribute(self.last_done)
 
     def _attribute(self, step: int) -> None:
-        epoch, u = divmod(step - 1, self.spe)
+        epoch, u = divmod(step - 1 - self.origin, self.spe)
         base = self.sampler.offset + epoch * self.n
         q = np.arange(u * self.gb, max(u * self.gb, min((u + 1) * self.gb, self.length)), dtype=np.int64)
         padded = q >= self.n

@@ -122,7 +122,7 @@ def start_ledger(trainer, plan, spec, sampler: StreamSampler | None, seed: int):
                             bool(args.dataloader_drop_last))
         recorder = PackedRecorder(sampler, geometry, plan.step, plan.skip_samples,
                                   meta={"data_fingerprint": spec.data_fingerprint, "offset": sampler.offset,
-                                        "seed": seed})
+                                        "seed": seed}, restarts_epoch=bool(args.ignore_data_skip))
         if plan.skip_samples:
             log.info("Ledger: %d sample(s) skipped by the rollback to %s recorded as skipped", plan.skip_samples,
                      plan.checkpoint.name)

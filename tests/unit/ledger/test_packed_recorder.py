@@ -15,7 +15,7 @@ from gptresume.ledger.packed import PackedRecorder, trained_length
 from gptresume.resume.position import Geometry, StreamSampler
 
 
-def trainer_steps(n, seed, offset, g: Geometry, epochs, first_step=0, recorder=None):
+def trainer_steps(n, seed, offset, g: Geometry, epochs, first_step=0, recorder=None, restart=False):
     """{global step: sorted samples of all ranks} of `epochs` Trainer epochs from `first_step`, read as Trainer and
     accelerate read them; process 0's sampler is the one the recorder observes."""
     samplers = [StreamSampler(n, seed, offset) for _ in range(g.world_size)]
@@ -23,6 +23,7 @@ def trainer_steps(n, seed, offset, g: Geometry, epochs, first_step=0, recorder=N
         samplers[0] = recorder.sampler
     spe = g.steps_per_epoch(n)
     steps = {}
+    lost = first_step % spe if restart else 0  # train.ignore_data_skip: the resumed epoch is read from its start
     for epoch in range(first_step // spe, first_step // spe + epochs):
         per_rank = []
         for rank, sampler in enumerate(samplers):
@@ -33,7 +34,7 @@ def trainer_steps(n, seed, offset, g: Geometry, epochs, first_step=0, recorder=N
             per_rank.append(list(batches))
         assert math.ceil(len(per_rank[0]) / g.accumulation) == spe  # Geometry agrees with accelerate
         for u in range(spe):
-            step = epoch * spe + u + 1
+            step = epoch * spe + u + 1 + lost
             if step <= first_step:
                 continue
             steps[step] = sorted(i for rank in per_rank for b in rank[u * g.accumulation:(u + 1) * g.accumulation]
@@ -73,3 +74,20 @@ def test_a_whole_run_of_exact_epochs_checks_out_and_padding_does_not():
         assert verdict.ok is ok, verdict.violations
         if not ok:
             assert "padding" in verdict.violations[0] and "dataloader_drop_last: true" in verdict.violations[0]
+
+
+def test_ignore_data_skip_restarts_the_epoch_and_its_repeats_are_recorded():
+    g = Geometry(2, 1, 2, True)
+    n, first = 20, 3  # 5 steps per epoch: steps 4-8 read the first epoch again from its start
+    whole = PackedRecorder(StreamSampler(n, 5, 0), g, 0)
+    trainer_steps(n, 5, 0, g, 1, 0, whole)
+    resumed = PackedRecorder(StreamSampler(n, 5, 0), g, first, restarts_epoch=True)
+    expected = trainer_steps(n, 5, 0, g, 2, first, resumed, restart=True)
+    segment = resumed.take()
+    assert {int(s): sorted(segment.step_ids(i).tolist()) for i, s in enumerate(segment.steps)} == expected
+    head = whole.take()
+    head.steps, head.counts, head.ids = head.steps[:first], head.counts[:first], head.ids[:first * 4]
+    head.epochs, head.padded = head.epochs[:first * 4], head.padded[:first * 4]
+    head.dropped_ids = head.dropped_epochs = None
+    verdict = check([head, segment])
+    assert "12 sample(s) of an epoch recorded more than once" in verdict.violations[0], verdict.violations
