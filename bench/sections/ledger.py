@@ -26,8 +26,10 @@ METHOD = [
     "The demo model in fp32; tokens/s from the first step end after the warm-up to the last, as in the throughput "
     "section; the same save interval in both modes, so the difference is the ledger.",
     "The direct cost runs gptresume's PackedRecorder on a StreamSampler of 100,000 blocks in the bench process: "
-    "observe every yield, attribute each step, take, write and book a segment every `save_every` steps; the same "
-    "sampler iterated without the ledger is subtracted. Share = that time per step / the measured step time.",
+    "observe every yield, attribute each step (CPU time of the process, so the machine's other load stays out), "
+    "take, write and book a segment every `save_every` steps (wall time: it waits for an fsync); the same "
+    "sampler iterated without the ledger is subtracted; medians of 5 alternating repetitions. Share = that time per "
+    "step / the measured step time.",
 ]
 
 
@@ -46,14 +48,14 @@ def direct_cost(global_batch: int, save_every: int, steps: int, n: int = 100_000
         it = iter(sampler)
         stepping = saving = 0.0
         for step in range(1, steps + 1):
-            t0 = time.perf_counter()
+            t0 = time.process_time()  # this process's CPU time: the machine's other load stays out
             for _ in range(global_batch):
                 next(it)
             if recorder is not None:
                 recorder.step_done(step)
-            stepping += time.perf_counter() - t0
+            stepping += time.process_time() - t0
             if recorder is not None and step % save_every == 0:
-                t0 = time.perf_counter()
+                t0 = time.perf_counter()  # wall time: the fsync waits for the disk
                 ckpt = work / f"checkpoint-{step}"
                 ckpt.mkdir()
                 recorder.take().write(ckpt / CHECKPOINT_SEGMENT)
@@ -62,16 +64,16 @@ def direct_cost(global_batch: int, save_every: int, steps: int, n: int = 100_000
         return stepping, saving
 
     work = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
+    without, with_ = [], []
     try:
-        without = min(iterate(False, work)[0] for _ in range(3))
-        with_ = []
-        for rep in range(3):
+        for rep in range(5):  # alternating, the median of each
+            without.append(iterate(False, work)[0])
             (work / f"r{rep}").mkdir()
             with_.append(iterate(True, work / f"r{rep}"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    per_step = max(0.0, min(w[0] for w in with_) - without) / steps
-    per_save = min(w[1] for w in with_) / (steps // save_every)
+    per_step = max(0.0, median([w[0] for w in with_]) - median(without)) / steps
+    per_save = median([w[1] for w in with_]) / (steps // save_every)
     return {"global_batch": global_batch, "steps": steps, "save_every": save_every, "per_step_s": per_step,
             "per_sample_us": per_step / global_batch * 1e6, "per_save_s": per_save,
             "per_step_with_saves_s": per_step + per_save / save_every}
@@ -101,7 +103,7 @@ def measure(r: Runner, plan: Plan, configs: dict, tpls: dict) -> dict:
     off, on = median(runs["ledger off"]), median(runs["ledger on"])
     step_s = median(per_step)
     demo_batch = int(res["tokens_per_step"] // 128)  # the demo's block size
-    direct = [direct_cost(b, every, max(every * 4, 40)) for b in (demo_batch, LARGE_BATCH)]
+    direct = [direct_cost(b, every, steps) for b, steps in ((demo_batch, 40 * every), (LARGE_BATCH, 8 * every))]
     for d in direct:
         d["share_of_demo_step"] = d["per_step_with_saves_s"] / step_s if step_s else None
     return {"save_every": every, "warmup_steps": warm, "measured_steps": steps, "runs": runs,
