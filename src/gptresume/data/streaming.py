@@ -359,6 +359,9 @@ def streamed_data(cfg: DataConfig, tokenizer, run_dir: Path, seed: int, rank: in
                   ) -> StreamedData:
     if tokenizer.eos_token_id is None:
         raise UsageError("model.tokenizer: the tokenizer has no EOS token, needed between documents")
+    if cfg.stream_parts is not None and cfg.stream_parts < world_size:
+        raise UsageError(f"data.stream_parts: {cfg.stream_parts} part(s) cannot feed {world_size} processes (each "
+                         f"part is read by one process); set it to {world_size} or more, or leave it out")
     open_documents(cfg, rank, world_size)  # a missing file or an unreachable hub dataset fails here, before
     # anything is written
     stream = PackedStream(cfg, tokenizer, seed, cfg.block_size, rank, world_size, run_dir)

@@ -63,7 +63,10 @@ def prepare_for_resume(run_dir: Path, step: int, ckpt: Path | None) -> None:
         log.info("Ledger: %d segment(s) past step %d set aside in %s", len(moved), step,
                  run_dir / LEDGER_DIR / ABANDONED_DIR)
     if ckpt is not None:
-        book_checkpoint(run_dir, ckpt)
+        try:
+            book_checkpoint(run_dir, ckpt)
+        except Exception:  # the checkpoint is valid (verified) and trains; `gptresume ledger` reports the gap
+            log.exception("ledger: could not book %s's segment into %s", Path(ckpt).name, run_dir / LEDGER_DIR)
 
 
 def _set_aside(run_dir: Path, path: Path) -> Path:

@@ -173,3 +173,13 @@ def test_a_rollback_skips_this_ranks_share_and_lists_it(tmp_path, tokenizer):
                      read_checkpoint_segment(tmp_path / "checkpoint-6")])
     assert verdict.ok, verdict.violations
     assert "8 skipped" in verdict.lines[-1]
+
+
+def test_stream_parts_is_checked(tmp_path, tokenizer):
+    from gptresume.data.streaming import streamed_data
+
+    assert any("stream_parts" in p for p in DataConfig(streaming=True, stream_parts=0).problems("data"))
+    assert any("only with streaming" in p for p in DataConfig(stream_parts=2).problems("data"))
+    cfg = source(tmp_path, 2, parts=2)
+    with pytest.raises(UsageError, match="data.stream_parts: 2 part.*cannot feed 4 processes"):
+        streamed_data(cfg, tokenizer, tmp_path, 3, rank=0, world_size=4)
