@@ -272,7 +272,8 @@ class StreamLedger:
             self.uids.append(uid)
 
     def skipped(self, uid: int) -> None:
-        self.skipped_uids.append(uid)
+        if uid not in self.skipped_uids:  # (a second iterator skips the same blocks again)
+            self.skipped_uids.append(uid)
 
     def save(self, blocks_trained: int, blocks_per_step: int, directory: Path) -> None:
         from gptresume.ledger.segment import Segment, rank_segment_name
