@@ -18,7 +18,8 @@ def fmt(x, spec=".2f"):
 def render(results: dict) -> str:
     """The markdown report: machine, targets, then one part per section that results holds."""
     parts = (_header, _targets, _peak, _throughput, _step_cost, _checkpoint, _checkpoint_ddp, _verify, _resume,
-             _streaming_resume, _goodput, _packing, lambda results: _intervals(results.get("interval")), _remote)
+             _streaming_resume, _goodput, _packing, lambda results: _intervals(results.get("interval")), _remote,
+             _ledger)
     return "\n".join(line for part in parts for line in part(results))
 
 
@@ -330,6 +331,12 @@ def _remote(results: dict) -> list[str]:
         lines.append(f"| {mode} | {fmt(tps, ',.0f')} | {fmt(ratio(tps, local), '.3f')} |")
     lines.append("")
     return lines
+
+
+def _ledger(results: dict) -> list[str]:
+    from sections.ledger import render as ledger_lines  # its own section file renders it (issue 27)
+
+    return ledger_lines(results)
 
 
 def write_results(out: Path, results: dict) -> None:

@@ -4,4 +4,4 @@ sizes its run from the throughput section's rate, when that ran first; interval 
 fixed save_steps, issue 16) lives in goodput.py beside it."""
 
 SECTIONS = ("peak", "throughput", "step_cost", "checkpoint", "checkpoint_ddp", "verify", "resume", "streaming_resume",
-            "goodput", "packing", "interval", "remote")
+            "goodput", "packing", "interval", "remote", "ledger")

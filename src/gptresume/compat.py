@@ -231,6 +231,17 @@ PRIVATE: tuple[Private, ...] = (
                                                           "len_dataloader % args.gradient_accumulation_steps > 0")),
     P("accelerate.data_loader.BatchSamplerShard.__init__", "rule", POSITION, "even_batches (on): the last set of "
       "batches is padded from the epoch's start", params=("even_batches",)),
+    P("accelerate.data_loader.BatchSamplerShard._iter_with_no_split", "rule", "gptresume/ledger/packed.py",
+      "the sample ledger attributes the global order by count: every process iterates the whole sampler and keeps "
+      "batch idx when idx % processes == rank; even_batches fills the last round from the epoch's first batches "
+      "(initial_data, in order); drop_last yields whole rounds only",
+      source=("if not self.drop_last and idx < self.num_processes:", "initial_data += batch",
+              "if idx % self.num_processes == self.process_index:", "batch += initial_data[cycle_index:end_index]")),
+    P(T + "_run_epoch", "rule", "gptresume/ledger/packed.py", "a resumed epoch's skipped batches are drawn from the "
+      "sampler from the epoch's start (skip_first_batches), and set_epoch reaches the sampler under "
+      "BatchSamplerShard: the ledger numbers positions from the epoch's start",
+      source=("skip_first_batches(train_dataloader, steps_trained_in_current_epoch)",
+              "underlying_sampler.set_epoch(epoch)")),
     P(T + "__init__", "rule", EVAL, "_trainer_counts_shifted_labels repeats it: count labels[..., 1:] when loss_type "
       "maps to ForCausalLMLoss", source=("unwrapped_model.accepts_loss_kwargs", "self._loss_shifts_labels = "
                                          "LOSS_MAPPING.get(", "is ForCausalLMLoss", "is_encoder_decoder")),

@@ -39,9 +39,10 @@ COMPLETE_EVENT = "complete"  # training reached its last step
 ROLLBACK_EVENT = "rollback"  # a NaN or a confirmed spike: rolled back to an earlier checkpoint (health/rollback.py)
 UNHEALTHY_EVENT = "unhealthy"  # a NaN or a confirmed spike stopped the run (the last good checkpoint named)
 INTERVAL_EVENT = "interval"  # checkpoint.every: auto chose a save interval (health/interval.py)
+SAMPLE_LEDGER_DIR = "ledger"  # the sample ledger's segments, one per committed checkpoint (gptresume/ledger/books.py)
 # What --overwrite removes besides the checkpoints (the data cache stays: it is keyed by its inputs).
 RUN_FILES = (CONFIG_NAME, METRICS_NAME, HISTORY_NAME, FINAL_DIR, TOKENIZER_DIR, TENSORBOARD_DIR, TRACKERS_NAME,
-             PROTECTED_NAME, REMOTE_LEDGER_NAME)
+             PROTECTED_NAME, REMOTE_LEDGER_NAME, SAMPLE_LEDGER_DIR)
 # Temporary names written under the run lock and renamed into place: a kill can leave one behind.
 TEMPORARIES = (f".{FINAL_DIR}.tmp*", f".{FINAL_DIR}.old-*", f"{CONFIG_NAME}.tmp", ".*.tmp-*",
                f"{DATA_CACHE_DIR}/*.tmp-*")

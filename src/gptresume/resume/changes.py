@@ -75,6 +75,7 @@ NEVER_REASONS = {
     "data.streaming": "the checkpoint's data position is a sample count (packed) or a reader state (streaming); "
                       "one cannot become the other",
     "data.shuffle_buffer": "the streamed blocks in the checkpoint's shuffle buffer, and their order, depend on it",
+    "data.stream_parts": "the stream's parts and the identity of their blocks were fixed when the run started",
 }
 
 

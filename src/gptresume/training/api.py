@@ -17,12 +17,12 @@ log = logging.getLogger("gptresume")
 
 def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, keep_best, every_minutes,
                     async_save, stop_at_step, exit_on_stop, data_fingerprint, stop_exit_code=None, remote=None,
-                    remote_options=None, remote_keep_last=None, remote_wait_seconds=120.0) -> Outcome:
+                    remote_options=None, remote_keep_last=None, remote_wait_seconds=120.0, ledger=False) -> Outcome:
     from gptresume.compat import warn_if_unchecked
     from gptresume.modeling import has_dropout
 
     args = trainer.args
-    _check_trainer(trainer, every_minutes)
+    _check_trainer(trainer, every_minutes, ledger)
     stop_exit_code = resolve_stop_exit_code(stop_exit_code)
     problems = remote_problems(remote, remote_options, remote_keep_last, prefix="gptresume.train()")
     if problems:
@@ -37,7 +37,7 @@ def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, 
                       keep_last=keep_last, keep_best=keep_best, every_minutes=every_minutes, async_save=async_save,
                       stop_at_step=stop_at_step, stop_exit_code=stop_exit_code, remote=remote,
                       remote_options=dict(remote_options or {}), remote_keep_last=remote_keep_last,
-                      remote_wait_seconds=remote_wait_seconds)
+                      remote_wait_seconds=remote_wait_seconds, ledger=ledger)
     world_size = args.world_size
     with Session(None, options) as session, known_noise_filtered() as noise:  # Transformers' noise, for this call
 
@@ -79,7 +79,7 @@ def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, 
     return outcome
 
 
-def _check_trainer(trainer, every_minutes) -> None:
+def _check_trainer(trainer, every_minutes, ledger: bool = False) -> None:
     """What would make a protected run impossible, refused before anything is read or written."""
     from transformers import Trainer
 
@@ -98,6 +98,10 @@ def _check_trainer(trainer, every_minutes) -> None:
     why = (output_dir_url_problem(args.output_dir, "TrainingArguments.output_dir")
            or output_dir_problem(args.output_dir, "TrainingArguments.output_dir"))
     problems += [why] if why else []
+    if ledger:  # the sample ledger needs Trainer's own sampler (gptresume/ledger/recording.py)
+        from gptresume.ledger.recording import ledger_problems
+
+        problems += ledger_problems(trainer)
     if problems:
         raise UsageError("\n".join(problems))
     launched = int(os.environ.get("WORLD_SIZE", "1"))

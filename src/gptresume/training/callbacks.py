@@ -23,8 +23,9 @@ class CommitCallback(TrainerCallback):
     """Make Trainer's saves crash-safe: a fresh directory per save, the manifest written last, then retention."""
 
     def __init__(self, spec: RunSpec, keep_last: int | None, keep_best: bool = False, resume_state=lambda: None,
-                 uploader=None):
+                 uploader=None, ledger=None):
         self.spec = spec
+        self.ledger = ledger  # the sample ledger (ledger/recording.py LedgerCommit): its segment in each commit
         self.uploader = uploader  # checkpoint.remote (remote/uploader.py): each commit queued, retention guarded
         self.config_fingerprint = spec.fingerprint()
         self.keep_last, self.keep_best = keep_last, keep_best
@@ -62,6 +63,7 @@ class CommitCallback(TrainerCallback):
         manifest once every file is on disk, then apply retention. async_save.py runs it in its writer thread."""
         ckpt = Path(args.output_dir) / checkpoint_name(state.global_step)
         step, epoch, world_size, extra = state.global_step, state.epoch, args.world_size, self.resume_state()
+        ledger = self.ledger.capture(step) if self.ledger is not None else None
         started = self.save_started if self.save_started is not None else time.perf_counter()
         self.save_started = None
         if deferred:
@@ -71,11 +73,15 @@ class CommitCallback(TrainerCallback):
             t0 = time.perf_counter()
             if extra:
                 atomic_write_text(ckpt / RESUME_STATE_NAME, json.dumps(extra, indent=1, sort_keys=True))
+            if ledger is not None:
+                ledger.before_manifest(ckpt)
             manifest = write_manifest(ckpt, step=step, epoch=epoch, config=self.spec.config,
                                       config_fingerprint=self.config_fingerprint,
                                       data_fingerprint=self.spec.data_fingerprint,
                                       world_size=world_size, train_samples=self.spec.train_samples)
             log.info(commit_line(ckpt.name, manifest, time.perf_counter() - started))
+            if ledger is not None:
+                ledger.after_manifest(ckpt)  # the run's books (RUN_DIR/ledger/), after the commit
             if self.uploader is not None:
                 self.uploader.submit(ckpt)
             deleted = apply_retention(Path(args.output_dir), self.keep_last, ckpt, self.keep_best,

@@ -47,7 +47,7 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
                       every_minutes=c.every_minutes, async_save=c.async_save, stop_at_step=stop_at_step,
                       stop_exit_code=stop_exit_code, remote=c.remote, remote_options=dict(c.remote_options or {}),
                       remote_keep_last=c.remote_keep_last, remote_wait_seconds=c.remote_wait_seconds,
-                      health=config.health, auto_interval=c if c.every == "auto" else None)
+                      health=config.health, auto_interval=c if c.every == "auto" else None, ledger=c.ledger)
     if distributed.is_main():
         warn_if_unchecked(log)  # exactness relies on the private behaviour listed in compat.py
     while True:

@@ -83,6 +83,9 @@ class Options:
     """Remote checkpoints to keep; None keeps all."""
     remote_wait_seconds: float = 120.0
     """How long the end of training (or a stop) waits for pending uploads."""
+    ledger: bool = False
+    """Record which samples each optimizer step trained (RUN_DIR/ledger/, committed with each checkpoint), for
+    `gptresume ledger RUN_DIR` to check that each was trained exactly once (gptresume/ledger/)."""
 
 
 @dataclass
@@ -228,6 +231,9 @@ class Session:
         if write_inputs is not None:
             write_inputs()
         trim_metrics(spec.run_dir / METRICS_NAME, plan.step)
+        from gptresume.ledger.books import prepare_for_resume
+
+        prepare_for_resume(spec.run_dir, plan.step, plan.checkpoint.path if plan.checkpoint else None)  # the ledger
         append_history(
             spec.run_dir, RESUME_EVENT if plan.checkpoint else START_EVENT,
             checkpoint=str(plan.checkpoint.path) if plan.checkpoint else None, step=plan.step,
@@ -280,8 +286,17 @@ class Session:
         if o.remote and distributed.is_main():
             from gptresume.remote.uploader import Uploader
 
-            self._uploader = Uploader(self.remote, self.spec.run_dir, o.remote_keep_last, keep_best=o.keep_best).start()
-        self._commit = CommitCallback(self.spec, o.keep_last, o.keep_best, resume_state, self._uploader)
+            self._uploader = Uploader(self.remote, self.spec.run_dir, o.remote_keep_last,
+                                      keep_best=o.keep_best).start()
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        sampler = StreamSampler(n, seed, stream["offset"]) if stream else None
+        ledger = None
+        if o.ledger:  # the sample ledger (gptresume/ledger/): its step callback before the commit sees the save
+            from gptresume.ledger.recording import start_ledger
+
+            sampler, ledger_callbacks, ledger = start_ledger(trainer, plan, self.spec, sampler, seed)
+            callbacks += ledger_callbacks
+        self._commit = CommitCallback(self.spec, o.keep_last, o.keep_best, resume_state, self._uploader, ledger)
         callbacks.append(self._commit)  # sees every other save decision
         if auto:
             callbacks.append(auto.probe)  # after the commit: the pause it measures includes it
@@ -290,8 +305,7 @@ class Session:
         callbacks.insert(0, StepAgreement(callbacks))  # first: each step's one cross-rank agreement (agreement.py)
         for cb in callbacks:
             trainer.add_callback(cb)
-        seed = args.data_seed if args.data_seed is not None else args.seed
-        make_resumable(trainer, stream=StreamSampler(n, seed, stream["offset"]) if stream else None,
+        make_resumable(trainer, stream=sampler,
                        async_saver=BackgroundSaver() if o.async_save else None,
                        async_commit=self._commit if o.async_save else None, streaming=n is None,
                        health=monitor)
