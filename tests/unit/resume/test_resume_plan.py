@@ -382,8 +382,14 @@ def _decisions(plan, new, world_size) -> tuple:
     from gptresume.data.streaming import streaming_refusal
     from gptresume.resume.changes import format_changes
 
+    from gptresume.errors import UsageError
+
     actions = [line.split("  ")[-1].split(";")[0] for line in format_changes(plan.changes).splitlines()[1:]]
-    return (data_stream(plan, new, N, world_size), streaming_refusal(plan) is None, actions,
+    try:  # another process count reads the stream's parts from the checkpoint: these checkpoints hold none
+        streams = streaming_refusal(plan) is None
+    except UsageError:
+        streams = "no stream state"
+    return (data_stream(plan, new, N, world_size), streams, actions,
             [(c.kind, c.allowed, c.refused, c.equivalent) for c in plan.changes])
 
 
