@@ -259,7 +259,10 @@ def _training_arguments_problems(train: dict) -> list[str]:
 
 
 def dump_config(config: Config, path: Path) -> None:
-    """Write the resolved config as YAML (atomically: temp file then rename)."""
+    """Write the resolved config as YAML (atomically: temp file then rename), credentials redacted (credentials.py:
+    they are refused on input; this is the second layer)."""
+    from gptresume.credentials import redact
+
     tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    tmp.write_text(yaml.safe_dump(redact(config.to_dict()), sort_keys=False))
     tmp.replace(path)

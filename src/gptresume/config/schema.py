@@ -26,6 +26,8 @@ FORBIDDEN_TRAIN_KEYS = {
     "(training silently starts at step 0); use `gptresume train --resume auto|must|PATH` instead",
     "save_total_limit": "Trainer's rotation deletes old checkpoints before the new one is committed; "
     "use checkpoint.keep_last instead",
+    "hub_token": "a credential in the config would be copied into config.yaml and every checkpoint's manifest; "
+    "log in with `hf auth login` or set HF_TOKEN in the environment instead",
 }
 # Our defaults for TrainingArguments fields the user did not set.
 TRAIN_DEFAULTS: dict[str, Any] = {
