@@ -17,7 +17,7 @@ import yaml
 
 from gptresume.config.integrations import integration_problems, report_to_problems
 from gptresume.config.schema import SECTIONS, TRAIN_DEFAULTS, FORBIDDEN_TRAIN_KEYS, Config, DataConfig
-from gptresume.config.types import _type_name, _unknown_key, check_type
+from gptresume.config.types import _unknown_key, check_type, finite_problems, type_problem
 from gptresume.config.values import (
     GPT2_SIZE_DEFAULTS,
     best_model_problems,
@@ -172,6 +172,9 @@ def _build_dataclass(cls, raw: dict, prefix: str):
             problems.append(_unknown_key(key, names, where=prefix))
             continue
         hint = hints[key]
+        if not dataclasses.is_dataclass(hint) and (bad := finite_problems(value, f"{prefix}.{key}")):
+            problems.extend(bad)  # every number of every section, at any depth (from_scratch, peft, options...)
+            continue
         if dataclasses.is_dataclass(hint):
             if value is None:
                 value = {}
@@ -184,7 +187,7 @@ def _build_dataclass(cls, raw: dict, prefix: str):
             continue
         ok, coerced = check_type(value, hint)
         if not ok:
-            problems.append(f"{prefix}.{key}: expected {_type_name(hint)}, got {value!r}")
+            problems.append(type_problem(f"{prefix}.{key}", value, hint))
             continue
         kwargs[key] = coerced
     return (cls(**kwargs) if not problems else cls()), problems
@@ -227,10 +230,13 @@ def _build_train(raw: dict):
         if key not in fields_:
             problems.append(_unknown_key(key, list(fields_), where="train"))
             continue
+        if bad := finite_problems(value, f"train.{key}"):  # as train_value_problems reports them without transformers
+            problems.extend(bad)
+            continue
         if key in hints:
             ok, value = check_type(value, hints[key], strict=False)
             if not ok:
-                problems.append(f"train.{key}: expected {_type_name(hints[key])}, got {raw[key]!r}")
+                problems.append(type_problem(f"train.{key}", raw[key], hints[key]))
                 continue
         train[key] = value
     if not train.get("output_dir"):

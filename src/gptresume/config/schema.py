@@ -97,10 +97,15 @@ class ModelConfig:
                 out.append(f"{prefix}.peft: LoRA adapts a pretrained model; with from_scratch the base weights are "
                            "random and never saved (adapter checkpoints hold only the adapters); use "
                            "model.name_or_path, or remove model.peft")
-            elif transformers:
-                from gptresume.config.integrations import lora_config_problems
+            else:
+                from gptresume.config.values import lora_value_problems
 
-                out.extend(lora_config_problems(self.peft, f"{prefix}.peft"))
+                bad = lora_value_problems(self.peft, f"{prefix}.peft")
+                out.extend(bad)
+                if transformers and not bad:
+                    from gptresume.config.integrations import lora_config_problems
+
+                    out.extend(lora_config_problems(self.peft, f"{prefix}.peft"))
         if self.from_scratch is not None:
             if transformers:
                 out.extend(_from_scratch_config_problems(self.from_scratch, f"{prefix}.from_scratch"))
