@@ -3,7 +3,8 @@ versions, in gptresume/compat.py; a Transformers upgrade is re-checked here).
 
 - `ResumableTrainerMixin`, mixed in before the script's own Trainer class (`make_resumable` swaps the instance's
   class, so a script keeps its Trainer subclass): the training sampler after a changed resume, the RNG file of
-  each rank after a change of process count, and `_save_checkpoint` for asynchronous saves.
+  each rank after a change of process count, `_save_checkpoint` for asynchronous saves, and
+  `_maybe_log_save_evaluate` to commit the step whose evaluation a stop signal cut short.
 - `ResumeOverrides`: writes allowed optimizer and schedule changes, and the new logging/eval/save cadence, into the
   optimizer, the scheduler (`LambdaLR.lr_lambdas`, `base_lrs`, `_last_lr`) and the restored `TrainerState`.
 - `ResumableTensorBoardCallback`: Trainer's TensorBoardCallback with a fixed directory and `purge_step`
@@ -146,6 +147,22 @@ class ResumableTrainerMixin:
             os.symlink(source, Path(tmp) / rng_file_name(self.args.world_size, self.args.process_index))
             log.info("Rank %d restores the RNG state of %s", self.args.process_index, source.name)
             return super()._load_rng_state(tmp)
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, trial, *args, **kwargs):
+        # checked with transformers 5.24: called after each optimizer step (log, then evaluate, then save). A stop
+        # signal during the evaluation cuts it (preemption.py `StopCallback.on_prediction_step` raises StopSignal at
+        # the next eval batch); the step is fully trained, so it is saved and committed here, as Trainer's own tail
+        # of this method would, and training stops: a scheduler's grace period is not spent on the evaluation.
+        from gptresume.stopping import StopSignal
+
+        try:
+            return super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, trial, *args, **kwargs)
+        except StopSignal:
+            log.info("Evaluation at step %d cut short by the stop; committing the step", self.state.global_step)
+            self.control.should_evaluate = False
+            self.control.should_training_stop = True
+            self._save_checkpoint(model, trial)
+            self.control = self.callback_handler.on_save(self.args, self.state, self.control)
 
     def _save_checkpoint(self, model, trial):
         reason = self._async_unsupported(trial) if self.async_saver is not None else "off"
