@@ -263,3 +263,41 @@ def wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float =
                 return True
         time.sleep(0.02)
     raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def wait_until(condition, proc, timeout: float = 300, poll: float = 0.002) -> bool:
+    """True once `condition()` holds (checked every `poll` seconds), False if `proc` ended first. What a test keys a
+    signal or a kill to: observed progress (a step logged, a file appearing), never a sleep; `timeout` only bounds
+    a run that hangs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for _ in range(10):
+            if condition():
+                return True
+            time.sleep(poll)
+        if proc.poll() is not None:
+            return condition()
+    raise AssertionError(f"the awaited condition did not hold within {timeout} s")
+
+
+def logged_step(run_dir: Path) -> int:
+    """The newest training step in RUN_DIR/metrics.jsonl (0 before the first; a line being written is skipped)."""
+    try:
+        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return 0
+    steps = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if "loss" in row:
+            steps.append(row["step"])
+    return max(steps, default=0)
+
+
+def uncommitted_checkpoints(run_dir: Path) -> list[str]:
+    """checkpoint-N directories without a manifest: a save in progress (or one a kill cut short)."""
+    return sorted(p.name for p in Path(run_dir).glob("checkpoint-*")
+                  if p.name.split("-")[1].isdigit() and not (p / "manifest.json").is_file())
