@@ -48,6 +48,23 @@ def write_config(tmp_path: Path, name: str = "config.yaml", corpus_chars: int | 
     return path
 
 
+def make_base_model(where: Path) -> Path:
+    """A tiny pretrained GPT-2 (save_pretrained, with its tokenizer) for LoRA to adapt."""
+    import transformers
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from gptresume.modeling import train_tokenizer
+
+    tok = train_tokenizer(corpus_texts(), 400)
+    transformers.set_seed(0)
+    model = AutoModelForCausalLM.from_config(GPT2Config(
+        n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    model.save_pretrained(where)
+    tok.save_pretrained(where)
+    return where
+
+
 def fake_checkpoint(run_dir: Path, step: int, files: dict[str, bytes | str], commit: bool = True,
                     **manifest) -> Path:
     """RUN_DIR/checkpoint-STEP holding `files` (relative path -> bytes or text), committed by a manifest unless

@@ -64,6 +64,8 @@ def local_reader(cfg: DataConfig) -> tuple[list[Path], str, dict, str]:
 def _open_local(files: list[Path], loader: str, kwargs: dict):
     import datasets
 
+    # the JSON builder logs each parse failure before raising it; the UsageError made of it says the same, once
+    logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
     empty = [f for f in files if f.stat().st_size == 0]
     if len(empty) == len(files):
         raise UsageError(f"data.source: {_names(files)} hold{'s' if len(files) == 1 else ''} no documents (every file "
@@ -137,7 +139,7 @@ def check_stream_source(cfg: DataConfig, tokenizer, rank: int = 0, world_size: i
         docs, done = _probe(part, column, name)
         texts += docs
         complete = complete and done
-        if done and not any(docs):
+        if done and not any(doc.strip() for doc in docs):
             empty.append(name)
     if len(empty) == len(parts):
         raise UsageError(f"data.source: {', '.join(empty[:5])} hold{'s' if len(empty) == 1 else ''} no text to "
