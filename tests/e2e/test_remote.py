@@ -200,8 +200,8 @@ def test_nested_options_work_and_no_credential_is_written_anywhere(tmp_path, s3)
             "endpoint_url": s3.endpoint, "client_kwargs": {"region_name": "us-east-1"},
             "config_kwargs": {"retries": {"max_attempts": 2}, "connect_timeout": 5}}})
     env = {**CREDENTIALS, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
-    result = run_cli(tmp_path, "train", config, "--set", "checkpoint.remote_options.client_kwargs.region_name=us-east-1",
-                     env=env)
+    result = run_cli(tmp_path, "train", config, "--set",
+                     "checkpoint.remote_options.client_kwargs.region_name=us-east-1", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     run = tmp_path / "run"
     written = {str(p): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl",
