@@ -165,3 +165,18 @@ def test_dump_config_writes_the_redacted_form(tmp_path):
     text = (tmp_path / "config.yaml").read_text()
     assert AWS_SECRET not in text
     assert yaml.safe_load(text)["checkpoint"]["remote_options"]["client_kwargs"] == {"aws_secret_access_key": REDACTED}
+
+
+def test_history_and_manifests_record_the_redacted_form(tmp_path):
+    from conftest import fake_checkpoint
+    from gptresume.rundir import append_history
+
+    leaked = {"remote_options": {"client_kwargs": {"aws_secret_access_key": AWS_SECRET}}}
+    append_history(tmp_path, "start", argv=["train", "c.yaml", "--set",
+                                             f"checkpoint.remote_options.secret={AWS_SECRET}"], checkpoint=leaked)
+    ckpt = fake_checkpoint(tmp_path, 4, {"model.safetensors": b"x"}, config={"checkpoint": leaked})
+    for path in (tmp_path / "history.jsonl", ckpt / "manifest.json"):
+        text = path.read_text()
+        assert AWS_SECRET not in text and REDACTED in text, path
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    assert manifest["config"]["checkpoint"]["remote_options"]["client_kwargs"]["aws_secret_access_key"] == REDACTED
