@@ -116,7 +116,10 @@ def _run_session(config: Config, options: Options):
             print(f"Starting a new run in {run_dir}", flush=True)
         outcome = session.run(trainer)
         if outcome.stopped:
-            if main:
+            if main and outcome.checkpoint is None:
+                print(f"Stopped ({outcome.reason}) before the first step: nothing to commit. Re-run the same command "
+                      "to start.", flush=True)
+            elif main:
                 print(f"Stopped ({outcome.reason}) at step {outcome.step}: checkpoint {outcome.checkpoint} is "
                       "committed. Re-run the same command to resume.", flush=True)
             return outcome.exit_code, outcome

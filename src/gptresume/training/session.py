@@ -39,6 +39,7 @@ from gptresume.rundir import (
     trim_metrics,
 )
 from gptresume.health.goodput import process_start_time
+from gptresume.stopping import StopSignal
 from gptresume.training import distributed
 
 log = logging.getLogger(__name__)
@@ -324,6 +325,12 @@ class Session:
         try:
             with finishing_saves(trainer):  # an asynchronous save in flight is committed before we go on
                 output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        except StopSignal as early:  # before this process's first step (a stream's start-up, eval_on_start):
+            self._finish_uploads()   # nothing new to commit; the resumed checkpoint stays the newest (stopping.py)
+            if distributed.is_main():
+                append_history(self.spec.run_dir, "stopped", step=trainer.state.global_step, reason=early.reason)
+            return Outcome("stopped", trainer.state.global_step, ckpt, ckpt, early.reason, None,
+                           self.options.stop_exit_code)
         except BaseException:
             if self._uploader is not None:  # a crash or a second Ctrl-C does not wait for uploads
                 self._uploader.close()
