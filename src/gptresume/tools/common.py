@@ -106,7 +106,7 @@ def resolve_model(path: str | Path, command: str) -> ModelSource:
         return ModelSource(path, run_dir, None, "model directory")
     if (path / ADAPTER_CONFIG_NAME).is_file():
         raise UsageError(f"{command}: {path} holds {ADAPTER_CONFIG_NAME} but no adapter weights "
-                         f"({' or '.join(ADAPTER_WEIGHT_FILES)}); give the checkpoint or run the adapters came from")
+                         f"({' or '.join(ADAPTER_WEIGHT_NAMES)}); give the checkpoint or run the adapters came from")
     raise UsageError(f"{command}: {path} is not a run, a checkpoint or a model directory (no {MODEL_CONFIG_NAME} "
                      f"with weights, no {MANIFEST_NAME}, no {HISTORY_NAME}); {WHAT_TO_GIVE}")
 
@@ -197,7 +197,7 @@ def read_adapter_config(adapter_dir: Path, command: str) -> dict:
     if config["peft_type"] != "LORA":
         raise UsageError(f"{command}: {path}: peft_type {config['peft_type']!r} is not LORA (gptresume trains LoRA "
                          "adapters)")
-    weights = Path(adapter_dir) / ADAPTER_WEIGHT_FILES[0]
+    weights = Path(adapter_dir) / ADAPTER_WEIGHT_NAMES[0]
     if weights.is_file():
         from safetensors import SafetensorError, safe_open
 
