@@ -35,7 +35,7 @@ def train(trainer, resume: str | PathLike = "auto", *, allow_change: Iterable[st
           every_minutes: float | None = None, async_save: bool = False, stop_at_step: int | None = None,
           exit_on_stop: bool = True, data_fingerprint: str | None = None, stop_exit_code: int | None = None,
           remote: str | None = None, remote_options: dict | None = None, remote_keep_last: int | None = None,
-          remote_wait_seconds: float = 120.0, shared_filesystem: bool = True) -> Outcome:
+          remote_wait_seconds: float = 120.0, ledger: bool = False, shared_filesystem: bool = True) -> Outcome:
     """Train `trainer` (a `transformers.Trainer` or subclass, with its own model, data, collator and callbacks)
     with exact, crash-safe stop and resume. Use it instead of `trainer.train()`.
 
@@ -78,6 +78,9 @@ def train(trainer, resume: str | PathLike = "auto", *, allow_change: Iterable[st
         remote_options: fsspec options of its file system (e.g. `{"endpoint_url": ...}`); credentials come from
             the environment. remote_keep_last: remote checkpoints kept (None: all). remote_wait_seconds: how long
             the end of training or a stop waits for pending uploads.
+        ledger: record which samples each optimizer step trained (`output_dir/ledger/`, committed with each
+            checkpoint); `gptresume ledger OUTPUT_DIR` then checks each was trained exactly once (README, "Sample
+            ledger"). Needs Trainer's default random sampler.
         shared_filesystem: False when the nodes of a multi-node run have separate disks (each its own
             `output_dir`): each node uploads its part of every checkpoint to `remote`, where it is committed (see
             the README, "Several machines without a shared file system").
@@ -105,4 +108,5 @@ def train(trainer, resume: str | PathLike = "auto", *, allow_change: Iterable[st
                            async_save=async_save, stop_at_step=stop_at_step, exit_on_stop=exit_on_stop,
                            data_fingerprint=data_fingerprint, stop_exit_code=stop_exit_code, remote=remote,
                            remote_options=remote_options, remote_keep_last=remote_keep_last,
-                           remote_wait_seconds=remote_wait_seconds, shared_filesystem=shared_filesystem)
+                           remote_wait_seconds=remote_wait_seconds, ledger=ledger,
+                           shared_filesystem=shared_filesystem)

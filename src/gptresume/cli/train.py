@@ -24,10 +24,12 @@ examples:
   gptresume train my.yaml --resume old_script_out/checkpoint-500 --adopt  # take over a plain Trainer checkpoint
   gptresume train examples/demo.yaml --dry-run              # check config, data, model, resume; write nothing
   gptresume train examples/demo.yaml --print-config         # the resolved config, defaults included
+  gptresume resume runs/demo                # continue from its recorded config: no --set to retype
   torchrun --nproc_per_node 2 -m gptresume train examples/demo.yaml
 
 exit codes: 0 done (or already complete), 2 bad input or refused resume (nothing changed),
-            75 stopped by SIGTERM/SIGINT/SIGUSR1 after committing a checkpoint: run the same command again
+            75 stopped by SIGTERM/SIGINT/SIGUSR1 after committing a checkpoint, or before training with nothing
+            to commit: run the same command again
             (--stop-exit-code N or GPTRESUME_STOP_EXIT_CODE=N reports that stop as N instead)."""
 
 
@@ -37,13 +39,22 @@ def add_parser(subparsers):
                                           "train.output_dir is resumed; otherwise a new run starts.",
                               epilog=EXAMPLES)
     p.add_argument("config", metavar="CONFIG", help="YAML config (see examples/demo.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value (repeatable), e.g. --set train.learning_rate=1e-4")
     p.add_argument("--resume", default="auto", metavar="auto|never|must|PATH",
                    help="auto (default): newest valid checkpoint, else start fresh; never: start fresh, refuse "
                         "if checkpoints exist; must: fail if there is none; PATH: that checkpoint directory")
     p.add_argument("--overwrite", action="store_true",
                    help="with --resume never: delete the run's checkpoints, metrics and final model first")
+    p.add_argument("--adopt", action="store_true",
+                   help="with --resume PATH: take over a checkpoint written by a plain Transformers script (no "
+                        "manifest) after checking that its files load; PATH is copied into the run, never written")
+    add_run_options(p)
+    return p
+
+
+def add_run_options(p) -> None:
+    """The options `train` shares with `resume` (cli/resume.py), which runs `run` below on a recorded config."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value (repeatable), e.g. --set train.learning_rate=1e-4")
     p.add_argument("--allow-partial", action="store_true",
                    help="resume from a checkpoint that lacks optimizer, scheduler or RNG state (the run will "
                         "differ from an uninterrupted one; the warning says how)")
@@ -51,9 +62,6 @@ def add_parser(subparsers):
                    help="accept a changed field on resume and apply it correctly (repeatable): a field "
                         "(learning_rate, max_steps, per_device_train_batch_size, ...), or a class: optimizer, "
                         "schedule, batch, data. Without it such a change is refused with a table of differences")
-    p.add_argument("--adopt", action="store_true",
-                   help="with --resume PATH: take over a checkpoint written by a plain Transformers script (no "
-                        "manifest) after checking that its files load")
     p.add_argument("--stop-exit-code", type=int, default=None, metavar="N",
                    help=f"exit with N instead of 75 after a committed stop (default: ${STOP_EXIT_CODE_ENV}, else "
                         "75); e.g. 143 for Kubeflow's restartPolicy: ExitCode, which restarts only codes >= 128")
@@ -66,7 +74,6 @@ def add_parser(subparsers):
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (with --set applied and gptresume's defaults filled in) as "
                         "YAML, then exit")
-    return p
 
 
 def run(args) -> int:
@@ -81,10 +88,12 @@ def run(args) -> int:
     from gptresume.logs import quiet_transformers
     from gptresume.training import distributed
 
+    from gptresume.stopping import StopSignal, prompt_stops
+
     keep_freed_memory()  # faster CPU steps, the same numbers (allocator.py)
     distributed.setup()  # several processes: rank 0 loads and checks the config, every rank gets its verdict
     try:
-        with ExitStack() as held:
+        with prompt_stops(), ExitStack() as held:  # a stop before training ends at once (stopping.py)
             if distributed.world_size() > 1:
                 config = distributed.on_main(_load_config_and_lock, args.config, args.overrides, held)
             else:  # one process: a plain call (on_main would import torch.distributed to find that out)
@@ -96,6 +105,11 @@ def run(args) -> int:
                                 stop_at_step=args.stop_at_step, allow_partial=args.allow_partial,
                                 allow_change=args.allow_change, adopt_checkpoint=args.adopt,
                                 stop_exit_code=stop_exit_code)
+    except StopSignal as stop:  # reading, packing, loading or checking: nothing of this start was committed
+        print(f"Stopped ({stop.reason}) outside a training step (reading or packing data, loading, checking, "
+              "writing final/): nothing was left half-written (a staged data cache is removed). Re-run the same "
+              "command to start, or to continue from the newest committed checkpoint.", file=sys.stderr, flush=True)
+        return stop_exit_code
     finally:
         if "torch.distributed" in sys.modules:  # else no process group exists (and importing torch takes seconds)
             distributed.teardown()

@@ -1,10 +1,11 @@
 """Reading a config: YAML file -> `--set` overrides -> validated `Config`, every problem reported together.
 
 The checks run in two rounds. The first needs neither torch nor transformers: the file, its YAML, the section
-and key names of model/data/checkpoint, their types and values, and the `train:` keys gptresume refuses or
-requires. Only when it finds nothing does the second import transformers, for the `train:` keys and values
-(TrainingArguments) and the `model.from_scratch` keys (GPT2Config); so a misspelt file name, a YAML error or a
-wrong data key is reported in a fraction of a second.
+and key names of every section (`train:` and a GPT-2 `model.from_scratch` against the field lists checked in for the
+installed Transformers release, config/hf_fields.py), the types and values of model/data/checkpoint, and the
+`train:` keys gptresume refuses or requires. Only when it finds nothing does the second import transformers, for
+the `train:` values (TrainingArguments) and another model type's `from_scratch` keys; so a misspelt file name, a
+YAML error or a misspelt key in any section is reported in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import yaml
 
+from gptresume.config.hf_fields import training_arguments_fields
 from gptresume.config.integrations import integration_problems, report_to_problems
 from gptresume.config.schema import SECTIONS, TRAIN_DEFAULTS, FORBIDDEN_TRAIN_KEYS, Config, DataConfig
-from gptresume.config.types import _type_name, _unknown_key, check_type
+from gptresume.config.types import _unknown_key, check_type, finite_problems, type_problem
 from gptresume.config.values import (
     GPT2_SIZE_DEFAULTS,
     best_model_problems,
@@ -182,6 +184,9 @@ def _build_dataclass(cls, raw: dict, prefix: str):
             problems.append(_unknown_key(key, names, where=prefix))
             continue
         hint = hints[key]
+        if not dataclasses.is_dataclass(hint) and (bad := finite_problems(value, f"{prefix}.{key}")):
+            problems.extend(bad)  # every number of every section, at any depth (from_scratch, peft, options...)
+            continue
         if dataclasses.is_dataclass(hint):
             if value is None:
                 value = {}
@@ -194,18 +199,26 @@ def _build_dataclass(cls, raw: dict, prefix: str):
             continue
         ok, coerced = check_type(value, hint)
         if not ok:
-            problems.append(f"{prefix}.{key}: expected {_type_name(hint)}, got {value!r}")
+            problems.append(type_problem(f"{prefix}.{key}", value, hint))
             continue
         kwargs[key] = coerced
     return (cls(**kwargs) if not problems else cls()), problems
 
 
 def _train_problems_without_transformers(raw: dict) -> list[str]:
-    """What `_build_train` reports without needing TrainingArguments: a train section that is not a mapping,
-    refused keys, a missing output_dir (same messages, same order)."""
+    """What `_build_train` reports without importing transformers: a train section that is not a mapping, refused
+    keys, unknown keys (against the checked-in TrainingArguments fields of the installed release, config/hf_fields.py;
+    a release without an entry is checked with transformers, in the second round), a missing output_dir (same
+    messages, same order)."""
     if not isinstance(raw, dict):
         return [f"train: must be a mapping (got {type(raw).__name__})"]
-    problems = [f"train.{key}: not accepted: {FORBIDDEN_TRAIN_KEYS[key]}" for key in raw if key in FORBIDDEN_TRAIN_KEYS]
+    known = training_arguments_fields()
+    problems = []
+    for key in raw:
+        if key in FORBIDDEN_TRAIN_KEYS:
+            problems.append(f"train.{key}: not accepted: {FORBIDDEN_TRAIN_KEYS[key]}")
+        elif known is not None and key not in known:
+            problems.append(_unknown_key(key, list(known), where="train"))
     if not raw.get("output_dir"):
         problems.append("train.output_dir: required; it is the run directory (e.g. runs/demo)")
     elif why := output_dir_url_problem(raw["output_dir"]) or output_dir_problem(raw["output_dir"]):
@@ -237,10 +250,13 @@ def _build_train(raw: dict):
         if key not in fields_:
             problems.append(_unknown_key(key, list(fields_), where="train"))
             continue
+        if bad := finite_problems(value, f"train.{key}"):  # as train_value_problems reports them without transformers
+            problems.extend(bad)
+            continue
         if key in hints:
             ok, value = check_type(value, hints[key], strict=False)
             if not ok:
-                problems.append(f"train.{key}: expected {_type_name(hints[key])}, got {raw[key]!r}")
+                problems.append(type_problem(f"train.{key}", raw[key], hints[key]))
                 continue
         train[key] = value
     if not train.get("output_dir"):
@@ -269,7 +285,10 @@ def _training_arguments_problems(train: dict) -> list[str]:
 
 
 def dump_config(config: Config, path: Path) -> None:
-    """Write the resolved config as YAML (atomically: temp file then rename)."""
+    """Write the resolved config as YAML (atomically: temp file then rename), credentials redacted (credentials.py:
+    they are refused on input; this is the second layer)."""
+    from gptresume.credentials import redact
+
     tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    tmp.write_text(yaml.safe_dump(redact(config.to_dict()), sort_keys=False))
     tmp.replace(path)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptresume.config.hf_fields import gpt2_config_fields
 from gptresume.config.types import _unknown_key, check_type
 
 BUILTIN_PREFIX = "builtin:"
@@ -26,6 +27,8 @@ FORBIDDEN_TRAIN_KEYS = {
     "(training silently starts at step 0); use `gptresume train --resume auto|must|PATH` instead",
     "save_total_limit": "Trainer's rotation deletes old checkpoints before the new one is committed; "
     "use checkpoint.keep_last instead",
+    "hub_token": "a credential in the config would be copied into config.yaml and every checkpoint's manifest; "
+    "log in with `hf auth login` or set HF_TOKEN in the environment instead",
 }
 # Our defaults for TrainingArguments fields the user did not set.
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -81,8 +84,8 @@ class ModelConfig:
     lora_dropout, target_modules, ...). Only the adapters train; checkpoints hold the adapters."""
 
     def problems(self, prefix: str, transformers: bool = True) -> list[str]:
-        """`transformers=False` leaves out the from_scratch and peft keys, which are checked against the model
-        type's config class and peft.LoraConfig."""
+        """`transformers=False` leaves out the peft keys (checked against peft.LoraConfig) and the from_scratch keys
+        of a model type other than GPT-2 (checked against its config class); GPT-2's are checked in either round."""
         out = []
         if bool(self.name_or_path) == bool(self.from_scratch is not None):
             out.append(f"{prefix}: set exactly one of name_or_path (fine-tune) or from_scratch (new model)")
@@ -95,13 +98,17 @@ class ModelConfig:
                 out.append(f"{prefix}.peft: LoRA adapts a pretrained model; with from_scratch the base weights are "
                            "random and never saved (adapter checkpoints hold only the adapters); use "
                            "model.name_or_path, or remove model.peft")
-            elif transformers:
-                from gptresume.config.integrations import lora_config_problems
+            else:
+                from gptresume.config.values import lora_value_problems
 
-                out.extend(lora_config_problems(self.peft, f"{prefix}.peft"))
+                bad = lora_value_problems(self.peft, f"{prefix}.peft")
+                out.extend(bad)
+                if transformers and not bad:
+                    from gptresume.config.integrations import lora_config_problems
+
+                    out.extend(lora_config_problems(self.peft, f"{prefix}.peft"))
         if self.from_scratch is not None:
-            if transformers:
-                out.extend(_from_scratch_config_problems(self.from_scratch, f"{prefix}.from_scratch"))
+            out.extend(_from_scratch_config_problems(self.from_scratch, f"{prefix}.from_scratch", transformers))
             if not self.tokenizer.name_or_path and not self.tokenizer.train_vocab_size:
                 out.append(
                     f"{prefix}.tokenizer: a from-scratch model needs a tokenizer: "
@@ -145,6 +152,9 @@ class DataConfig:
     the fly, shuffled through a buffer; the position is saved in each checkpoint. Needs train.max_steps."""
     shuffle_buffer: int | None = None
     """Blocks in a streaming run's shuffle buffer (default 1000)."""
+    stream_parts: int | None = None
+    """Parts a streamed source is split into, each read and packed by one process (default: the process count of the
+    run's first start). Fixed for the run's life; a resume may use fewer processes, or as many as there are parts."""
 
     def problems(self, prefix: str) -> list[str]:
         out = []
@@ -195,6 +205,9 @@ def _pretokenized_problems(cfg: DataConfig, prefix: str) -> list[str]:
             out.append(f"{prefix}.streaming: token_dtype and max_train_tokens apply to packed sources only")
         if any(s.startswith(BUILTIN_PREFIX) for s in cfg.sources):
             out.append(f"{prefix}.streaming: the built-in corpus is small; train it without streaming")
+    if cfg.stream_parts is not None and (not cfg.streaming or cfg.stream_parts < 1):
+        out.append(f"{prefix}.stream_parts: must be at least 1, and only with streaming: true (got "
+                   f"{cfg.stream_parts})")
     if cfg.shuffle_buffer is not None and cfg.shuffle_buffer < 1:
         out.append(f"{prefix}.shuffle_buffer: must be at least 1 (got {cfg.shuffle_buffer})")
     if cfg.max_train_tokens is not None and cfg.max_train_tokens < cfg.block_size:
@@ -246,6 +259,10 @@ class CheckpointConfig:
     """With every: auto, the shortest interval between saves."""
     auto_max_seconds: float = 3600.0
     """With every: auto, the longest interval between saves."""
+    ledger: bool = False
+    """Record which samples (block indices; streaming: block identities) each optimizer step trained, in
+    RUN_DIR/ledger/ and in each checkpoint; `gptresume ledger RUN_DIR` checks every sample of each completed epoch
+    was trained exactly once."""
 
     def problems(self, prefix: str) -> list[str]:
         from gptresume.remote.url import remote_problems
@@ -373,10 +390,12 @@ OPTIONAL_CHECKPOINT_FIELDS = {"remote": None, "remote_options": None, "remote_ke
                               "remote_wait_seconds": 120.0, "shared_filesystem": True,  # issue 27
                               # issue 16: checkpoint.every: auto and its bounds
                               "every": None, "expected_interruptions_per_hour": 0.5, "auto_min_seconds": 10.0,
-                              "auto_max_seconds": 3600.0}
+                              "auto_max_seconds": 3600.0,
+                              "ledger": False}  # issue 27: the sample ledger
 # data fields added after runs existed (issue 15), the same way: in the resolved config only when set.
 OPTIONAL_DATA_FIELDS = {"token_dtype": None, "validation_source": None, "validation_hub_split": None,
-                        "max_train_tokens": None, "streaming": None, "shuffle_buffer": None}
+                        "max_train_tokens": None, "streaming": None, "shuffle_buffer": None,
+                        "stream_parts": None}  # issue 27
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_MODEL_TYPE = "gpt2"
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "checkpoint": CheckpointConfig, "health": HealthConfig}
@@ -386,17 +405,23 @@ def fingerprint_of(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _from_scratch_config_problems(values: dict, prefix: str) -> list[str]:
-    """from_scratch keys against the config class of its `model_type` (GPT2Config by default)."""
-    from transformers import AutoConfig, CONFIG_MAPPING
-
+def _from_scratch_config_problems(values: dict, prefix: str, transformers: bool = True) -> list[str]:
+    """from_scratch keys against the config class of its `model_type` (GPT2Config by default: its fields are
+    checked in, config/hf_fields.py, so a GPT-2's keys are checked without importing transformers). Without
+    `transformers`, another model type is left for the round that imports it."""
     if not isinstance(values, dict):
         return [f"{prefix}: must be a mapping of config fields (GPT2Config's by default)"]
     model_type = values.get("model_type", DEFAULT_MODEL_TYPE)
-    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
-        return [_unknown_key(model_type, list(CONFIG_MAPPING.keys()), where=f"{prefix}.model_type")
-                .replace("unknown key", "unknown model type")]
-    defaults = AutoConfig.for_model(model_type).to_dict()
+    defaults = gpt2_config_fields() if model_type == DEFAULT_MODEL_TYPE else None
+    if defaults is None:
+        if not transformers:
+            return []
+        from transformers import AutoConfig, CONFIG_MAPPING
+
+        if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+            return [_unknown_key(model_type, list(CONFIG_MAPPING.keys()), where=f"{prefix}.model_type")
+                    .replace("unknown key", "unknown model type")]
+        defaults = AutoConfig.for_model(model_type).to_dict()
     out = []
     for key, value in values.items():
         if key == "model_type":
@@ -411,6 +436,8 @@ def _from_scratch_config_problems(values: dict, prefix: str) -> list[str]:
                 out.append(f"{prefix}.{key}: expected a number, got {value!r}")
     if out or model_type == DEFAULT_MODEL_TYPE:
         return out  # GPT-2's sizes are checked without transformers (config/values.py)
+    from transformers import AutoConfig
+
     given = {k: v for k, v in values.items() if k != "model_type"}
     try:
         config = AutoConfig.for_model(model_type, **given)

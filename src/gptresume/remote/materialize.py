@@ -155,10 +155,11 @@ def bucket_check(remote: Remote, check=None):
     return checked
 
 
-def fetch_part(remote: Remote, run_dir: Path, name: str, manifest: dict, ranks) -> Path:
+def fetch_part(remote: Remote, run_dir: Path, name: str, manifest: dict, ranks, world_size: int | None = None) -> Path:
     """Any node but global rank 0's: the files of checkpoint NAME that `ranks` resume from, into RUN_DIR/NAME,
     checked against `manifest` (the one rank 0 verified and plans from; not re-read from the bucket). Local files
-    that match are reused. Raises RuntimeError naming the files that could not be had."""
+    that match are reused. `world_size`: this run's process count (another than the manifest's: every rank's files,
+    for the stream's re-split). Raises RuntimeError naming the files that could not be had."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     local = run_dir / name
@@ -166,7 +167,8 @@ def fetch_part(remote: Remote, run_dir: Path, name: str, manifest: dict, ranks) 
     try:
         copy = scratch / name
         copy.mkdir()
-        wanted, downloaded = needed_files(manifest["files"], ranks), []
+        elastic = world_size is not None and world_size != manifest.get("world_size", world_size)
+        wanted, downloaded = needed_files(manifest["files"], ranks, every_rank=elastic), []
         faults = copy_files(remote, name, manifest["files"], wanted, copy, local, downloaded)
         if faults:
             raise RuntimeError(f"{remote.label(name)}: " + "; ".join(faults[:5]))

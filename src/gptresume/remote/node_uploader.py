@@ -59,7 +59,7 @@ class NodeUploader(Uploader):
                  keep_best: bool = False, backoff: tuple[float, float] | None = None):
         super().__init__(remote, run_dir, keep_last, *(() if backoff is None else (backoff,)), keep_best=keep_best)
         self.role = role
-        self._jobs: dict[Path, tuple[dict | None, float, float]] = {}
+        self._jobs: dict[Path, tuple] = {}
         self.last_part: str | None = None
         """The newest checkpoint whose part this node uploaded and verified."""
         self.committed: list[str] = []
@@ -76,12 +76,14 @@ class NodeUploader(Uploader):
         self._thread.start()
         return self
 
-    def submit_part(self, ckpt: Path, fields: dict | None, started: float) -> None:
+    def submit_part(self, ckpt: Path, fields: dict | None, started: float, after_commit=None) -> None:
         """Queue this node's part of the save `ckpt` (every rank's files are on this node's disk). `fields`: on
         global rank 0 what the manifest records besides the files (step, epoch, config, ...), else None.
-        `started`: when the save began (the committed line reports the time from there to the commit)."""
+        `started`: when the save began (the committed line reports the time from there to the commit).
+        `after_commit(ckpt)`: global rank 0, once the bucket holds the commit (the sample ledger books the
+        checkpoint's segments, every node's fetched into `ckpt` first)."""
         with self._cond:
-            self._jobs[Path(ckpt)] = (fields, started, time.perf_counter() - started)
+            self._jobs[Path(ckpt)] = (fields, started, time.perf_counter() - started, after_commit)
         self.submit(ckpt)
 
     def drain(self, timeout: float | None) -> bool:
@@ -114,7 +116,7 @@ class NodeUploader(Uploader):
 
     def _upload_with_retries(self, ckpt: Path) -> None:
         with self._cond:
-            fields, started, paused = self._jobs.get(ckpt, (None, time.perf_counter(), 0.0))
+            fields, started, paused, after_commit = self._jobs.get(ckpt, (None, time.perf_counter(), 0.0, None))
         name, role = ckpt.name, self.role
         step = int(CHECKPOINT_RE.match(name).group(1))
         wait, attempt, part, sent = self.backoff[0], 0, None, False
@@ -161,8 +163,26 @@ class NodeUploader(Uploader):
         size = sum(int(f["bytes"]) for f in manifest["files"].values())
         log.info("%s %s committed in %s by %d node(s) (%.1f MB, %.2f s from the save; training paused %.2f s)",
                  time.strftime("%H:%M:%S"), name, self.remote.url, len(role.nodes), size / 1e6, seconds, paused)
+        if after_commit is not None:
+            self._after_commit(ckpt, manifest, after_commit)
         self._books()
         self._retention(name)
+
+    def _after_commit(self, ckpt: Path, manifest: dict, hook) -> None:
+        """The sample ledger's booking of a committed checkpoint: the other nodes' ledger segments (streaming: one
+        per rank) are fetched into the local copy first, so the books hold every rank's samples."""
+        from gptresume.ledger.segment import is_segment_name
+        from gptresume.remote.materialize import copy_files
+
+        try:
+            missing = [rel for rel in manifest["files"] if is_segment_name(rel) and not (ckpt / rel).is_file()]
+            faults = copy_files(self.remote, ckpt.name, manifest["files"], missing, ckpt, None)
+            if faults:
+                raise RuntimeError("; ".join(faults))
+            hook(ckpt)
+        except Exception as e:  # the commit stands; the next start books the checkpoint's segments from the bucket
+            log.warning("ledger: could not book %s after its commit (%s); the next start books it", ckpt.name,
+                        _short(e))
 
     def _books(self) -> None:
         """After a commit: the run's books (global rank 0's), metrics.jsonl included."""

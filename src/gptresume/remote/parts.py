@@ -170,7 +170,9 @@ def rank_of(rel: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def needed_files(files: dict, ranks) -> list[str]:
-    """The files of a checkpoint (a manifest's `files`) that a node with these global ranks resumes from."""
+def needed_files(files: dict, ranks, every_rank: bool = False) -> list[str]:
+    """The files of a checkpoint (a manifest's `files`) that a node with these global ranks resumes from.
+    `every_rank`: the checkpoint was written by another number of processes (an elastic resume): a rank's stream
+    position is then re-split from every writer's, so every per-rank file is needed."""
     ranks = set(ranks)
-    return sorted(rel for rel in files if rank_of(rel) is None or rank_of(rel) in ranks)
+    return sorted(rel for rel in files if every_rank or rank_of(rel) is None or rank_of(rel) in ranks)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from gptresume.errors import UsageError, resolve_stop_exit_code
+from gptresume.logs import known_noise_filtered
 from gptresume.remote.url import remote_problems, separate_disks_problems
 from gptresume.training import distributed, nodes
 from gptresume.training.script import resume_mode, spec_for_trainer
@@ -17,13 +18,13 @@ log = logging.getLogger("gptresume")
 
 def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, keep_best, every_minutes,
                     async_save, stop_at_step, exit_on_stop, data_fingerprint, stop_exit_code=None, remote=None,
-                    remote_options=None, remote_keep_last=None, remote_wait_seconds=120.0,
+                    remote_options=None, remote_keep_last=None, remote_wait_seconds=120.0, ledger=False,
                     shared_filesystem=True) -> Outcome:
     from gptresume.compat import warn_if_unchecked
     from gptresume.modeling import has_dropout
 
     args = trainer.args
-    _check_trainer(trainer, every_minutes)
+    _check_trainer(trainer, every_minutes, ledger)
     stop_exit_code = resolve_stop_exit_code(stop_exit_code)
     problems = remote_problems(remote, remote_options, remote_keep_last, prefix="gptresume.train()")
     problems += separate_disks_problems(shared_filesystem, remote, args.to_dict(), prefix="gptresume.train() ",
@@ -40,9 +41,9 @@ def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, 
                       keep_last=keep_last, keep_best=keep_best, every_minutes=every_minutes, async_save=async_save,
                       stop_at_step=stop_at_step, stop_exit_code=stop_exit_code, remote=remote,
                       remote_options=dict(remote_options or {}), remote_keep_last=remote_keep_last,
-                      remote_wait_seconds=remote_wait_seconds, shared_filesystem=shared_filesystem)
+                      remote_wait_seconds=remote_wait_seconds, ledger=ledger, shared_filesystem=shared_filesystem)
     world_size = args.world_size
-    with Session(None, options) as session:
+    with Session(None, options) as session, known_noise_filtered() as noise:  # Transformers' noise, for this call
         session.nodes = nodes.start_nodes(shared_filesystem, Path(args.output_dir))  # several nodes: which disks
 
         def decide():  # rank 0: lock, plan, data and model checks, the run's books
@@ -57,6 +58,7 @@ def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, 
 
         session.spec, session.plan, complete = distributed.on_main(decide)
         nodes.join_nodes(session.nodes, session.plan, session.remote)  # separate disks: each node's part
+        noise.resuming = session.checkpoint is not None
         if complete:
             return _already_complete(trainer, session)
         if session.checkpoint is not None:
@@ -83,7 +85,7 @@ def train_protected(trainer, *, resume, allow_change, allow_partial, keep_last, 
     return outcome
 
 
-def _check_trainer(trainer, every_minutes) -> None:
+def _check_trainer(trainer, every_minutes, ledger: bool = False) -> None:
     """What would make a protected run impossible, refused before anything is read or written."""
     from transformers import Trainer
 
@@ -102,6 +104,10 @@ def _check_trainer(trainer, every_minutes) -> None:
     why = (output_dir_url_problem(args.output_dir, "TrainingArguments.output_dir")
            or output_dir_problem(args.output_dir, "TrainingArguments.output_dir"))
     problems += [why] if why else []
+    if ledger:  # the sample ledger needs Trainer's own sampler (gptresume/ledger/recording.py)
+        from gptresume.ledger.recording import ledger_problems
+
+        problems += ledger_problems(trainer)
     if problems:
         raise UsageError("\n".join(problems))
     launched = int(os.environ.get("WORLD_SIZE", "1"))

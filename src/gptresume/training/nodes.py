@@ -189,7 +189,7 @@ def join_nodes(nodes: Nodes | None, plan, remote) -> Path | None:
                 remove_leftovers(nodes.run_dir)  # a killed process's scratch (rank 0 did this in its own start)
             drop_caches(nodes.run_dir, keep=ckpt.name if ckpt is not None else None, keep_newer_commits=main)
             if ckpt is not None and not main:
-                fetch_part(remote, nodes.run_dir, ckpt.name, plan.checkpoint.manifest, nodes.ranks)
+                fetch_part(remote, nodes.run_dir, ckpt.name, plan.checkpoint.manifest, nodes.ranks, nodes.world_size)
         except Exception as e:  # reported by every rank below
             error = f"node {nodes.node} ({socket.gethostname()}): {type(e).__name__}: {e}"
     errors = [e for e in distributed.all_gather_objects(error) if e]

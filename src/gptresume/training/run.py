@@ -48,7 +48,7 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
                       stop_exit_code=stop_exit_code, remote=c.remote, remote_options=dict(c.remote_options or {}),
                       remote_keep_last=c.remote_keep_last, remote_wait_seconds=c.remote_wait_seconds,
                       shared_filesystem=c.shared_filesystem, health=config.health,
-                      auto_interval=c if c.every == "auto" else None)
+                      auto_interval=c if c.every == "auto" else None, ledger=c.ledger)
     if distributed.is_main():
         warn_if_unchecked(log)  # exactness relies on the private behaviour listed in compat.py
     while True:
@@ -122,7 +122,10 @@ def _run_session(config: Config, options: Options):
             print(f"Starting a new run in {run_dir}", flush=True)
         outcome = session.run(trainer)
         if outcome.stopped:
-            if main:
+            if main and outcome.checkpoint is None:
+                print(f"Stopped ({outcome.reason}) before the first step: nothing to commit. Re-run the same command "
+                      "to start.", flush=True)
+            elif main:
                 print(f"Stopped ({outcome.reason}) at step {outcome.step}: checkpoint {outcome.checkpoint} is "
                       "committed. Re-run the same command to resume.", flush=True)
             return outcome.exit_code, outcome

@@ -21,11 +21,16 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gptresume.checkpoint.files import checkpoint_name
 from gptresume.errors import EXIT_OK, EXIT_STOPPED, EXIT_UNHEALTHY
 from gptresume.resume.plan import RunSpec, ResumePlan, check_inputs, data_stream, loads, plan_resume, report_changes
 from gptresume.rundir import (
+    COMPLETE_EVENT,
     LOCK_NAME,
     METRICS_NAME,
+    RESUME_EVENT,
+    START_EVENT,
+    STOPPED_EVENT,
     announce_lock_holder,
     append_history,
     clear_run,
@@ -34,6 +39,7 @@ from gptresume.rundir import (
     trim_metrics,
 )
 from gptresume.health.goodput import process_start_time
+from gptresume.stopping import StopSignal
 from gptresume.training import distributed
 
 log = logging.getLogger(__name__)
@@ -78,6 +84,9 @@ class Options:
     """Remote checkpoints to keep; None keeps all."""
     remote_wait_seconds: float = 120.0
     """How long the end of training (or a stop) waits for pending uploads."""
+    ledger: bool = False
+    """Record which samples each optimizer step trained (RUN_DIR/ledger/, committed with each checkpoint), for
+    `gptresume ledger RUN_DIR` to check that each was trained exactly once (gptresume/ledger/)."""
     shared_filesystem: bool = True
     """checkpoint.shared_filesystem: false when the nodes of a multi-node run have separate disks: each node's part
     of a checkpoint goes to `remote`, where global rank 0 commits it (training/nodes.py, remote/node_uploader.py)."""
@@ -233,8 +242,11 @@ class Session:
         if write_inputs is not None:
             write_inputs()
         trim_metrics(spec.run_dir / METRICS_NAME, plan.step)
+        from gptresume.ledger.books import prepare_for_resume
+
+        prepare_for_resume(spec.run_dir, plan.step, plan.checkpoint.path if plan.checkpoint else None)  # the ledger
         append_history(
-            spec.run_dir, "resume" if plan.checkpoint else "start",
+            spec.run_dir, RESUME_EVENT if plan.checkpoint else START_EVENT,
             checkpoint=str(plan.checkpoint.path) if plan.checkpoint else None, step=plan.step,
             skipped={s.name: s.faults for s in plan.skipped},
             changes=[{"key": c.key, "old": c.old, "new": c.new, "class": c.kind, "note": c.note}
@@ -248,12 +260,14 @@ class Session:
     def attach(self, trainer, tokens_per_step: int | None = None) -> None:
         """Add gptresume's callbacks to `trainer` and give it the resumable Trainer behaviour (trainer.py)."""
         from gptresume.checkpoint.async_save import BackgroundSaver
+        from gptresume.training.agreement import StepAgreement
         from gptresume.resume.position import StreamSampler
         from gptresume.training.callbacks import CommitCallback, MetricsCallback
         from gptresume.training.health import AutoInterval, HealthCallback, HealthMonitor, make_detector
         from gptresume.training.preemption import StopCallback, StopRequest, TimedSaveCallback
         from gptresume.training.tensorboard import use_run_tensorboard
-        from gptresume.training.trainer import ResumeOverrides, make_resumable
+        from gptresume.training.resume_overrides import ResumeOverrides
+        from gptresume.training.trainer import make_resumable
 
         args, plan, o = trainer.args, self.plan, self.options
         # A streamed dataset has no length and keeps its own position (data/streaming.py): no StreamSampler.
@@ -288,17 +302,26 @@ class Session:
         elif o.remote and self.nodes is None and distributed.is_main():
             from gptresume.remote.uploader import Uploader
 
-            self._uploader = Uploader(self.remote, self.spec.run_dir, o.remote_keep_last, keep_best=o.keep_best).start()
-        self._commit = CommitCallback(self.spec, o.keep_last, o.keep_best, resume_state, self._uploader)
+            self._uploader = Uploader(self.remote, self.spec.run_dir, o.remote_keep_last,
+                                      keep_best=o.keep_best).start()
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        sampler = StreamSampler(n, seed, stream["offset"]) if stream else None
+        ledger = None
+        if o.ledger:  # the sample ledger (gptresume/ledger/): its step callback before the commit sees the save
+            from gptresume.ledger.recording import start_ledger
+
+            sampler, ledger_callbacks, ledger = start_ledger(trainer, plan, self.spec, sampler, seed)
+            callbacks += ledger_callbacks
+        self._commit = CommitCallback(self.spec, o.keep_last, o.keep_best, resume_state, self._uploader, ledger)
         callbacks.append(self._commit)  # sees every other save decision
         if auto:
             callbacks.append(auto.probe)  # after the commit: the pause it measures includes it
         self._health = HealthCallback(monitor, detector)
         callbacks.append(self._health)  # the very last: it vetoes a save of a bad step
+        callbacks.insert(0, StepAgreement(callbacks))  # first: each step's one cross-rank agreement (agreement.py)
         for cb in callbacks:
             trainer.add_callback(cb)
-        seed = args.data_seed if args.data_seed is not None else args.seed
-        make_resumable(trainer, stream=StreamSampler(n, seed, stream["offset"]) if stream else None,
+        make_resumable(trainer, stream=sampler,
                        async_saver=BackgroundSaver() if o.async_save else None,
                        async_commit=self._commit if o.async_save else None, streaming=n is None,
                        health=monitor)
@@ -317,6 +340,12 @@ class Session:
         try:
             with finishing_saves(trainer):  # an asynchronous save in flight is committed before we go on
                 output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        except StopSignal as early:  # before this process's first step (a stream's start-up, eval_on_start):
+            self._finish_uploads()   # nothing new to commit; the resumed checkpoint stays the newest (stopping.py)
+            if distributed.is_main():
+                append_history(self.spec.run_dir, "stopped", step=trainer.state.global_step, reason=early.reason)
+            return Outcome("stopped", trainer.state.global_step, ckpt, ckpt, early.reason, None,
+                           self.options.stop_exit_code)
         except BaseException:
             if self._uploader is not None:  # a crash or a second Ctrl-C does not wait for uploads
                 self._uploader.close()
@@ -326,14 +355,14 @@ class Session:
         self._finish_uploads()  # done or stopped: the uploads of the newest checkpoints, then retention
         step = trainer.state.global_step
         run_dir = self.spec.run_dir
-        newest = run_dir / f"checkpoint-{step}"
+        newest = run_dir / checkpoint_name(step)
         if self._health is not None and self._health.event is not None:
             from gptresume.training.health import conclude
 
             return conclude(self, trainer, self._health.event, stop.reason, output)
         if self._stop.stopped_at is not None:
             if distributed.is_main():
-                append_history(run_dir, "stopped", step=step, reason=stop.reason)
+                append_history(run_dir, STOPPED_EVENT, step=step, reason=stop.reason)
             return Outcome("stopped", step, newest, ckpt, stop.reason, output, self.options.stop_exit_code)
         return Outcome("complete", step, newest, ckpt, None, output)
 
@@ -360,4 +389,4 @@ class Session:
 
     def record_complete(self, step: int) -> None:
         if distributed.is_main():
-            append_history(self.spec.run_dir, "complete", step=step)
+            append_history(self.spec.run_dir, COMPLETE_EVENT, step=step)
