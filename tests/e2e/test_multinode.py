@@ -36,6 +36,7 @@ from conftest import (
     wait_for_step,
     write_config,
 )
+from gptresume.ledger.books import lineage
 from s3server import CREDENTIALS, S3Server
 
 pytestmark = pytest.mark.slow
@@ -57,7 +58,7 @@ def s3():
 def config_for(tmp: Path, server: S3Server, prefix: str) -> Path:
     return write_config(tmp, f"{prefix}.yaml", corpus_chars=3600, train={
         "max_steps": MAX_STEPS, "save_steps": 4, "eval_steps": 6, "output_dir": "run"},  # relative: one per node
-        checkpoint={"keep_last": 1, "remote": f"s3://{BUCKET}/{prefix}", "remote_keep_last": 1,
+        checkpoint={"keep_last": 1, "remote": f"s3://{BUCKET}/{prefix}", "remote_keep_last": 1, "ledger": True,
                     "remote_options": {"endpoint_url": server.endpoint}, "shared_filesystem": False})
 
 
@@ -137,6 +138,12 @@ def bucket_checkpoints(server, prefix) -> dict[str, set[str]]:
 def committed(server, prefix) -> list[str]:
     return sorted((n for n, files in bucket_checkpoints(server, prefix).items() if "manifest.json" in files),
                   key=lambda n: int(n.split("-")[1]))
+
+
+def per_step(run_dir: Path) -> dict[int, list[int]]:
+    """step -> the sample ids the ledger books say it trained."""
+    segments, _ = lineage(run_dir)
+    return {int(s.steps[i]): s.step_ids(i).tolist() for s in segments for i in range(len(s.steps))}
 
 
 def local_files(run_dir: Path) -> dict[str, set[str]]:
@@ -222,6 +229,12 @@ def test_a_node_killed_mid_upload_then_a_stop_then_fresh_disks_resume_bitwise(re
     assert train_losses(run) == train_losses(ref)  # metrics.jsonl came from the bucket, then went on
     assert_bitwise_equal(final_weights(run), final_weights(ref))
     assert committed(s3, "run") == ["checkpoint-12"]
+    # the sample ledger, kept by three processes on two machines and carried by the bucket: every step's samples
+    # once, none twice, across the kill, the stop and the move of rank 0 (and the same steps as the reference's)
+    ledger = run_cli(tmp_path, "ledger", run)
+    assert ledger.returncode == 0 and "exactly once" in ledger.stdout, ledger.stdout + ledger.stderr
+    assert f"steps 1-{MAX_STEPS}" in ledger.stdout, ledger.stdout
+    assert per_step(run) == per_step(ref)
 
 
 def wait_until(condition, node: Node) -> None:

@@ -15,6 +15,7 @@ deleted or emptied by gptresume (removing a protection there is a person's decis
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from gptresume.checkpoint.files import PROTECTED_NAME
@@ -81,3 +82,55 @@ def after_protect(remote: Remote, run_dir: Path) -> bool:
                     PROTECTED_NAME, remote.url, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
         return False
     return True
+
+
+# ---------------------------------------------------------------- the sample ledger's books (separate disks)
+
+SEGMENT_GLOB = "steps-*.npz"
+
+
+def upload_ledger_books(remote: Remote, run_dir: Path) -> list[str]:
+    """checkpoint.shared_filesystem: false: URL/ledger/ made equal to RUN_DIR/ledger/'s segments (global rank 0's,
+    after each commit): the new ones uploaded, the ones the local books set aside (a resume from an earlier
+    checkpoint abandoned them) deleted. Segments are named by their steps and never change once booked, so a name
+    present with the same size is the same segment. Returns the names uploaded."""
+    from gptresume.rundir import SAMPLE_LEDGER_DIR
+
+    local = {p.name: p for p in (Path(run_dir) / SAMPLE_LEDGER_DIR).glob(SEGMENT_GLOB)}
+    if not local and not remote.storage.listdir(SAMPLE_LEDGER_DIR):
+        return []
+    there = remote.storage.sizes(SAMPLE_LEDGER_DIR)
+    uploaded = []
+    for name, path in sorted(local.items()):
+        if there.get(name) != path.stat().st_size:
+            remote.storage.put_file(path, f"{SAMPLE_LEDGER_DIR}/{name}")
+            uploaded.append(name)
+    for name in sorted(set(there) - set(local)):
+        if "/" not in name:
+            remote.storage.remove(f"{SAMPLE_LEDGER_DIR}/{name}")
+    return uploaded
+
+
+def download_ledger_books(remote: Remote, run_dir: Path) -> list[str]:
+    """Global rank 0 at a start with separate disks: its RUN_DIR/ledger/ takes the bucket's segments unless it
+    already holds every one of them (this node kept the books since). Local segments the bucket does not hold are
+    set aside into ledger/abandoned/ (an earlier start on this node booked them; another node kept the books
+    since). Returns the names downloaded."""
+    from gptresume.ledger.books import _set_aside
+    from gptresume.rundir import SAMPLE_LEDGER_DIR
+
+    there = {n for n in remote.storage.listdir(SAMPLE_LEDGER_DIR) if n.startswith("steps-") and n.endswith(".npz")}
+    root = Path(run_dir) / SAMPLE_LEDGER_DIR
+    local = {p.name for p in root.glob(SEGMENT_GLOB)}
+    if there <= local:
+        return []
+    root.mkdir(parents=True, exist_ok=True)
+    for name in sorted(local - there):
+        _set_aside(run_dir, root / name)
+    fetched = []
+    for name in sorted(there - local):
+        tmp = root / f".{name}.tmp-download"
+        remote.storage.get_file(f"{SAMPLE_LEDGER_DIR}/{name}", tmp)
+        os.replace(tmp, root / name)
+        fetched.append(name)
+    return fetched

@@ -28,7 +28,7 @@ from pathlib import Path
 from gptresume.checkpoint.files import CHECKPOINT_RE, MANIFEST_NAME, list_checkpoints
 from gptresume.checkpoint.manifest import CheckpointInfo, newest_valid_in, parse_manifest, verify_checkpoint
 from gptresume.durable import fsync_dir
-from gptresume.remote.books import NODE_BOOKS, download_books
+from gptresume.remote.books import NODE_BOOKS, download_books, download_ledger_books
 from gptresume.remote.ledger import manifest_bytes_id, manifest_id
 from gptresume.remote.parts import file_faults, needed_files
 from gptresume.remote.url import Remote
@@ -132,6 +132,10 @@ def fetch_committed(remote: Remote, run_dir: Path, check=None) -> tuple[Checkpoi
     if chosen is not None:
         for book in download_books(remote, run_dir, NODE_BOOKS, extend=True):
             print(f"Downloaded {remote.label(book)} into {run_dir}", flush=True)
+        segments = download_ledger_books(remote, run_dir)
+        if segments:
+            print(f"Downloaded {len(segments)} sample ledger segment(s) from {remote.label('ledger')} into {run_dir}",
+                  flush=True)
         print(f"Checkpoint {remote.label(chosen.path.name)} (committed by every node, verified) is in "
               f"{chosen.path}", flush=True)
     return chosen, skipped

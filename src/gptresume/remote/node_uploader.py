@@ -26,7 +26,7 @@ from pathlib import Path
 
 from gptresume.checkpoint.files import CHECKPOINT_RE
 from gptresume.checkpoint.retention import protected
-from gptresume.remote.books import NODE_BOOKS, upload_books
+from gptresume.remote.books import NODE_BOOKS, upload_books, upload_ledger_books
 from gptresume.remote.commit import POLL_FIRST_S, POLL_MAX_S, commit_checkpoint, committed_by, wait_for_parts
 from gptresume.remote.materialize import drop_caches
 from gptresume.remote.parts import PartError, part_record, upload_part
@@ -185,9 +185,10 @@ class NodeUploader(Uploader):
                         _short(e))
 
     def _books(self) -> None:
-        """After a commit: the run's books (global rank 0's), metrics.jsonl included."""
+        """After a commit: the run's books (global rank 0's), metrics.jsonl and the sample ledger's included."""
         try:
             upload_books(self.remote, self.run_dir, NODE_BOOKS)
+            upload_ledger_books(self.remote, self.run_dir)
         except Exception as e:
             log.warning("Updating the books in %s failed (%s); trying again after the next commit", self.remote.url,
                         _short(e))

@@ -326,3 +326,28 @@ def test_a_node_with_other_data_refuses_the_run(monkeypatch, tmp_path):
     monkeypatch.setattr(distributed, "all_gather_objects", lambda mine: [(0, "f0"), mine])
     with pytest.raises(distributed.DecidedOnRankZero):
         nodes.same_data(layout, "other")
+
+
+def test_the_sample_ledger_books_mirror_rank_zeros_in_the_bucket(tmp_path, remote):
+    """URL/ledger/ is made equal to global rank 0's RUN_DIR/ledger/ after each commit; a new rank 0 takes the
+    bucket's segments unless it holds them all, setting its own stale ones aside."""
+    from gptresume.remote.books import download_ledger_books, upload_ledger_books
+
+    a = tmp_path / "a" / "ledger"
+    a.mkdir(parents=True)
+    for name in ("steps-000000001-000000004.npz", "steps-000000005-000000008.npz"):
+        (a / name).write_bytes(name.encode())
+    assert upload_ledger_books(remote, tmp_path / "a") == ["steps-000000001-000000004.npz",
+                                                          "steps-000000005-000000008.npz"]
+    assert upload_ledger_books(remote, tmp_path / "a") == []  # nothing new
+    (a / "steps-000000005-000000008.npz").unlink()  # a resume from checkpoint-4 set it aside locally
+    upload_ledger_books(remote, tmp_path / "a")
+    assert remote.storage.listdir("ledger") == ["steps-000000001-000000004.npz"]
+
+    b = tmp_path / "b" / "ledger"  # another machine, global rank 0 now, with a stale segment of an old start
+    b.mkdir(parents=True)
+    (b / "steps-000000001-000000006.npz").write_bytes(b"stale")
+    assert download_ledger_books(remote, tmp_path / "b") == ["steps-000000001-000000004.npz"]
+    assert sorted(p.name for p in b.glob("*.npz")) == ["steps-000000001-000000004.npz"]
+    assert list((b / "abandoned").glob("steps-000000001-000000006.*.npz"))
+    assert download_ledger_books(remote, tmp_path / "b") == []  # holds them all: kept as it is
