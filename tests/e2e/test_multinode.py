@@ -56,7 +56,7 @@ def s3():
 
 
 def config_for(tmp: Path, server: S3Server, prefix: str) -> Path:
-    return write_config(tmp, f"{prefix}.yaml", corpus_chars=3600, train={
+    return write_config(tmp, f"{prefix}.yaml", train={  # the whole run in one epoch
         "max_steps": MAX_STEPS, "save_steps": 4, "eval_steps": 6, "output_dir": "run"},  # relative: one per node
         checkpoint={"keep_last": 1, "remote": f"s3://{BUCKET}/{prefix}", "remote_keep_last": 1, "ledger": True,
                     "remote_options": {"endpoint_url": server.endpoint}, "shared_filesystem": False})
