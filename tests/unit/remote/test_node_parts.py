@@ -63,9 +63,10 @@ def manifest_in(remote, name) -> dict | None:
 
 @pytest.mark.parametrize("where", ["file", "s3"])
 def test_both_parts_make_one_commit_that_verifies_and_local_caches_go(tmp_path, request, where):
-    if where == "s3":
+    if where == "s3":  # a bucket of its own: the server is shared by the unit tests of this process
         s3 = request.getfixturevalue("s3")
-        remote = Remote(f"s3://unit-bucket/nodes-{tmp_path.name}", {"endpoint_url": s3.endpoint})
+        s3.create_bucket("node-parts")
+        remote = Remote(f"s3://node-parts/{tmp_path.name}", {"endpoint_url": s3.endpoint})
     else:
         remote = Remote(f"file://{tmp_path}/bucket/run", {"auto_mkdir": True})
     a, b = tmp_path / "a", tmp_path / "b"
