@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 from gptresume.errors import EXIT_STOPPED, ResumeRefused, UsageError
 
 if TYPE_CHECKING:
-    from gptresume.training.session import Outcome
+    from gptresume.training.outcome import Outcome
 
-__version__ = "0.1.0"
+from gptresume.version import __version__
 __all__ = ["train", "ResumeRefused", "UsageError", "EXIT_STOPPED", "__version__"]
 
 

@@ -9,7 +9,9 @@ from gptresume.errors import UsageError, resolve_stop_exit_code
 from gptresume.remote.url import remote_problems
 from gptresume.training import distributed
 from gptresume.training.script import resume_mode, spec_for_trainer
-from gptresume.training.session import Options, Outcome, Session
+from gptresume.options import Options
+from gptresume.training.outcome import Outcome
+from gptresume.training.session import Session
 
 log = logging.getLogger("gptresume")
 

@@ -172,7 +172,7 @@ def conclude(session, trainer, event: Verdict, stop_reason: str | None, output):
     """Stop (exit 1, the last good checkpoint named and protected) or roll back (history.jsonl records it; the
     caller resumes), per health.on_nan / on_spike and max_rollbacks. Rank 0 decides and writes; every rank gets
     the same Outcome."""
-    from gptresume.training.session import Outcome
+    from gptresume.training.outcome import Outcome
 
     def decide():
         return _decide(session, trainer, event, stop_reason)

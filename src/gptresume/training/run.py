@@ -31,7 +31,8 @@ from gptresume.modeling import (
 from gptresume.resume.plan import ResumePlan, RunSpec
 from gptresume.rundir import CONFIG_NAME, FINAL_DIR, TOKENIZER_DIR, remove_leftovers, remove_path, run_lock
 from gptresume.training import distributed
-from gptresume.training.session import Options, Session
+from gptresume.options import Options
+from gptresume.training.session import Session
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,8 @@ from __future__ import annotations
 import logging
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from gptresume.errors import EXIT_OK, EXIT_STOPPED, EXIT_UNHEALTHY
 from gptresume.resume.plan import RunSpec, ResumePlan, check_inputs, data_stream, loads, plan_resume, report_changes
 from gptresume.rundir import (
     LOCK_NAME,
@@ -35,84 +33,10 @@ from gptresume.rundir import (
 )
 from gptresume.health.goodput import process_start_time
 from gptresume.training import distributed
+from gptresume.training.outcome import Outcome
+from gptresume.options import Options
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Options:
-    """How a run resumes, commits and stops; the CLI fills it from its flags and `checkpoint:` section, the Python
-    API from its keyword arguments."""
-
-    resume: str = "auto"
-    """auto (newest valid checkpoint, else start), never, must, or a checkpoint directory."""
-    allow_change: list[str] = field(default_factory=list)
-    """Changed fields (or classes: optimizer, schedule, batch, data) to apply instead of refusing."""
-    allow_partial: bool = False
-    """Resume from a checkpoint that lacks optimizer, scheduler or RNG state."""
-    overwrite: bool = False
-    """With resume='never': delete the run's checkpoints and books first."""
-    adopt: bool = False
-    """With resume=PATH: take over a checkpoint without a manifest (written by a plain Trainer script)."""
-    keep_last: int | None = 3
-    """Committed checkpoints to keep (deleted only after a newer one commits); None keeps all."""
-    keep_best: bool = False
-    """Also keep the checkpoint with the lowest eval loss."""
-    every_minutes: float | None = None
-    """Also save when this many minutes passed since the last save."""
-    async_save: bool = False
-    """Write checkpoints in a background thread (single process)."""
-    stop_at_step: int | None = None
-    """Commit a checkpoint at this step and stop as if preempted."""
-    health: object = None
-    """config.schema.HealthConfig: what a NaN or a loss spike does (None: the defaults, stop on NaN)."""
-    auto_interval: object = None
-    """config.schema.CheckpointConfig when `checkpoint.every: auto` (the save interval from Daly's formula)."""
-    stop_exit_code: int = EXIT_STOPPED
-    """The exit code that reports a committed stop (75; e.g. 143 where a scheduler restarts only codes >= 128)."""
-    remote: str | None = None
-    """checkpoint.remote: an fsspec URL every committed checkpoint is uploaded to (gptresume/remote/)."""
-    remote_options: dict = field(default_factory=dict)
-    """fsspec options of the remote's file system (endpoint_url, ...)."""
-    remote_keep_last: int | None = None
-    """Remote checkpoints to keep; None keeps all."""
-    remote_wait_seconds: float = 120.0
-    """How long the end of training (or a stop) waits for pending uploads."""
-
-
-@dataclass
-class Outcome:
-    """What a protected run ended with."""
-
-    status: str
-    """"complete" (trained to the end), "stopped" (a signal or stop_at_step: a checkpoint was committed),
-    "already complete" (the newest checkpoint had reached max_steps; nothing was trained), "rollback" (a NaN or a
-    spike: `checkpoint` is the one to resume from, recorded in history.jsonl) or "unhealthy" (a NaN or a spike
-    stopped the run; `checkpoint` is the newest good one, `reason` the message)."""
-    step: int
-    """The global step training ended at."""
-    checkpoint: Path | None
-    """The newest committed checkpoint: the one a re-run resumes from."""
-    resumed_from: Path | None = None
-    """The checkpoint this run resumed from (None for a fresh start)."""
-    reason: str | None = None
-    """Why it stopped (SIGTERM, SIGINT, SIGUSR1, stop_at_step N)."""
-    train_output: object = None
-    """What `trainer.train()` returned (a `transformers.trainer_utils.TrainOutput`), when it ran."""
-    stop_code: int = EXIT_STOPPED
-    """The exit code of a committed stop (Options.stop_exit_code)."""
-
-    @property
-    def stopped(self) -> bool:
-        return self.status == "stopped"
-
-    @property
-    def exit_code(self) -> int:
-        """The CLI's exit code for this outcome: 75 (or Options.stop_exit_code) after a committed stop (or a
-        rollback a re-run continues), 1 after a health stop, else 0."""
-        if self.status == "unhealthy":
-            return EXIT_UNHEALTHY
-        return self.stop_code if self.stopped or self.status == "rollback" else EXIT_OK
 
 
 class Session:
