@@ -111,7 +111,9 @@ class ScriptSource:
         spec = self._spec
         return Inputs(self.trainer.model, spec.data_fingerprint, spec.train_samples, has_dropout(self.trainer.model))
 
-    follow = load_inputs  # nothing to load: every rank holds the script's Trainer
+    def follow(self, plan: ResumePlan) -> Inputs:
+        """Nothing to load: every rank holds the script's Trainer (the spec came from rank 0)."""
+        return Inputs(self.trainer.model, None, None, False)
 
     def check(self, plan: ResumePlan, inputs: Inputs) -> None:
         pass
