@@ -9,8 +9,8 @@ For a script that already builds its own `transformers.Trainer`, one line change
     gptresume.train(trainer)            # instead of trainer.train()
 
 Run the script again after any stop (Ctrl-C, SIGTERM, a crash, kill -9) and it continues from the newest verified
-checkpoint in `args.output_dir`, bit for bit. `gptresume train CONFIG` (the CLI) runs this same function on a
-Trainer it builds from a YAML config.
+checkpoint in `args.output_dir`, bit for bit. `gptresume train CONFIG` (the CLI) runs the same start pipeline
+(gptresume/training/start.py) and protected session on a Trainer it builds from a YAML config.
 
 Importing this package is cheap: torch and transformers are imported when `train` is called.
 """
