@@ -188,6 +188,39 @@ def snapshot(path: Path) -> dict:
     return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))}
 
 
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3-compatible server (s3server.py: moto on 127.0.0.1) for the unit tests of one pytest process, with
+    the bucket `unit-bucket`, and the credentials it accepts in this process's environment while it runs. Its state
+    lives in this process: a module that needs a bucket to itself creates one."""
+    from s3server import CREDENTIALS, S3Server
+
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    server = S3Server().start()
+    server.create_bucket("unit-bucket")
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def byte_snapshot(path: Path) -> dict:
+    """Every entry under path (itself included) with its mode, and for a file its size, mtime and sha256: to prove
+    a directory was not written at all, not even rewritten with the same bytes."""
+    import hashlib
+
+    out = {}
+    for p in sorted([path, *path.rglob("*")]):
+        st = p.stat()
+        content = (st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) if p.is_file() else ()
+        out[str(p.relative_to(path))] = (st.st_mode, *content)
+    return out
+
+
 @pytest.fixture
 def no_fsync(monkeypatch):
     """Durability is not what these tests check: fsync (tens of ms per file on a busy disk) is a no-op here. A test

@@ -30,6 +30,18 @@ NOISE = ("missing keys in the checkpoint model loaded: ['lm_head.weight']", "`lo
          "We strongly recommend passing in an `attention_mask` since your input_ids may be padded")
 # ... and a `warnings.filterwarnings` message regex (torch warns through `warnings`, not logging).
 PIN_MEMORY_WARNING_REGEX = ".*'pin_memory' argument is set as true but no accelerator.*"
+# What `gptresume.train` drops in a user's script while it runs (gptresume/logs.py `known_noise_filtered`): the
+# logger that emits each text, and the text (a substring of the message). The bos/eos one only on a resume.
+TRAINER_LOGGER, TRAINER_UTILS_LOGGER = "transformers.trainer", "transformers.trainer_utils"
+SCRIPT_NOISE = {
+    "missing_tied_head": (TRAINER_LOGGER, NOISE[0]),
+    "cadence_mismatch": (TRAINER_UTILS_LOGGER, "Warning: The following arguments do not match the ones in the "
+                                               "`trainer_state.json` within the checkpoint directory: "),
+    "best_checkpoint_gone": (TRAINER_LOGGER, " recorded in the resumed state does not exist anymore. Ignoring it for "
+                                             "this run."),
+    "special_tokens_aligned": (TRAINER_UTILS_LOGGER, "The tokenizer has new PAD/BOS/EOS tokens that differ from the "
+                                                     "model config and generation config."),
+}
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,18 @@ WARNINGS: tuple[Private, ...] = (  # value: the text filtered; target: where it 
       "are never padded (EOS, also GPT-2's pad id, separates documents)", source=(NOISE[2],), value=NOISE[2]),
     P("torch.utils.data.dataloader._BaseDataLoaderIter.__init__", "warning text", LOGS, "pin_memory: no effect on "
       "CPU", source=("'pin_memory' argument is set as true but no accelerator",), value=PIN_MEMORY_WARNING_REGEX),
+    P("transformers.trainer_utils.compare_trainer_and_checkpoint_args", "warning text", LOGS, "gptresume compared "
+      "the config with the checkpoint's itself and applied the cadence (ResumeOverrides): contradictory after it",
+      source=(SCRIPT_NOISE["cadence_mismatch"][1], "logger.warning_once(warning_str)"),
+      value=SCRIPT_NOISE["cadence_mismatch"][1]),
+    P(T + "_init_training_state", "warning text", LOGS, "retention (keep_last) deleted the best checkpoint that "
+      "trainer_state.json names; keep_best keeps it whenever load_best_model_at_end needs it",
+      source=("The best checkpoint {self.state.best_model_checkpoint} recorded in the resumed state does not ",
+              "exist anymore. Ignoring it for this run."),
+      value=SCRIPT_NOISE["best_checkpoint_gone"][1]),
+    P("transformers.trainer_utils.align_special_tokens", "warning text", LOGS, "on a resume the script's model config "
+      "is aligned as on the run's first start, which said so; the checkpoint holds the aligned config",
+      source=(SCRIPT_NOISE["special_tokens_aligned"][1],), value=SCRIPT_NOISE["special_tokens_aligned"][1]),
 )
 
 PRIVATE: tuple[Private, ...] = (

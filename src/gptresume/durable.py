@@ -51,6 +51,17 @@ def atomic_write_text(path: Path, text: str) -> None:
     fsync_dir(path.parent)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`atomic_write_text` for bytes (a file copied whole from object storage)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def hash_file(path: Path, fsync: bool = False, digest: str = "sha256") -> tuple[int, str]:
     """(size, hex digest) streamed in chunks into one reused buffer (no allocation per chunk: at xxh3 speed the
     copies would be most of the cost); with fsync=True also forces the bytes to disk first. `digest`: a DIGESTS

@@ -2,14 +2,20 @@
 torch that are wrong or irrelevant for what gptresume does; the texts are listed in gptresume/compat.py).
 Transformers is imported only by the commands that load models, when they call `quiet_transformers()`.
 
-Library users (the Python API) keep their own logging set-up: only the CLI calls `setup_logging`.
+Library users (the Python API) keep their own logging set-up: only the CLI calls `setup_logging`. While
+`gptresume.train(trainer)` runs in a script, `known_noise_filtered()` drops the Transformers messages gptresume makes
+irrelevant there, each by its exact text on the logger that emits it, and nothing else; it is removed on return.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
+
+from gptresume.compat import SCRIPT_NOISE
 
 
 def setup_logging(verbose: bool, transformers: bool = False) -> None:
@@ -58,10 +64,16 @@ def drop_noise(handler: logging.Handler) -> None:
         handler.addFilter(_DropNoise())
 
 
+# What the CLI drops as well, from any logger (the CLI's runs are all gptresume's): Trainer's comparison of
+# trainer_state.json with the arguments, contradicting the change table gptresume printed, and the best checkpoint
+# that retention deleted (compat.SCRIPT_NOISE).
+CLI_NOISE = (*NOISE, SCRIPT_NOISE["cadence_mismatch"][1], SCRIPT_NOISE["best_checkpoint_gone"][1])
+
+
 class _DropNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not any(n in message for n in NOISE)
+        return not any(n in message for n in CLI_NOISE)
 
 
 def _quiet_known_noise(interactive: bool) -> None:
@@ -89,3 +101,66 @@ def _quiet_known_noise(interactive: bool) -> None:
 
         datasets.disable_progress_bars()
         hf_logging.disable_progress_bar()
+
+
+class ScriptNoise(logging.Filter):
+    """Drops the records of compat.SCRIPT_NOISE, each on the logger that emits it: the tied lm_head reported missing
+    when a checkpoint of gptresume's is loaded (it is never saved), Trainer's comparison of trainer_state.json with
+    the arguments (gptresume compared the whole config itself and applied what changed), the best checkpoint that
+    retention deleted, and, on a resume (`resuming`), the bos/eos alignment the run's first start already
+    reported. Everything else passes, the same texts from any other logger included."""
+
+    def __init__(self):
+        super().__init__()
+        self.resuming = False
+        """Set once the run resumes a checkpoint: the tokenizer/model-config alignment is then a repeat."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = None
+        for key, (logger, text) in SCRIPT_NOISE.items():
+            if record.name != logger or (key == "special_tokens_aligned" and not self.resuming):
+                continue
+            message = record.getMessage() if message is None else message
+            if text in message:
+                return False
+        return True
+
+
+@contextlib.contextmanager
+def known_noise_filtered() -> Iterator[ScriptNoise]:
+    """For the duration of `gptresume.train(trainer)` in a script: `ScriptNoise` on the two Transformers loggers that
+    emit those messages, and "Writing model shards" bars (save_pretrained at every checkpoint; the committed-
+    checkpoint line says it) disabled through Transformers' public tqdm hook (>= 5; an earlier hook still sees every
+    other bar). The script's own logging set-up, verbosity, handlers, bars and warnings are left as they are; on exit
+    the filters come off and the previous hook is restored. Yields the filter (set `.resuming` on a resume)."""
+    noise = ScriptNoise()
+    loggers = sorted({logging.getLogger(name) for name, _ in SCRIPT_NOISE.values()}, key=lambda lg: lg.name)
+    for logger in loggers:
+        logger.addFilter(noise)
+    hook = _hook_api()
+    previous = None
+    if hook is not None:
+
+        def without_save_bars(factory, args, kwargs):
+            if kwargs.get("desc") in QUIET_BARS:
+                kwargs = {**kwargs, "disable": True}
+            return previous(factory, args, kwargs) if previous is not None else factory(*args, **kwargs)
+
+        previous = hook(without_save_bars)
+    try:
+        yield noise
+    finally:
+        for logger in loggers:
+            logger.removeFilter(noise)
+        if hook is not None:
+            hook(previous)
+
+
+def _hook_api():
+    """transformers' `set_tqdm_hook` (public since 5.0), None before it or when transformers is not imported (a
+    script that trains with it has imported it)."""
+    if "transformers" not in sys.modules:
+        return None
+    from transformers.utils import logging as hf_logging
+
+    return getattr(hf_logging, "set_tqdm_hook", None)

@@ -59,7 +59,7 @@ class Options(CheckpointConfig):
     """With resume never: delete the run's checkpoints, metrics and final model first."""
     adopt: bool = field(default=False, metadata=flag("--adopt"))
     """With resume PATH: take over a checkpoint written by a plain Transformers script (no manifest) after checking
-    that its files load."""
+    that its files load; PATH is copied into the run, never written."""
     stop_at_step: int | None = field(default=None, metadata=flag("--stop-at-step", "N", int))
     """Commit a checkpoint at this step, then stop as if preempted (exit 75): for splitting a run into chunks and
     for testing resume."""
@@ -239,10 +239,13 @@ def option_docs() -> dict[str, str]:
     return docs
 
 
-def add_flags(parser) -> None:
-    """The `gptresume train` flags of the options declared with one; help from the field's docstring."""
+def add_flags(parser, only: tuple[str, ...] | None = None, skip: tuple[str, ...] = ()) -> None:
+    """The `gptresume train` flags of the options declared with one (`only` those, less `skip`); help from the
+    field's docstring."""
     docs = option_docs()
     for name, f in FLAG_FIELDS.items():
+        if (only is not None and name not in only) or name in skip:
+            continue
         meta, help_text = f.metadata, docs[name].replace("%", "%%")
         if f.type in ("bool",) or f.default is False:
             parser.add_argument(meta["flag"], dest=name, action="store_true", help=help_text)

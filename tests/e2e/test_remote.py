@@ -2,7 +2,9 @@
 upload and verification, a resume from the bucket after the local run directory is gone (bitwise equal to an
 uninterrupted run, skipping a corrupted and an unfinished remote checkpoint by name), the same after a rollback
 (the set-aside checkpoint gone from the bucket, the rollback's data skip carried by the uploaded history.jsonl), an
-outage of the server during an upload, and a wrong bucket or endpoint refused before anything is written."""
+outage of the server during an upload, retention in the bucket keeping the best checkpoint (keep_best) and the one
+a health stop protected (after the disk is lost, too), and a wrong bucket or endpoint refused before anything is
+written."""
 
 from __future__ import annotations
 
@@ -40,10 +42,13 @@ def env_for(server: S3Server, **more) -> dict:
     return {**CREDENTIALS, "AWS_ENDPOINT_URL": server.endpoint, **more}
 
 
+def remote_section(server, prefix, **checkpoint) -> dict:
+    return {"keep_last": 1, "remote": f"s3://{BUCKET}/{prefix}", "remote_options": {"endpoint_url": server.endpoint},
+            **checkpoint}
+
+
 def config_with_remote(tmp_path, server, prefix, name="remote.yaml", **checkpoint):
-    return write_config(tmp_path, name, checkpoint={"keep_last": 1, "remote": f"s3://{BUCKET}/{prefix}",
-                                                    "remote_options": {"endpoint_url": server.endpoint},
-                                                    **checkpoint})
+    return write_config(tmp_path, name, checkpoint=remote_section(server, prefix, **checkpoint))
 
 
 def remote_names(server, prefix) -> list[str]:
@@ -160,7 +165,7 @@ def test_a_rollback_reaches_the_bucket(tmp_path, s3):
     assert "Rollback 1 of at most 3" in out
     assert f"Removed from s3://{BUCKET}/run3 (set aside by the rollback): checkpoint-6" in out
     remote = {p.split("/", 1)[0] for p in remote_names(s3, "run3")}
-    assert remote == {"checkpoint-3", "history.jsonl"}, remote
+    assert remote == {"checkpoint-3", "history.jsonl", "protected.json"}, remote  # the rollback's target protected
     assert json.loads((tmp_path / "run" / "remote-uploads.json").read_text())["verified"].keys() == {"checkpoint-3"}
 
     shutil.rmtree(tmp_path / "run")  # the machine is gone
@@ -171,6 +176,51 @@ def test_a_rollback_reaches_the_bucket(tmp_path, s3):
     ref_losses, losses = train_losses(tmp_path / "ref"), train_losses(tmp_path / "run")
     assert all(losses[s] == ref_losses[s] for s in range(4, 13)), (losses, ref_losses)
     assert_bitwise_equal(final_weights(tmp_path / "ref"), final_weights(tmp_path / "run"))
+
+
+def remote_checkpoint_steps(server, prefix) -> list[int]:
+    return sorted({int(p.split("/", 1)[0].split("-")[1]) for p in remote_names(server, prefix)
+                   if p.startswith("checkpoint-")})
+
+
+def test_remote_keep_last_keeps_the_best_checkpoint_in_the_bucket(tmp_path, s3):
+    """keep_best with remote_keep_last 1: the bucket keeps the lowest eval loss checkpoint, as the disk does."""
+    config = write_config(tmp_path, "best.yaml", corpus_chars=3600,
+                          checkpoint=remote_section(s3, "best", keep_best=True, remote_keep_last=1),
+                          train={"max_steps": 16, "save_steps": 2, "eval_steps": 2, "learning_rate": 0.05,
+                                 "warmup_steps": 0, "lr_scheduler_type": "constant"})
+    result = run_cli(tmp_path, "train", config, env=env_for(s3))
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = tmp_path / "run"
+    evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "eval_loss" in x]
+    best = min(evals, key=lambda r: r["eval_loss"])["step"]
+    assert best != 16, "this setting must put the best eval loss before the end, or the test proves nothing"
+    assert sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*")) == sorted({best, 16})
+    assert remote_checkpoint_steps(s3, "best") == sorted({best, 16})
+
+
+def test_a_health_stop_protects_its_checkpoint_in_the_bucket(tmp_path, s3):
+    """A NaN at step 9 stops the run (health.on_nan: stop) and protects checkpoint-6 in the run directory and in
+    the bucket. The disk is lost; the start on a fresh one downloads checkpoint-6 and protected.json and finishes;
+    with keep_last 1 and remote_keep_last 1, checkpoint-6 is still in the bucket (and on the new disk)."""
+    config = write_config(tmp_path, "health.yaml", checkpoint=remote_section(s3, "health", remote_keep_last=1),
+                          train={"max_steps": 12, "save_steps": 3})
+    env = env_for(s3)
+    stopped = run_cli(tmp_path, "train", config, env={**env, "GPTRESUME_TEST_FAULT": "nan@9"})
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    assert "checkpoint-6" in stopped.stderr and "protected from retention" in stopped.stderr, stopped.stderr
+    assert remote_checkpoint_steps(s3, "health") == [6]
+    protected = json.loads(s3.fs().cat_file(f"{BUCKET}/health/protected.json"))
+    assert protected.keys() == {"checkpoint-6"}
+
+    shutil.rmtree(tmp_path / "run")  # the machine is gone
+    resumed = run_cli(tmp_path, "train", config, env=env)
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, out
+    assert f"Downloaded s3://{BUCKET}/health/checkpoint-6 (verified)" in out
+    assert f"Downloaded s3://{BUCKET}/health/protected.json" in out
+    assert remote_checkpoint_steps(s3, "health") == [6, 12]  # 9 went; the protected 6 stays
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-6"]
 
 
 @pytest.mark.parametrize("where", ["bucket", "endpoint"])

@@ -4,11 +4,22 @@ step; a different global batch continues by samples consumed; changed data conti
 Trainer checkpoint is adopted; `gptresume diff` prints the table."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import read_metrics, run_cli, run_script, split_ids, train_losses, write_config
+from conftest import (
+    assert_bitwise_equal,
+    byte_snapshot,
+    final_weights,
+    read_metrics,
+    run_cli,
+    run_script,
+    split_ids,
+    train_losses,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -26,6 +37,10 @@ def run_ok(tmp, *args, code=0, env=None):
     result = run_cli(tmp, *args, env=env)
     assert result.returncode == code, result.stdout + result.stderr
     return result
+
+
+def history(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "history.jsonl").read_text().splitlines() if line.strip()]
 
 
 def learning_rates(run_dir) -> dict[int, float]:
@@ -184,26 +199,40 @@ Trainer(model=model, args=args, train_dataset=ds, processing_class=tok).train()
 
 
 def test_plain_trainer_checkpoint_is_adopted_and_training_continues(tmp_path):
+    """Adoption of another run's checkpoint, read-only here, leaves it byte-identical: the adopting run commits a
+    copy in its own directory, and resumes from there exactly."""
     (tmp_path / "plain_script.py").write_text(PLAIN_TRAINER_SCRIPT)
     config = make_config(tmp_path)  # writes corpus.txt too
     done = run_script(tmp_path, tmp_path / "plain_script.py")
     assert done.returncode == 0, done.stderr
-    ckpt = tmp_path / "plain" / "checkpoint-6"
+    plain = tmp_path / "plain"
+    ckpt = plain / "checkpoint-6"
+    subprocess.run(["chmod", "-R", "a-w", str(plain)], check=True)  # another user's run, a read-only share
+    before = byte_snapshot(plain)
     refused = run_ok(tmp_path, "train", config, "--resume", ckpt, code=2)
-    assert "--adopt" in refused.stderr and not (ckpt / "manifest.json").exists()
+    assert "--adopt" in refused.stderr
     # the script trained 6 steps (no warmup) to lr 0; the config asks for 12 with warmup: a schedule change
     refused = run_ok(tmp_path, "train", config, "--resume", ckpt, "--adopt", code=2)
     assert "train.max_steps" in refused.stderr and "--allow-change max_steps" in refused.stderr
-    assert not (ckpt / "manifest.json").exists()
     result = run_ok(tmp_path, "train", config, "--resume", ckpt, "--adopt", "--allow-change", "schedule")
     assert "exactness cannot be promised for the steps before the adoption" in result.stderr
+    assert f"as {tmp_path / 'run' / 'checkpoint-6'} (a copy: {ckpt} is left as it is)" in result.stderr
     lrs = learning_rates(tmp_path / "run")
     assert lrs[7] > 0 and lrs[8] == pytest.approx(3e-3)  # warmed up again (2 steps), not trained at lr 0
-    manifest = json.loads((ckpt / "manifest.json").read_text())
-    assert manifest["adopted"] is True and manifest["step"] == 6 and "optimizer.pt" in manifest["files"]
+    [resume] = [e for e in history(tmp_path / "run") if e["event"] == "resume"]
+    assert resume["adopted"] is True and resume["checkpoint"] == str(tmp_path / "run" / "checkpoint-6")
     assert sorted(train_losses(tmp_path / "run")) == list(range(7, 13))
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     run_ok(tmp_path, "verify", tmp_path / "run")
+    # the same adoption stopped at step 9, then continued by a plain `train`: the same run, bit for bit
+    again = ("--set", f"train.output_dir={tmp_path / 'again'}")
+    run_ok(tmp_path, "train", config, *again, "--resume", ckpt, "--adopt", "--allow-change", "schedule",
+           "--stop-at-step", 9, code=75)
+    run_ok(tmp_path, "train", config, *again)
+    assert train_losses(tmp_path / "again") == train_losses(tmp_path / "run")
+    assert_bitwise_equal(final_weights(tmp_path / "again"), final_weights(tmp_path / "run"))
+    assert byte_snapshot(plain) == before  # names, sizes, mtimes, modes and sha256: never written
+    assert not (ckpt / "manifest.json").exists()
 
 
 def test_adopt_refuses_a_checkpoint_whose_files_do_not_load(tmp_path):

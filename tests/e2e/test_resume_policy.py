@@ -1,10 +1,21 @@
 """Resuming with a different config: changes that alter training are refused with a table (exit 2, nothing
 changed); a changed logging cadence is applied and noted (save and eval cadence: test_resume_cadence.py); changed
-data is detected."""
+data is detected; `gptresume resume RUN_DIR` continues a run started with `--set`s from its recorded config."""
+
+import json
 
 import pytest
 
-from conftest import assert_refused, read_metrics, run_cli, snapshot, write_config
+from conftest import (
+    assert_bitwise_equal,
+    assert_refused,
+    final_weights,
+    read_metrics,
+    run_cli,
+    snapshot,
+    train_losses,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +75,30 @@ def test_cadence_changes_are_applied_and_noted(stopped_run):  # last: it finishe
     result = run_cli(tmp, "train", config, "--set", "train.logging_steps=2", "--set", "checkpoint.keep_last=5")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "train.logging_steps" in result.stderr and "does not change training" in result.stderr
+    assert "do not match the ones in the `trainer_state.json`" not in result.stderr  # Trainer's contradiction
     # applied, not only noted: every step before the stop at 3, every second step after it (the checkpoint's
     # trainer_state.json says every step)
     assert [r["step"] for r in read_metrics(tmp / "run") if "loss" in r] == [1, 2, 3, 4, 6, 8]
+
+
+def test_gptresume_resume_continues_a_run_started_with_sets_exactly(tmp_path):
+    """The command that started the run had --set options; `train CONFIG` without them is refused and names
+    `gptresume resume RUN_DIR`, which continues from the recorded config with no change, bitwise equal to an
+    uninterrupted run."""
+    config = write_config(tmp_path, corpus_chars=3600, train={"max_steps": 8, "save_steps": 2})
+    sets = ("--set", "train.max_steps=6", "--set", "train.learning_rate=2e-3")
+    reference = run_cli(tmp_path, "train", config, *sets, "--set", f"train.output_dir={tmp_path / 'reference'}")
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    run = tmp_path / "run"
+    stopped = run_cli(tmp_path, "train", config, *sets, "--stop-at-step", "3")
+    assert stopped.returncode == 75, stopped.stdout + stopped.stderr
+    before = snapshot(run)
+    assert_refused(run_cli(tmp_path, "train", config), "train.learning_rate", f"gptresume resume {run}")
+    assert snapshot(run) == before
+    resumed = run_cli(tmp_path, "resume", run)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"Resuming from {run / 'checkpoint-3'}" in resumed.stdout and "Config changes" not in resumed.stderr
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [(e["event"], e.get("changes")) for e in history if e["event"] == "resume"] == [("resume", [])]
+    assert train_losses(run) == train_losses(tmp_path / "reference")
+    assert_bitwise_equal(final_weights(run), final_weights(tmp_path / "reference"))

@@ -1,6 +1,7 @@
 """The CLI registry (every module in gptresume/cli/ is a registered command with examples in its --help) and
-imports only where needed: --help, status, verify, diff, every config error found without Transformers and a
-`train` refused because its run is busy finish without importing torch, transformers or datasets.
+imports only where needed: --help, status, verify, diff, every config error found without Transformers (a misspelt
+key in any section included) and a `train` refused because its run is busy finish without importing torch,
+transformers or datasets.
 
 The import checks run `cli.main` in a child interpreter (one per command, about 0.3 s each) and read its
 `sys.modules` at the end.
@@ -149,8 +150,14 @@ def _with(section: str, values: dict) -> dict:
     (yaml.safe_dump(_with("train", {"save_total_limit": 2})), (), "use checkpoint.keep_last instead"),
     (yaml.safe_dump(VALID), ("--set", "learning_rate=1"), "expected section.key=value"),
     (yaml.safe_dump(VALID), ("--set", "data.block_size=1"), "data.block_size: must be at least 2"),
+    # the checked-in TrainingArguments and GPT2Config field lists (config/hf_fields.py): no transformers for a typo
+    (yaml.safe_dump(_with("train", {"learnin_rate": 1e-3})), (), "train: unknown key 'learnin_rate'; did you mean "
+                                                                 "'learning_rate'?"),
+    (yaml.safe_dump(VALID), ("--set", "model.from_scratch.n_layr=2"), "model.from_scratch: unknown key 'n_layr'; "
+                                                                      "did you mean 'n_layer'?"),
+    (yaml.safe_dump(VALID), ("--set", "model.from_scratch.vocab_size=9"), "vocab_size: set from the tokenizer"),
 ], ids=["missing-file", "bad-yaml", "data-key", "top-level-key", "checkpoint-type", "model-type", "train-refused",
-        "set-syntax", "data-value"])
+        "set-syntax", "data-value", "train-key", "from-scratch-key", "from-scratch-vocab"])
 def test_config_errors_import_nothing_heavy(tmp_path, text, extra, fragment):
     path = tmp_path / ("missing.yaml" if text is None else "config.yaml")
     if text is not None:

@@ -30,7 +30,8 @@ def test_each_filtered_warning_is_still_emitted_and_still_matched(entry):
 
 
 def test_every_noise_filter_is_listed_with_where_it_comes_from():
-    assert {w.value for w in compat.WARNINGS} == {*compat.NOISE, compat.PIN_MEMORY_WARNING_REGEX}
+    assert {w.value for w in compat.WARNINGS} == {*compat.NOISE, compat.PIN_MEMORY_WARNING_REGEX,
+                                                 *(text for _, text in compat.SCRIPT_NOISE.values())}
     assert set(compat.WARNINGS) <= set(compat.PRIVATE)
 
 
@@ -89,3 +90,42 @@ def test_the_command_prints_every_entry_and_fails_on_a_broken_one(monkeypatch, c
     monkeypatch.setattr(compat, "PRIVATE", (*compat.PRIVATE[:2], _entry("json.no_such_function")))
     assert compat.main() == 1
     assert "MISSING  json.no_such_function" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the checked-in field lists (config/hf_fields.py)
+
+
+def test_the_checked_in_field_lists_match_the_installed_transformers():
+    """The TrainingArguments and GPT2Config fields (and declared defaults) the config check and the resume policy
+    read without importing transformers are the installed release's: an upgrade that adds, removes or changes a
+    field fails here, naming it."""
+    from gptresume.config import hf_fields
+
+    assert hf_fields.problems() == []
+
+
+def test_every_checked_release_has_field_lists():
+    from gptresume.config import hf_fields
+
+    checked, _, _ = compat.CHECKED["transformers"]
+    assert hf_fields.release(checked) in hf_fields.TRAINING_ARGUMENTS
+    assert hf_fields.release(checked) in hf_fields.GPT2_CONFIG
+
+
+def test_a_changed_field_list_is_named():
+    from gptresume.config import hf_fields
+
+    training, _ = hf_fields.live_tables()
+    listed = {k: v for k, v in training.items() if k != "learning_rate"}
+    listed["no_such_field"], listed["max_steps"] = 1, 7
+    assert sorted(hf_fields.differences("TA", listed, training)) == [
+        "TA.learning_rate: not in the checked-in list (a new field)",
+        "TA.max_steps: default -1, the checked-in list says 7",
+        "TA.no_such_field: in the checked-in list but no longer a field"]
+
+
+def test_releases_are_keyed_by_major_and_minor():
+    from gptresume.config.hf_fields import release
+
+    assert [release(v) for v in ("5.24.0", "5.24.1.dev0", "5.25.0rc1", "6.0", None, "x")] == [
+        "5.24", "5.24", "5.25", "6.0", None, None]

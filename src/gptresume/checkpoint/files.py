@@ -36,10 +36,3 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))]
     return [p for _, p in sorted(found)]
 
-
-def list_set_aside(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the `checkpoint-N.replaced-*` directories of a run, oldest step first."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    return sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := SET_ASIDE_RE.match(p.name)))

@@ -31,8 +31,8 @@ from gptresume.checkpoint.files import (
     SCHEDULER_NAME,
     SHARDED_OPTIMIZER_RE,
     TRAINER_STATE_NAME,
-    list_checkpoints,
 )
+from gptresume.checkpoint.storage import CheckpointStorage, LocalStorage
 from gptresume.durable import DEFAULT_DIGEST, DIGESTS, atomic_write_text, fsync_dir, hash_file
 
 log = logging.getLogger(__name__)
@@ -114,15 +114,27 @@ def write_manifest(ckpt: Path, *, step: int, epoch: float | None, config: dict, 
 # ---------------------------------------------------------------- verification and discovery
 
 
+NO_MANIFEST = f"no {MANIFEST_NAME} (the save never committed: interrupted, or not written by gptresume)"
+
+
 def read_manifest(ckpt: Path) -> tuple[dict | None, str | None]:
     """The manifest, checked against MANIFEST_SCHEMA before anything uses it; (None, why) when it is absent,
     unreadable or malformed (never an exception)."""
     path = Path(ckpt) / MANIFEST_NAME
     try:
         if not path.is_file():
-            return None, f"no {MANIFEST_NAME} (the save never committed: interrupted, or not written by gptresume)"
-        manifest = json.loads(path.read_text())
-    except (ValueError, OSError) as e:
+            return None, NO_MANIFEST
+        text = path.read_text()
+    except OSError as e:
+        return None, f"{MANIFEST_NAME} is unreadable ({e})"
+    return parse_manifest(text)
+
+
+def parse_manifest(text: str) -> tuple[dict | None, str | None]:
+    """`read_manifest` for the manifest's text, wherever it was read (a local file, an object in a bucket)."""
+    try:
+        manifest = json.loads(text)
+    except ValueError as e:
         return None, f"{MANIFEST_NAME} is unreadable ({e})"
     problems = manifest_problems(manifest)
     if problems:
@@ -194,10 +206,21 @@ def _trainer_state_faults(ckpt: Path, manifest: dict) -> list[str]:
     path = ckpt / TRAINER_STATE_NAME
     if not path.is_file():
         return []
+    try:
+        text = path.read_text()
+    except OSError as e:
+        text = e
+    return trainer_state_faults(text, manifest)
+
+
+def trainer_state_faults(text: str | OSError, manifest: dict) -> list[str]:
+    """`_trainer_state_faults` for the text of a present trainer_state.json (or the error reading it)."""
     if TRAINER_STATE_NAME not in manifest["files"]:
         return [f"{TRAINER_STATE_NAME}: not listed in {MANIFEST_NAME} (added after the commit)"]
     try:
-        state = json.loads(path.read_text())
+        if isinstance(text, OSError):
+            raise text
+        state = json.loads(text)
     except (ValueError, OSError) as e:
         return [f"{TRAINER_STATE_NAME}: unreadable ({e})"]
     if not isinstance(state, dict):
@@ -330,19 +353,77 @@ def _short(value, n: int = 60) -> str:
 
 
 def newest_valid(run_dir: Path, check=None) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:
-    """The newest valid checkpoint and the newer invalid ones skipped on the way (never deleted here).
+    """The newest valid checkpoint of a run directory and the newer invalid ones skipped on the way (never deleted
+    here): `newest_valid_in` with full verification (every file re-hashed).
 
     `check(info) -> list[str]`: more faults for a checkpoint that verified (the training path passes the load
     check of checkpoint/loadable.py); a checkpoint with any is skipped like one that fails verification."""
-    skipped = []
-    for path in reversed(list_checkpoints(run_dir)):
-        info = verify_checkpoint(path)
+    run_dir = Path(run_dir)
+
+    def verify(name: str) -> CheckpointInfo:
+        info = verify_checkpoint(run_dir / name)
         if info.valid and check is not None:
             info.faults.extend(check(info))
+        return info
+
+    return newest_valid_in(LocalStorage(run_dir), verify)
+
+
+def newest_valid_in(storage: CheckpointStorage, verify) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:
+    """Discovery, wherever the checkpoints are: `verify(name) -> CheckpointInfo` on each `checkpoint-N` of
+    `storage`, newest step first, until one is valid. Returns it and the newer ones skipped (each with its
+    faults). Verification hashes a local copy (`verify_checkpoint`): for a bucket, `verify` downloads first
+    (remote/fetch.py)."""
+    skipped = []
+    for name in reversed(checkpoint_names(storage)):
+        info = verify(name)
         if info.valid:
             return info, skipped
         skipped.append(info)
     return None, skipped
+
+
+def checkpoint_names(storage: CheckpointStorage) -> list[str]:
+    """The `checkpoint-N` directories of a storage, oldest step first (`files.list_checkpoints`, by name)."""
+    found = [(int(m.group(1)), name) for name in storage.listdir() if (m := CHECKPOINT_RE.match(name))]
+    return [name for _, name in sorted(found) if storage.isdir(name)]
+
+
+def quick_faults(storage: CheckpointStorage, name: str) -> list[str]:
+    """What `verify_checkpoint(..., hash_files=False)` finds, through the storage interface, so retention judges
+    a checkpoint in a bucket as it judges one on disk: the checkpoint a link; its manifest absent, unreadable or
+    malformed; the step of the manifest and of the name apart; a listed file absent (or reached through a link)
+    or of another size; trainer_state.json disagreeing with the manifest. No file is read besides the manifest
+    and trainer_state.json (a full re-hash of old checkpoints on every save would cost more than the save).
+    Never raises for what it finds; a storage that cannot be read raises its own error."""
+    if storage.islink(name):
+        return [f"{name} is a symbolic link; a checkpoint must be a directory inside the run"]
+    try:
+        text = storage.read_text(f"{name}/{MANIFEST_NAME}")
+    except FileNotFoundError:
+        return [NO_MANIFEST]
+    except (OSError, UnicodeDecodeError) as e:
+        return [f"{MANIFEST_NAME} is unreadable ({e})"]
+    manifest, fault = parse_manifest(text)
+    if fault:
+        return [fault]
+    faults = []
+    m = CHECKPOINT_RE.match(name)
+    if m and int(m.group(1)) != manifest["step"]:
+        faults.append(f"{MANIFEST_NAME} says step {manifest['step']}, the directory name step {m.group(1)}")
+    present = storage.sizes(name)
+    for rel, meta in sorted(manifest["files"].items()):
+        if rel not in present:
+            faults.append(f"{rel}: missing")
+        elif present[rel] != meta["bytes"]:
+            faults.append(f"{rel}: wrong size ({present[rel]} bytes, manifest says {meta['bytes']})")
+    if not faults and (TRAINER_STATE_NAME in present or storage.isfile(f"{name}/{TRAINER_STATE_NAME}")):
+        try:
+            state = storage.read_text(f"{name}/{TRAINER_STATE_NAME}")
+        except (OSError, UnicodeDecodeError) as e:
+            state = e if isinstance(e, OSError) else OSError(str(e))
+        faults.extend(trainer_state_faults(state, manifest))
+    return faults
 
 
 def describe_skip(info: CheckpointInfo) -> str:

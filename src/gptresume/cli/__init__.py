@@ -8,7 +8,8 @@ Nothing heavy is imported before a command needs it: `--help`, status, verify, d
 refused because its run is busy never import torch or transformers.
 
 Exit codes: 0 done; 1 unexpected internal error; 2 bad input, bad config or refused resume (nothing changed);
-75 stopped by a signal after committing a checkpoint (re-run the same command to resume).
+75 stopped by a signal after committing a checkpoint (re-run the same command, or `gptresume resume RUN_DIR`, to
+resume).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import os
 import sys
 import textwrap
 
-from gptresume.cli import diff, eval, export, generate, plot, status, train, verify
+from gptresume.cli import diff, eval, export, generate, plot, resume, status, train, verify
 from gptresume.errors import EXIT_INTERNAL, UsageError, storage_error
 from gptresume.logs import setup_logging
 
-COMMANDS = (train, verify, diff, status, export, generate, eval, plot)
+COMMANDS = (train, resume, verify, diff, status, export, generate, eval, plot)
 
 
 def command_name(module) -> str:

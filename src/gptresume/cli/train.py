@@ -26,6 +26,7 @@ examples:
   gptresume train my.yaml --resume old_script_out/checkpoint-500 --adopt  # take over a plain Trainer checkpoint
   gptresume train examples/demo.yaml --dry-run              # check config, data, model, resume; write nothing
   gptresume train examples/demo.yaml --print-config         # the resolved config, defaults included
+  gptresume resume runs/demo                # continue from its recorded config: no --set to retype
   torchrun --nproc_per_node 2 -m gptresume train examples/demo.yaml
 
 exit codes: 0 done (or already complete), 2 bad input or refused resume (nothing changed),
@@ -39,16 +40,26 @@ def add_parser(subparsers):
                                           "train.output_dir is resumed; otherwise a new run starts.",
                               epilog=EXAMPLES)
     p.add_argument("config", metavar="CONFIG", help="YAML config (see examples/demo.yaml)")
+    add_flags(p, only=TRAIN_ONLY)  # --resume, --overwrite, --adopt: declared in gptresume/options.py
+    add_run_options(p)
+    return p
+
+
+# The option flags of `train` alone: `resume` (cli/resume.py) always continues the run it names.
+TRAIN_ONLY = ("resume", "overwrite", "adopt")
+
+
+def add_run_options(p) -> None:
+    """The options `train` shares with `resume` (cli/resume.py), which runs `run` below on a recorded config."""
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value (repeatable), e.g. --set train.learning_rate=1e-4")
-    add_flags(p)  # the options that are flags (--resume, --allow-change, ...): declared in gptresume/options.py
+    add_flags(p, skip=TRAIN_ONLY)  # --allow-change, --allow-partial, --stop-at-step, ...: gptresume/options.py
     p.add_argument("--dry-run", action="store_true",
                    help="check the config, the data, the model and the resume plan, print what train would do, "
                         "and write nothing (the run directory is left exactly as it is)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (with --set applied and gptresume's defaults filled in) as "
                         "YAML, then exit")
-    return p
 
 
 def run(args) -> int:

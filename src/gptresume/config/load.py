@@ -1,10 +1,11 @@
 """Reading a config: YAML file -> `--set` overrides -> validated `Config`, every problem reported together.
 
 The checks run in two rounds. The first needs neither torch nor transformers: the file, its YAML, the section
-and key names of model/data/checkpoint, their types and values, and the `train:` keys gptresume refuses or
-requires. Only when it finds nothing does the second import transformers, for the `train:` keys and values
-(TrainingArguments) and the `model.from_scratch` keys (GPT2Config); so a misspelt file name, a YAML error or a
-wrong data key is reported in a fraction of a second.
+and key names of every section (`train:` and a GPT-2 `model.from_scratch` against the field lists checked in for the
+installed Transformers release, config/hf_fields.py), the types and values of model/data/checkpoint, and the
+`train:` keys gptresume refuses or requires. Only when it finds nothing does the second import transformers, for
+the `train:` values (TrainingArguments) and another model type's `from_scratch` keys; so a misspelt file name, a
+YAML error or a misspelt key in any section is reported in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from gptresume.config.hf_fields import training_arguments_fields
 from gptresume.config.integrations import integration_problems, report_to_problems
 from gptresume.config.schema import SECTIONS, TRAIN_DEFAULTS, FORBIDDEN_TRAIN_KEYS, Config, DataConfig
 from gptresume.config.types import _type_name, _unknown_key, check_type
@@ -191,11 +193,19 @@ def _build_dataclass(cls, raw: dict, prefix: str):
 
 
 def _train_problems_without_transformers(raw: dict) -> list[str]:
-    """What `_build_train` reports without needing TrainingArguments: a train section that is not a mapping,
-    refused keys, a missing output_dir (same messages, same order)."""
+    """What `_build_train` reports without importing transformers: a train section that is not a mapping, refused
+    keys, unknown keys (against the checked-in TrainingArguments fields of the installed release, config/hf_fields.py;
+    a release without an entry is checked with transformers, in the second round), a missing output_dir (same
+    messages, same order)."""
     if not isinstance(raw, dict):
         return [f"train: must be a mapping (got {type(raw).__name__})"]
-    problems = [f"train.{key}: not accepted: {FORBIDDEN_TRAIN_KEYS[key]}" for key in raw if key in FORBIDDEN_TRAIN_KEYS]
+    known = training_arguments_fields()
+    problems = []
+    for key in raw:
+        if key in FORBIDDEN_TRAIN_KEYS:
+            problems.append(f"train.{key}: not accepted: {FORBIDDEN_TRAIN_KEYS[key]}")
+        elif known is not None and key not in known:
+            problems.append(_unknown_key(key, list(known), where="train"))
     if not raw.get("output_dir"):
         problems.append("train.output_dir: required; it is the run directory (e.g. runs/demo)")
     elif why := output_dir_url_problem(raw["output_dir"]) or output_dir_problem(raw["output_dir"]):

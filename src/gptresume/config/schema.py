@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptresume.config.hf_fields import gpt2_config_fields
 from gptresume.config.types import _unknown_key, check_type
 
 BUILTIN_PREFIX = "builtin:"
@@ -81,8 +82,8 @@ class ModelConfig:
     lora_dropout, target_modules, ...). Only the adapters train; checkpoints hold the adapters."""
 
     def problems(self, prefix: str, transformers: bool = True) -> list[str]:
-        """`transformers=False` leaves out the from_scratch and peft keys, which are checked against the model
-        type's config class and peft.LoraConfig."""
+        """`transformers=False` leaves out the peft keys (checked against peft.LoraConfig) and the from_scratch keys
+        of a model type other than GPT-2 (checked against its config class); GPT-2's are checked in either round."""
         out = []
         if bool(self.name_or_path) == bool(self.from_scratch is not None):
             out.append(f"{prefix}: set exactly one of name_or_path (fine-tune) or from_scratch (new model)")
@@ -100,8 +101,7 @@ class ModelConfig:
 
                 out.extend(lora_config_problems(self.peft, f"{prefix}.peft"))
         if self.from_scratch is not None:
-            if transformers:
-                out.extend(_from_scratch_config_problems(self.from_scratch, f"{prefix}.from_scratch"))
+            out.extend(_from_scratch_config_problems(self.from_scratch, f"{prefix}.from_scratch", transformers))
             if not self.tokenizer.name_or_path and not self.tokenizer.train_vocab_size:
                 out.append(
                     f"{prefix}.tokenizer: a from-scratch model needs a tokenizer: "
@@ -380,17 +380,23 @@ def fingerprint_of(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _from_scratch_config_problems(values: dict, prefix: str) -> list[str]:
-    """from_scratch keys against the config class of its `model_type` (GPT2Config by default)."""
-    from transformers import AutoConfig, CONFIG_MAPPING
-
+def _from_scratch_config_problems(values: dict, prefix: str, transformers: bool = True) -> list[str]:
+    """from_scratch keys against the config class of its `model_type` (GPT2Config by default: its fields are
+    checked in, config/hf_fields.py, so a GPT-2's keys are checked without importing transformers). Without
+    `transformers`, another model type is left for the round that imports it."""
     if not isinstance(values, dict):
         return [f"{prefix}: must be a mapping of config fields (GPT2Config's by default)"]
     model_type = values.get("model_type", DEFAULT_MODEL_TYPE)
-    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
-        return [_unknown_key(model_type, list(CONFIG_MAPPING.keys()), where=f"{prefix}.model_type")
-                .replace("unknown key", "unknown model type")]
-    defaults = AutoConfig.for_model(model_type).to_dict()
+    defaults = gpt2_config_fields() if model_type == DEFAULT_MODEL_TYPE else None
+    if defaults is None:
+        if not transformers:
+            return []
+        from transformers import AutoConfig, CONFIG_MAPPING
+
+        if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+            return [_unknown_key(model_type, list(CONFIG_MAPPING.keys()), where=f"{prefix}.model_type")
+                    .replace("unknown key", "unknown model type")]
+        defaults = AutoConfig.for_model(model_type).to_dict()
     out = []
     for key, value in values.items():
         if key == "model_type":
@@ -405,6 +411,8 @@ def _from_scratch_config_problems(values: dict, prefix: str) -> list[str]:
                 out.append(f"{prefix}.{key}: expected a number, got {value!r}")
     if out or model_type == DEFAULT_MODEL_TYPE:
         return out  # GPT-2's sizes are checked without transformers (config/values.py)
+    from transformers import AutoConfig
+
     given = {k: v for k, v in values.items() if k != "model_type"}
     try:
         config = AutoConfig.for_model(model_type, **given)

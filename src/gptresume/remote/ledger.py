@@ -68,8 +68,8 @@ class Ledger:
 
     def removed_remotely(self, names) -> None:
         """Remote retention deleted these remote copies. The entries stay: a local copy of a checkpoint whose
-        upload was verified may still be deleted (remote retention only removes copies older than newer verified
-        ones, so the newest state is safe either way)."""
+        upload was verified may still be deleted (remote retention never removes the newest verified upload nor
+        anything newer, so the newest state is safe either way)."""
         with self._lock:
             for n in names:
                 if n in self.verified:
@@ -94,7 +94,8 @@ class Ledger:
             self._save()
 
     def names(self) -> list[str]:
-        """Checkpoints with a verified copy still on the remote (what remote retention counts)."""
+        """Checkpoints with a verified copy still on the remote, as far as this run knows (remote retention reads
+        the bucket itself: transfer.remote_retention)."""
         with self._lock:
             return [n for n, e in self.verified.items() if not e.get("removed_remotely")]
 

@@ -6,7 +6,8 @@ copies are still URL/checkpoint-N, the newest there: a start on a wiped disk wou
 retention would count them as the newest verified copies and delete older, good ones. The skip is recorded in
 history.jsonl, which a wiped disk loses too. So, at the rollback and before training goes on, the ledger forgets
 those copies and lists them for deletion, they are deleted (each only while the remote manifest is still the
-set-aside commit's), and history.jsonl is uploaded (a resume from the bucket downloads it: remote/fetch.py). What
+set-aside commit's), and the books are uploaded (history.jsonl, and protected.json naming the rollback's target:
+books.py; a resume from the bucket downloads them: remote/fetch.py). What
 fails (the storage unreachable) is retried after every later upload (uploader.py); the warning says what a resume
 from the bucket could meet until then.
 """
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from gptresume.checkpoint.files import ROLLED_BACK_RE
 from gptresume.remote.ledger import Ledger, manifest_id
-from gptresume.remote.transfer import delete_set_aside, upload_history
+from gptresume.remote.books import upload_books
+from gptresume.remote.transfer import delete_set_aside
 from gptresume.remote.url import Remote
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ def after_rollback(remote: Remote, run_dir: Path, moved: list[Path]) -> list[str
     ledger.rolled_back({f"checkpoint-{ROLLED_BACK_RE.match(p.name).group(1)}": manifest_id(p) for p in moved})
     try:
         deleted = delete_set_aside(remote, ledger)
-        upload_history(remote, run_dir)
+        upload_books(remote, run_dir)
     except Exception as e:  # the storage's own errors: retried after the next upload
         names = ", ".join(sorted(ledger.set_aside)) or "none"
         log.warning("After the rollback, %s could not be updated (%s: %s). Set-aside checkpoints still there: %s. "

@@ -1,8 +1,11 @@
-"""One checkpoint up or down, and what a remote run holds.
+"""One checkpoint up or down, what a remote run holds, and remote retention: all through the bucket's
+`checkpoint.storage.FsspecStorage` (`Remote.storage`), the interface the run directory's retention and discovery
+go through too.
 
 The remote layout mirrors the local one: URL/checkpoint-N/<the same files>/manifest.json. As locally, the
 manifest is the commit marker: it is uploaded after every other file, so a remote checkpoint without one is an
-upload that never finished (skipped by a resume, removed by remote retention once older than the kept ones).
+upload that never finished (skipped by a resume, removed by remote retention once older than the newest verified
+upload).
 
 Verification is always `checkpoint.manifest.verify_checkpoint` on a local copy: whatever digest a manifest
 records (its format decides), the remote copy is checked the way a local checkpoint is.
@@ -17,7 +20,8 @@ import tempfile
 from pathlib import Path
 
 from gptresume.checkpoint.files import CHECKPOINT_RE, MANIFEST_NAME
-from gptresume.checkpoint.manifest import CheckpointInfo, read_manifest, verify_checkpoint
+from gptresume.checkpoint.manifest import CheckpointInfo, checkpoint_names, read_manifest, verify_checkpoint
+from gptresume.checkpoint.retention import remove_checkpoint, retain
 from gptresume.remote.url import Remote
 
 log = logging.getLogger(__name__)
@@ -34,27 +38,25 @@ def upload_checkpoint(remote: Remote, ckpt: Path) -> None:
     manifest, why = read_manifest(ckpt)
     if manifest is None:
         raise ValueError(f"{ckpt}: not committed ({why})")
-    fs, name = remote.fs, ckpt.name
-    marker = remote.path(name, MANIFEST_NAME)
-    if fs.exists(marker):
-        fs.rm_file(marker)
+    storage, name = remote.storage, ckpt.name
+    marker = f"{name}/{MANIFEST_NAME}"
+    if storage.isfile(marker):
+        storage.remove(marker)
     for i, rel in enumerate(sorted(manifest["files"])):
-        fs.makedirs(os.path.dirname(remote.path(name, rel)), exist_ok=True)
-        fs.put_file(str(ckpt / rel), remote.path(name, rel))
+        storage.put_file(ckpt / rel, f"{name}/{rel}")
         if i == 0:
             _delay_for_tests(name)
-    fs.put_file(str(ckpt / MANIFEST_NAME), marker)
-    fs.invalidate_cache()
+    storage.put_file(ckpt / MANIFEST_NAME, marker)
 
 
 def download_checkpoint(remote: Remote, name: str, dest: Path) -> CheckpointInfo:
     """Download URL/NAME into `dest` (created) and verify it: its manifest, then every file it lists (no other
     file is fetched). Returns the verification; the faults name the remote checkpoint's files."""
-    fs = remote.fs
+    storage = remote.storage
     dest.mkdir(parents=True, exist_ok=True)
     info = CheckpointInfo(path=dest, step=_step(name))
     try:
-        fs.get_file(remote.path(name, MANIFEST_NAME), str(dest / MANIFEST_NAME))
+        storage.get_file(f"{name}/{MANIFEST_NAME}", dest / MANIFEST_NAME)
     except FileNotFoundError:
         info.faults.append(f"no {MANIFEST_NAME} (the upload never finished)")
         return info
@@ -69,7 +71,7 @@ def download_checkpoint(remote: Remote, name: str, dest: Path) -> CheckpointInfo
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fs.get_file(remote.path(name, rel), str(target))
+            storage.get_file(f"{name}/{rel}", target)
         except FileNotFoundError:
             info.faults.append(f"{rel}: missing")
     if info.faults:
@@ -90,32 +92,23 @@ def verify_uploaded(remote: Remote, name: str, scratch_parent: Path) -> list[str
 
 
 def remote_checkpoints(remote: Remote) -> list[str]:
-    """Names of the `checkpoint-N` directories under the remote URL, oldest step first ([] when there is none)."""
-    fs = remote.fs
-    try:
-        entries = fs.ls(remote.root, detail=False, refresh=True)
-    except FileNotFoundError:
-        return []
-    except TypeError:  # a file system whose ls takes no refresh
-        entries = fs.ls(remote.root, detail=False)
-    names = {e.rstrip("/").rsplit("/", 1)[-1] for e in entries}
-    return sorted((n for n in names if CHECKPOINT_RE.match(n)), key=_step)
+    """Names of the `checkpoint-N` directories under the remote URL, oldest step first ([] when there is none):
+    `checkpoint.manifest.checkpoint_names` of the bucket."""
+    return checkpoint_names(remote.storage)
 
 
 def delete_remote_checkpoint(remote: Remote, name: str) -> bool:
-    """Delete URL/NAME, the manifest first (no instant shows a committed-but-partial checkpoint). A failure is
-    logged and the checkpoint left (False)."""
-    fs = remote.fs
+    """Delete URL/NAME, the manifest first (no instant shows a committed-but-partial checkpoint): retention's
+    `remove_checkpoint` on the bucket. Nothing there is nothing to do; a failure is logged and the checkpoint left
+    (False)."""
+    storage = remote.storage
     try:
-        marker = remote.path(name, MANIFEST_NAME)
-        if fs.exists(marker):
-            fs.rm_file(marker)
-        if fs.exists(remote.path(name)):
-            fs.rm(remote.path(name), recursive=True)
+        if not storage.isdir(name) and not storage.isfile(name):
+            return True
     except Exception as e:  # network, permissions: the next retention tries again
         log.warning("Could not delete %s (%s); skipping it", remote.label(name), e)
         return False
-    return True
+    return remove_checkpoint(storage, name)
 
 
 def delete_set_aside(remote: Remote, ledger) -> list[str]:
@@ -127,7 +120,7 @@ def delete_set_aside(remote: Remote, ledger) -> list[str]:
     deleted = []
     for name, sha in sorted(ledger.set_aside.items()):
         try:
-            remote_sha = manifest_bytes_id(remote.fs.cat_file(remote.path(name, MANIFEST_NAME)))
+            remote_sha = manifest_bytes_id(remote.storage.read_bytes(f"{name}/{MANIFEST_NAME}"))
         except FileNotFoundError:
             remote_sha = None
         if remote_sha == sha:
@@ -138,46 +131,15 @@ def delete_set_aside(remote: Remote, ledger) -> list[str]:
     return deleted
 
 
-def upload_history(remote: Remote, run_dir: Path) -> None:
-    """RUN_DIR/history.jsonl to URL/history.jsonl: a resume from the bucket reads a rollback's data skip there,
-    and `status URL` the run's events."""
-    from gptresume.rundir import HISTORY_NAME
-
-    local = Path(run_dir) / HISTORY_NAME
-    if local.is_file():
-        remote.fs.put_file(str(local), remote.path(HISTORY_NAME))
-
-
-def download_history(remote: Remote, run_dir: Path) -> bool:
-    """URL/history.jsonl into a run directory that has none (a wiped disk); True when one was fetched."""
-    from gptresume.durable import atomic_write_text
-    from gptresume.rundir import HISTORY_NAME
-
-    local = Path(run_dir) / HISTORY_NAME
-    if local.exists():
-        return False
-    try:
-        data = remote.fs.cat_file(remote.path(HISTORY_NAME))
-    except FileNotFoundError:
-        return False
-    text = data.decode(errors="replace")
-    atomic_write_text(local, text[: text.rfind("\n") + 1])  # an upload taken mid-append ends in a torn line
-    return True
-
-
-def remote_retention(remote: Remote, keep_last: int | None, verified: list[str]) -> list[str]:
-    """After a remote checkpoint is verified: delete remote checkpoints older than the `keep_last` newest verified
-    ones (`verified`: names whose remote copy this run verified). Nothing newer than that floor is touched, so
-    the newest verified copy is never deleted. keep_last=None keeps everything."""
-    kept = sorted(verified, key=_step)[-keep_last:] if keep_last else []
-    if not kept or len(verified) < keep_last:
-        return []
-    floor = _step(kept[0])
-    deleted = []
-    for name in remote_checkpoints(remote):
-        if _step(name) < floor and delete_remote_checkpoint(remote, name):
-            deleted.append(name)
-    return deleted
+def remote_retention(remote: Remote, keep_last: int | None, newest: str, keep_best: bool = False,
+                     also_protected=()) -> list[str]:
+    """After the upload of `newest` (a name) was verified: the run directory's retention policy
+    (`checkpoint.retention.retain`) applied to the bucket, with `remote_keep_last`. So the bucket keeps the
+    `keep_last` newest valid checkpoints, the best one (keep_best, from the newest's trainer_state.json), those its
+    protected.json or `also_protected` (the run directory's) names, and `newest` and everything newer; uncommitted
+    uploads older than `newest` go. `newest` is a verified copy, so the only verified copy is never deleted.
+    keep_last=None keeps every committed checkpoint. Returns the names deleted."""
+    return retain(remote.storage, keep_last, newest, keep_best, also_protected=also_protected)
 
 
 def _step(name: str) -> int:

@@ -1,7 +1,9 @@
 """The background uploader: every committed checkpoint goes to the remote in commit order while training goes on.
 
 Training only enqueues (`submit`, microseconds); one thread uploads (transfer.upload_checkpoint: files, then the
-manifest), verifies the remote copy against the manifest, records it in the ledger, then applies remote retention.
+manifest), verifies the remote copy against the manifest, records it in the ledger, sends the run's books
+(books.py: history.jsonl, protected.json), then applies remote retention: the run directory's policy on the bucket
+(`remote_keep_last`, keep_best, the protected checkpoints, never the newest verified upload).
 A failure (network, credentials expired, server down) is logged with the checkpoint's name and retried with
 exponential backoff (1 s doubling to 60 s) until it succeeds; the local checkpoint stays meanwhile (the ledger
 guards local retention). At the end of training (done or stopped) `drain(timeout)` waits for the queue; what is
@@ -17,14 +19,10 @@ from collections import deque
 from pathlib import Path
 
 from gptresume.checkpoint.files import MANIFEST_NAME, list_checkpoints
+from gptresume.checkpoint.retention import protected
+from gptresume.remote.books import upload_books
 from gptresume.remote.ledger import Ledger
-from gptresume.remote.transfer import (
-    delete_set_aside,
-    remote_retention,
-    upload_checkpoint,
-    upload_history,
-    verify_uploaded,
-)
+from gptresume.remote.transfer import delete_set_aside, remote_retention, upload_checkpoint, verify_uploaded
 from gptresume.remote.url import Remote
 
 log = logging.getLogger(__name__)
@@ -35,8 +33,10 @@ BACKOFF_MAX_S = 60.0
 
 class Uploader:
     def __init__(self, remote: Remote, run_dir: Path, keep_last: int | None = None,
-                 backoff: tuple[float, float] = (BACKOFF_FIRST_S, BACKOFF_MAX_S)):
-        self.remote, self.run_dir, self.keep_last = remote, Path(run_dir), keep_last
+                 backoff: tuple[float, float] = (BACKOFF_FIRST_S, BACKOFF_MAX_S), *, keep_best: bool = False):
+        """`keep_last`: checkpoint.remote_keep_last; `keep_best`: checkpoint.keep_best (the bucket keeps the lowest
+        eval loss checkpoint as the run directory does)."""
+        self.remote, self.run_dir, self.keep_last, self.keep_best = remote, Path(run_dir), keep_last, keep_best
         self.ledger = Ledger(run_dir, remote.url)
         self.backoff = backoff
         self.history: list[dict] = []
@@ -139,28 +139,30 @@ class Uploader:
                      seconds, attempt, "" if attempt == 1 else "s")
             if attempt > 1:
                 print(f"Upload of {ckpt.name} to {self.remote.url} verified after {attempt} attempts", flush=True)
-            self._retention()
-            self._books()
+            self._books()  # protected.json before retention reads it
+            self._retention(ckpt.name)
             return
 
     def _books(self) -> None:
         """After a verified upload: the remote copies a rollback set aside (left by a failed earlier try) are
-        deleted, and history.jsonl is uploaded. Failures are retried after the next upload."""
+        deleted, and the books (history.jsonl, protected.json) uploaded. Failures are retried after the next
+        upload."""
         try:
             if self.ledger.set_aside:
                 deleted = delete_set_aside(self.remote, self.ledger)
                 if deleted:
                     log.info("Removed from %s (set aside by a rollback): %s", self.remote.url, ", ".join(deleted))
-            upload_history(self.remote, self.run_dir)
+            upload_books(self.remote, self.run_dir)
         except Exception as e:
             log.warning("Updating %s after an upload failed (%s); trying again after the next upload",
                         self.remote.url, _short(e))
 
-    def _retention(self) -> None:
-        if not self.keep_last:
-            return
+    def _retention(self, newest: str) -> None:
+        """Remote retention after the upload of `newest` was verified. The run directory's protected names count
+        too: they hold even when the upload of protected.json just failed."""
         try:
-            deleted = remote_retention(self.remote, self.keep_last, self.ledger.names())
+            deleted = remote_retention(self.remote, self.keep_last, newest, self.keep_best,
+                                       also_protected=protected(self.run_dir))
         except Exception as e:
             log.warning("Remote retention at %s failed (%s); trying again after the next upload", self.remote.url,
                         _short(e))

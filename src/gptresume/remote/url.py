@@ -69,6 +69,7 @@ class Remote:
         self.url = self.url.rstrip("/")
         self._fs = None
         self._root = None
+        self._storage = None
 
     @property
     def fs(self):
@@ -80,6 +81,16 @@ class Remote:
     def root(self) -> str:
         self.fs  # noqa: B018 (resolves the root)
         return self._root
+
+    @property
+    def storage(self):
+        """This remote as a `checkpoint.storage.FsspecStorage` (the same file system): what discovery, retention
+        and the transfers go through."""
+        if self._storage is None:
+            from gptresume.checkpoint.storage import FsspecStorage
+
+            self._storage = FsspecStorage(self.fs, self.root, self.url)
+        return self._storage
 
     def path(self, *parts: str) -> str:
         """The backend path (no scheme) of RUN/parts."""

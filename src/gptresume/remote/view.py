@@ -2,7 +2,8 @@
 (`gptresume verify s3://bucket/runs/demo`).
 
 The tools read local directories; for a URL they get a temporary copy of what they read (a checkpoint's files;
-for a run, every `checkpoint-N` and the books history.jsonl, metrics.jsonl, config.yaml), removed afterwards.
+for a run, every `checkpoint-N` and the books history.jsonl, metrics.jsonl, config.yaml, protected.json), removed
+afterwards.
 Nothing is written to the remote. The file system's endpoint and credentials come from the environment
 (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), or from GPTRESUME_REMOTE_OPTIONS (a JSON object of fsspec options).
 """
@@ -21,7 +22,7 @@ from gptresume.errors import UsageError
 from gptresume.remote.url import Remote, scheme
 
 REMOTE_OPTIONS_ENV = "GPTRESUME_REMOTE_OPTIONS"
-BOOKS = ("history.jsonl", "metrics.jsonl", "config.yaml")
+BOOKS = ("history.jsonl", "metrics.jsonl", "config.yaml", "protected.json")
 
 
 def readable(path: str, command: str):

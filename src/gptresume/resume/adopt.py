@@ -1,6 +1,11 @@
 """Adopting a checkpoint written by a plain Transformers script (no manifest): check what can be checked,
 then commit it with a manifest marked `adopted`, so that from here on it is an ordinary gptresume checkpoint.
 
+Adoption writes only inside the adopting run's own output_dir: a checkpoint already there is committed where it is;
+one anywhere else (another user's run, a read-only share, a download) is copied into RUN_DIR/checkpoint-N and the
+copy committed, the original left byte for byte as it was. A re-run of the same adoption finds the committed copy
+and resumes it.
+
 What cannot be checked: the config and data it was trained with. So exactness is promised only for the steps
 trained after the adoption; the warning says so.
 """
@@ -9,17 +14,25 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 from gptresume.resume.changes import OPTIMIZER_KEYS, SCHEDULE_KEYS, train_value
 from gptresume.checkpoint import (
+    CHECKPOINT_PREFIX,
+    MANIFEST_NAME,
     TRAINER_STATE_NAME,
     TRAINING_ARGS_NAME,
     CheckpointInfo,
+    file_digest,
+    verify_checkpoint,
     write_manifest,
 )
 from gptresume.checkpoint.files import WEIGHT_FILES
+from gptresume.durable import fsync_dir, hash_file
 from gptresume.errors import UsageError
+from gptresume.rundir import remove_path
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +69,55 @@ def adoptable_checkpoint(path: Path, need_tokenizer: bool = True, where: str | N
         raise UsageError(f"{where}: the checkpoint does not load, so it cannot be adopted:\n"
                          + "\n".join(f"  - {f}" for f in faults))
     return info
+
+
+def adoption(source: Path, run_dir: Path, need_tokenizer: bool = True, check=None) -> tuple[CheckpointInfo, bool]:
+    """(checkpoint, adopt) for `--resume SOURCE --adopt` into `run_dir`: SOURCE checked by `adoptable_checkpoint`
+    (adopt: True), or, when an earlier adoption already committed its copy as RUN_DIR/checkpoint-N, that copy
+    (verified, holding SOURCE's very files; adopt: False). Any other RUN_DIR/checkpoint-N in the way is refused:
+    adoption never replaces a directory of the run. Writes nothing."""
+    where = f"--resume {source} --adopt"
+    if not source.is_dir():
+        raise UsageError(f"{where}: no such directory")
+    step = _load_json(source / TRAINER_STATE_NAME, where).get("global_step")
+    target = adopted_path(run_dir, step) if isinstance(step, int) and not isinstance(step, bool) else None
+    if target is None or _same_directory(source, target) or not (target.exists() or target.is_symlink()):
+        return adoptable_checkpoint(source, need_tokenizer, where, check), True
+    copy = verify_checkpoint(target)
+    if copy.valid and copy.manifest.get("adopted") is True and _same_files(copy, source):
+        if check is not None:
+            copy.faults.extend(check(copy))
+        if copy.valid:
+            log.info("%s was adopted before as %s: resuming that copy", source, target)
+            return copy, False
+    raise UsageError(f"{where}: {target} already exists and is not a committed copy of {source}; adoption never "
+                     "replaces a directory of the run. Resume the run's own checkpoints with --resume auto, or adopt "
+                     "into a new train.output_dir")
+
+
+def adopted_path(run_dir: Path, step: int) -> Path:
+    """Where an adopted checkpoint of `step` is committed: the run's own checkpoint-N."""
+    return Path(run_dir) / f"{CHECKPOINT_PREFIX}{step}"
+
+
+def _same_directory(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _same_files(copy: CheckpointInfo, source: Path) -> bool:
+    """`source` holds exactly the files `copy`'s manifest lists (the manifest aside), with the same bytes."""
+    listed = copy.manifest["files"]
+    found = {p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file() and p.name != MANIFEST_NAME}
+    if found != set(listed):
+        return False
+    for rel, meta in listed.items():
+        name, expected = file_digest(meta)
+        if hash_file(source / rel, digest=name) != (meta["bytes"], expected):
+            return False
+    return True
 
 
 # TrainingArguments fields compared with the adopting config: those that change what the next steps train.
@@ -139,16 +201,44 @@ def read_training_args(path: Path) -> tuple[dict, str | None]:
 
 
 def adopt(info: CheckpointInfo, spec, world_size: int) -> None:
-    """Commit the adopted checkpoint: hash every file, write a manifest marked adopted. `spec`: the RunSpec of
-    the run taking it over (its config and data fingerprint are recorded from here on)."""
-    epoch = _load_json(info.path / TRAINER_STATE_NAME, "adopt").get("epoch")
+    """Commit the adopted checkpoint inside the run directory, with a manifest marked adopted: where it is when it
+    is the run's own checkpoint-N, else as a copy there (files copied into a temporary directory, committed, then
+    renamed into place: a kill leaves no half copy a resume would take), the original never written. `info` then
+    describes the committed checkpoint. `spec`: the RunSpec of the run taking it over (its config and data
+    fingerprint are recorded from here on)."""
+    source = info.path
+    epoch = _load_json(source / TRAINER_STATE_NAME, "adopt").get("epoch")
     epoch = epoch if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
-    info.manifest = write_manifest(info.path, step=info.step, epoch=epoch, config=spec.config,
+    target = adopted_path(spec.run_dir, info.step)
+    in_place = _same_directory(source, target)
+    where = target if in_place else spec.run_dir / f".{target.name}.tmp-adopt"  # rundir.TEMPORARIES: ".*.tmp-*"
+    if not in_place:
+        if where.exists():
+            remove_path(where)
+        _copy_files(source, where)
+    info.manifest = write_manifest(where, step=info.step, epoch=epoch, config=spec.config,
                                    config_fingerprint=spec.fingerprint(), data_fingerprint=spec.data_fingerprint,
                                    world_size=world_size, adopted=True, train_samples=spec.train_samples)
-    log.warning("Adopted %s (step %d) with a manifest marked adopted. Its config and data are unknown, so "
+    if not in_place:
+        os.rename(where, target)
+        fsync_dir(spec.run_dir)
+        info.path = target
+    log.warning("Adopted %s (step %d)%s with a manifest marked adopted. Its config and data are unknown, so "
                 "exactness cannot be promised for the steps before the adoption; resumes from here on are exact.",
-                info.path, info.step)
+                source, info.step, "" if in_place else f" as {target} (a copy: {source} is left as it is)")
+
+
+def _copy_files(source: Path, dest: Path) -> None:
+    """Every file under `source` (but a manifest) into the new directory `dest`, contents only: the copies are the
+    run's own (writable, deletable by retention) whatever the permissions of the original."""
+    dest.mkdir(parents=True)
+    for p in sorted(source.rglob("*")):
+        rel = p.relative_to(source)
+        if p.is_dir():
+            (dest / rel).mkdir(parents=True, exist_ok=True)
+        elif p.is_file() and p.name != MANIFEST_NAME:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, dest / rel)
 
 
 def _load_json(path: Path, where: str) -> dict:

@@ -86,6 +86,10 @@ class Change:
     kind: str = OTHER
     allowed: bool = False
     note: str = ""
+    old_default: bool = False
+    """`old` is the declared default of a field the checkpoint's record leaves out (resume/effective.py)."""
+    new_default: bool = False
+    """`new` is the declared default of a field the current config leaves out."""
 
     @property
     def refused(self) -> bool:
@@ -144,11 +148,23 @@ def global_batch(config: dict, world_size: int) -> int:
             * int(train_value(config, "gradient_accumulation_steps")) * int(world_size))
 
 
-def config_changes(old: dict, new: dict, old_world: int = 1, new_world: int = 1) -> list[Change]:
-    """Every differing field, classified. The process count is compared as the pseudo-field `world_size`.
+def config_changes(old: dict, new: dict, old_world: int = 1, new_world: int = 1, old_version: str | None = None,
+                   new_version: str | None = None) -> list[Change]:
+    """Every differing field, classified, comparing the values the runs use: a `train` field one side leaves out is
+    the default declared by the Transformers release that wrote it (`old_version` / `new_version`, None: the
+    installed one; resume/effective.py). The process count is compared as the pseudo-field `world_size`.
     Eval cadence is classified free here; `eval_cadence_with_dropout` re-classifies it once the model is known."""
+    defaulted: tuple[set, set] = (set(), set())
+    if isinstance(old.get("train"), dict) and isinstance(new.get("train"), dict):
+        from gptresume.resume.effective import effective_train
+
+        old_train, new_train, *defaulted = effective_train(old["train"], new["train"], old_version, new_version)
+        old, new = {**old, "train": old_train}, {**new, "train": new_train}
     a, b = _flatten(old), _flatten(new)
-    changes = [Change(k, a.get(k), b.get(k), classify(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    old_defaulted, new_defaulted = ({f"train.{name}" for name in names} for names in defaulted)
+    changes = [Change(k, a.get(k), b.get(k), classify(k), old_default=k in old_defaulted,
+                      new_default=k in new_defaulted)
+               for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if old_world != new_world:
         changes.append(Change("world_size", old_world, new_world, BATCH))
     if any(c.kind == BATCH for c in changes):
@@ -232,7 +248,9 @@ def _action(c: Change) -> str:
 
 def format_changes(changes: list[Change]) -> str:
     rows = [("field", "checkpoint", "now", "class", "on resume")] + [
-        (key, _short(old), _short(new), c.kind, _action(c)) for c in changes for key, old, new in _per_key(c)]
+        (key, _short(old) + _default_mark(c.old_default and key == c.key),
+         _short(new) + _default_mark(c.new_default and key == c.key), c.kind, _action(c))
+        for c in changes for key, old, new in _per_key(c)]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  " + "  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows)
 
@@ -252,6 +270,10 @@ def _per_key(c: Change) -> list[tuple[str, object, object]]:
         if old.get(k) != new.get(k):
             rows.extend(_per_key(Change(f"{c.key}.{k}", old.get(k), new.get(k), c.kind)))
     return rows or [(c.key, c.old, c.new)]
+
+
+def _default_mark(defaulted: bool) -> str:
+    return " (default)" if defaulted else ""
 
 
 def _short(value) -> str:

@@ -35,11 +35,13 @@ from gptresume.resume.changes import (
     refusal_hint,
     train_value,
 )
-from gptresume.resume.adopt import adoptable_checkpoint, trained_with
+from gptresume.resume.adopt import adoption, trained_with
+from gptresume.resume.effective import writer_version
 from gptresume.config import fingerprint_of
 from gptresume.errors import ResumeRefused, UsageError
 from gptresume.resume.position import Geometry, map_position
 from gptresume.resume.schedule import SHAPES, SchedulePlan
+from gptresume.rundir import CONFIG_NAME
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +152,9 @@ def plan_resume(spec: RunSpec, mode: str, overwrite: bool = False, allow_partial
             why = "; ".join(describe_skip(s) for s in skipped) or "it has no checkpoint-N directory"
             raise UsageError(f"--resume must: no valid checkpoint in {run_dir} ({why})")
         plan = ResumePlan(checkpoint=info, skipped=skipped)
-    elif adopt and not (Path(mode) / MANIFEST_NAME).is_file():
-        plan = ResumePlan(checkpoint=adoptable_checkpoint(Path(mode), spec.tokenizer_from_checkpoint, check=check),
-                          adopt=True)
+    elif adopt and not (Path(mode) / MANIFEST_NAME).is_file():  # adopted into run_dir, never written where it is
+        info, adopting = adoption(Path(mode), run_dir, spec.tokenizer_from_checkpoint, check)
+        plan = ResumePlan(checkpoint=info, adopt=adopting)
     else:
         plan = ResumePlan(checkpoint=_explicit_checkpoint(Path(mode), check))
     if plan.checkpoint is None:
@@ -166,7 +168,8 @@ def plan_resume(spec: RunSpec, mode: str, overwrite: bool = False, allow_partial
         plan.changes = config_changes(plan.adopted_config, new)
     else:
         plan.resume_state = read_resume_state(plan.checkpoint.path)
-        plan.changes = config_changes(plan.old_config, spec.config, plan.old_world_size, world_size)
+        plan.changes = config_changes(plan.old_config, spec.config, plan.old_world_size, world_size,
+                                      old_version=writer_version(plan.checkpoint.manifest))
     plan.allowed = allow_keys(allow_change or [], {c.key for c in plan.changes})
     apply_allowed(plan.changes, plan.allowed)
     _check_schedule(plan, spec)
@@ -190,7 +193,17 @@ def _check_schedule(plan: ResumePlan, spec: RunSpec) -> None:
 
 def _refusal(plan: ResumePlan) -> str:
     return (f"the config differs from the one {plan.checkpoint.path} was trained with:\n"
-            f"{format_changes(plan.changes)}\n{refusal_hint(plan.changes)}")
+            f"{format_changes(plan.changes)}\n{refusal_hint(plan.changes)}{_recorded_config_hint(plan)}")
+
+
+def _recorded_config_hint(plan: ResumePlan) -> str:
+    """A run started with `gptresume train` recorded its resolved config: `gptresume resume` continues from it,
+    without the --set options of the command that started it (a script's run has none: it re-runs its script)."""
+    run_dir = plan.checkpoint.path.parent
+    if plan.adopt or not (run_dir / CONFIG_NAME).is_file():
+        return ""
+    return (f"\nTo continue with the settings the run was started with (its recorded {CONFIG_NAME}, every --set "
+            f"included): gptresume resume {run_dir}")
 
 
 def check_inputs(plan: ResumePlan, data_fingerprint: str | None, dropout: bool) -> None:

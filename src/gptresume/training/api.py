@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gptresume.errors import UsageError
+from gptresume.logs import known_noise_filtered
 from gptresume.options import API, Options
 from gptresume.resume.plan import ResumePlan, RunSpec
 from gptresume.training import distributed
@@ -51,7 +52,8 @@ def _train(trainer, resume, data_fingerprint: str | None, keywords: dict) -> Out
     _check_trainer(trainer, options)
     warn_if_unchecked(log)
     source = ScriptSource(trainer, options, data_fingerprint)
-    with start(source, options) as s:
+    with known_noise_filtered() as noise, start(source, options) as s:  # Transformers' noise, for this call
+        noise.resuming = s.checkpoint is not None
         if s.complete:
             return finish_complete(s, source)
         from gptresume.training.session import Session

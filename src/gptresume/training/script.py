@@ -11,35 +11,26 @@ from pathlib import Path
 
 from gptresume.checkpoint.files import MANIFEST_NAME
 from gptresume.checkpoint.manifest import newest_valid
+from gptresume.config.hf_fields import ENVIRONMENT_FIELDS, json_value
 from gptresume.errors import UsageError
 from gptresume.resume.plan import RESUME_MODES, RunSpec
 
 log = logging.getLogger(__name__)
 
-# TrainingArguments fields that describe the machine or the launch, not the training: never compared on resume
-# (the process count is compared by its own rule, as `world_size`).
-ENVIRONMENT_FIELDS = frozenset({"local_rank", "hub_token", "output_dir", "resume_from_checkpoint",
-                                "overwrite_output_dir", "disable_tqdm", "log_level", "log_level_replica",
-                                "logging_dir", "save_total_limit", "save_on_each_node"})
 # Model config fields that name or version the model, or change what it returns, without changing training.
 MODEL_NEUTRAL_FIELDS = frozenset({"transformers_version", "_name_or_path", "architectures", "use_cache",
                                   "output_attentions", "output_hidden_states", "return_dict"})
 
 
 def training_args_record(args) -> dict:
-    """The `TrainingArguments` fields that differ from their defaults (what the script chose), JSON-safe. Only
-    chosen fields are recorded, so a newer Transformers with new fields does not look like a changed run."""
-    import dataclasses
+    """Every `TrainingArguments` field the run trains with (defaults included; not those of the machine or the launch,
+    config/hf_fields.py ENVIRONMENT_FIELDS), in its stable JSON form (enums as their values, tuples as lists), so the
+    checkpoint says what the run really used and a resume's change table shows real values on both sides.
 
-    from transformers import TrainingArguments
-
-    # The declared defaults, not a second TrainingArguments instance: creating one resets accelerate's state,
-    # which the script's Trainer holds.
-    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
-                for f in dataclasses.fields(TrainingArguments)
-                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
-    return {k: v for k, v in args.to_dict().items()
-            if k not in ENVIRONMENT_FIELDS and (k not in defaults or v != defaults[k])}
+    Checkpoints written before recorded only the fields that differed from their declared defaults; a resume reads a
+    field absent from a record as the default of the Transformers release that wrote it (resume/effective.py), so
+    they resume without a change, and so does a newer Transformers that adds a field."""
+    return {k: json_value(v) for k, v in args.to_dict().items() if k not in ENVIRONMENT_FIELDS}
 
 
 def model_record(model) -> dict:

@@ -90,7 +90,7 @@ class Session:
         if o.remote and distributed.is_main():
             from gptresume.remote.uploader import Uploader
 
-            self._uploader = Uploader(self.remote, self.spec.run_dir, o.remote_keep_last).start()
+            self._uploader = Uploader(self.remote, self.spec.run_dir, o.remote_keep_last, keep_best=keep_best).start()
         self._commit = CommitCallback(self.spec, o.keep_last, keep_best, resume_state, self._uploader)
         callbacks.append(self._commit)  # sees every other save decision
         if auto:
@@ -223,5 +223,9 @@ class Session:
             return ROLLBACK, d.step, str(d.checkpoint), message
         if d.checkpoint is not None:
             protect(run_dir, d.checkpoint, d.protect_reason)
+            if self.remote is not None:  # the bucket keeps it too, even if this disk is lost (remote/books.py)
+                from gptresume.remote.books import after_protect
+
+                after_protect(self.remote, run_dir)
         append_history(run_dir, UNHEALTHY_EVENT, **d.unhealthy_record)
         return d.status, d.step, str(d.checkpoint) if d.checkpoint else None, d.message()

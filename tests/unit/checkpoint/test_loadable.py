@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import byte_snapshot
 from gptresume.checkpoint import write_manifest
 from gptresume.checkpoint.loadable import load_faults, weight_faults
 from gptresume.errors import UsageError
@@ -190,3 +191,83 @@ def test_every_torch_load_of_a_cli_process_is_weights_only(tmp_path, monkeypatch
     with pytest.raises(pickle.UnpicklingError):
         torch.load(tmp_path / "crafted.pt", weights_only=False)  # as a library asking for a full unpickle would
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- adoption writes only inside the adopting run
+
+
+def foreign_checkpoint(tmp_path):
+    ckpt = real_state(tmp_path / "theirs" / "checkpoint-4")
+    (ckpt / "config.json").write_text("{}")
+    return ckpt
+
+
+def read_only(path) -> None:
+    for p in [path, *path.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~0o222)
+
+
+def writable(path) -> None:
+    for p in [path, *path.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o200)
+
+
+def test_adopting_a_foreign_checkpoint_copies_it_into_the_run_and_never_writes_it(tmp_path):
+    from gptresume.checkpoint import verify_checkpoint
+    from gptresume.resume.adopt import adopt
+    from gptresume.rundir import run_lock
+
+    source = foreign_checkpoint(tmp_path)
+    read_only(source.parent)
+    before = byte_snapshot(source.parent)
+    run = tmp_path / "run"
+    spec = RunSpec(run, {"train": {"max_steps": 10}}, data_fingerprint="d")
+    try:
+        plan = plan_resume(spec, str(source), adopt=True)
+        assert plan.adopt and plan.checkpoint.path == source and not run.exists()  # the plan writes nothing
+        with run_lock(run):
+            adopt(plan.checkpoint, spec, world_size=1)
+        copy = run / "checkpoint-4"
+        assert plan.checkpoint.path == copy and plan.checkpoint.manifest["adopted"] is True
+        assert verify_checkpoint(copy).valid and not (source / "manifest.json").exists()
+        assert byte_snapshot(source.parent) == before  # byte for byte, names, sizes, mtimes and modes
+        assert all(p.stat().st_mode & 0o200 for p in copy.rglob("*"))  # the run's own: retention can delete it
+        assert not list(run.glob(".*tmp*"))
+        again = plan_resume(spec, str(source), adopt=True)  # the same command again: the committed copy
+        assert (again.adopt, again.checkpoint.path) == (False, copy)
+    finally:
+        writable(source.parent)
+
+
+def test_adoption_never_replaces_a_directory_of_the_run(tmp_path):
+    source = foreign_checkpoint(tmp_path)
+    other = real_state(tmp_path / "run" / "checkpoint-4")  # something else at the place the copy would take
+    before = byte_snapshot(other)
+    with pytest.raises(UsageError, match=r"checkpoint-4 already exists and is not a committed copy of .*theirs"):
+        plan_resume(RunSpec(tmp_path / "run", {"train": {}}), str(source), adopt=True)
+    assert byte_snapshot(other) == before
+
+
+def test_a_checkpoint_in_the_runs_own_directory_is_committed_where_it_is(tmp_path):
+    from gptresume.checkpoint import verify_checkpoint
+    from gptresume.resume.adopt import adopt
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = foreign_checkpoint(tmp_path).rename(run / "checkpoint-4")  # a plain Trainer wrote into this output_dir
+    spec = RunSpec(run, {"train": {}})
+    plan = plan_resume(spec, str(ckpt), adopt=True)
+    adopt(plan.checkpoint, spec, world_size=1)
+    assert plan.checkpoint.path == ckpt and verify_checkpoint(ckpt).valid
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-4"]
+
+
+def test_a_copy_cut_short_is_a_temporary_the_next_start_removes(tmp_path):
+    from gptresume.checkpoint import list_checkpoints
+    from gptresume.rundir import remove_leftovers
+
+    half = tmp_path / "run" / ".checkpoint-4.tmp-adopt"  # what a kill during the copy leaves
+    half.mkdir(parents=True)
+    (half / "optimizer.pt").write_bytes(b"x")
+    assert list_checkpoints(tmp_path / "run") == []
+    assert remove_leftovers(tmp_path / "run") == [half] and not half.exists()

@@ -155,11 +155,12 @@ def test_remote_retention_deletes_only_below_the_newest_verified(tmp_path, remot
     for step in (10, 20, 30, 40):
         upload_checkpoint(remote, make_checkpoint(run, step))
     (Path(remote.root) / "checkpoint-5").mkdir()  # a partial upload (no manifest), older than everything
-    # only 20 and 30 verified (40 is not): keep_last 2 keeps 20 and 30, and everything newer
-    assert remote_retention(remote, 2, ["checkpoint-20", "checkpoint-30"]) == ["checkpoint-5", "checkpoint-10"]
+    # checkpoint-30's upload was just verified (40 is ahead of it): keep_last 2 keeps 20 and 30, and everything
+    # newer; the partial upload goes
+    assert remote_retention(remote, 2, "checkpoint-30") == ["checkpoint-10", "checkpoint-5"]
     assert remote_checkpoints(remote) == ["checkpoint-20", "checkpoint-30", "checkpoint-40"]
-    assert remote_retention(remote, 3, ["checkpoint-20", "checkpoint-30"]) == []  # fewer verified than kept
-    assert remote_retention(remote, None, ["checkpoint-20"]) == []
+    assert remote_retention(remote, 3, "checkpoint-30") == []  # fewer than kept
+    assert remote_retention(remote, None, "checkpoint-20") == []
     assert delete_remote_checkpoint(remote, "checkpoint-20")
     assert remote_checkpoints(remote) == ["checkpoint-30", "checkpoint-40"]
 
@@ -248,27 +249,6 @@ def test_uploader_retries_until_the_remote_works(tmp_path, caplog):
 
 
 # ---------------------------------------------------------------- a real S3-compatible server
-
-
-@pytest.fixture(scope="module")
-def s3():
-    import os
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from s3server import CREDENTIALS, S3Server
-
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    server = S3Server().start()
-    server.create_bucket("unit-bucket")
-    yield server
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def test_probe_and_round_trip_through_s3(tmp_path, s3):

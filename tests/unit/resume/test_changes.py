@@ -93,10 +93,12 @@ def test_model_architecture_is_compared_as_a_whole():
     assert change.old == {"n_layer": 2, "n_embd": 32} and change.new == {"n_layer": 4, "n_embd": 32}
 
 
-def test_a_field_only_on_one_side_is_a_change():
+def test_a_field_only_one_side_sets_is_compared_with_its_declared_default():
     old, new = config(), config(warmup_steps=10)
     (change,) = config_changes(old, new)
-    assert (change.key, change.old, change.new, change.kind) == ("train.warmup_steps", None, 10, SCHEDULE)
+    assert (change.key, change.old, change.new, change.kind) == ("train.warmup_steps", 0, 10, SCHEDULE)
+    assert change.old_default and not change.new_default
+    assert "  train.warmup_steps  0 (default)  10  " in format_changes([change])
 
 
 def test_same_global_batch_is_allowed_with_a_note():
@@ -121,11 +123,11 @@ def test_world_size_is_a_batch_pseudo_field():
     assert all(c.allowed for c in changes)
 
 
-def test_a_batch_field_left_at_its_default_counts_with_trainers_default():
+def test_a_field_left_at_its_default_is_no_change_from_the_same_value_given():
     old, new = config(), config()
     del old["train"]["gradient_accumulation_steps"]  # TrainingArguments default: 1
-    (change,) = config_changes(old, new)
-    assert change.key == "train.gradient_accumulation_steps" and change.allowed
+    assert config_changes(old, new) == []
+    assert config_changes(new, old) == []
 
 
 # ---------------------------------------------------------------- allow_keys
