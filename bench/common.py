@@ -51,6 +51,8 @@ class Plan:
     packing_reps: int = 1  # each packing of 1-2 GB runs for minutes (about 70 min for the section on 2 cores)
     ddp_procs: int = 2  # checkpoint_ddp: processes under torchrun (gloo on CPU)
     verify_mb: int = 1536  # verify: the checkpoint's size (GPT-2 124M with Adam is about 1.5 GB)
+    step_cost_steps: int = 60  # step_cost: optimizer steps per peer (the first demo_warmup and the last not timed)
+    step_cost_logging: int = 10  # step_cost: logging_steps (Trainer reads the loss there; so does run health)
 
 
 FULL = Plan()
@@ -61,7 +63,7 @@ QUICK = Plan(reps=1, demo_warmup=2, demo_steps=5, gpt2_warmup=1, gpt2_steps=2, c
              interval_steps=100,
              interval_overrides={"model.from_scratch.n_layer": 1, "model.from_scratch.n_head": 2,
                                  "model.from_scratch.n_embd": 32, "train.per_device_train_batch_size": 2},
-             matmul_n=2048, packing_mb=(16, 32), verify_mb=256)
+             matmul_n=2048, packing_mb=(16, 32), verify_mb=256, step_cost_steps=20)
 
 
 # ---------------------------------------------------------------- processes

@@ -17,8 +17,9 @@ def fmt(x, spec=".2f"):
 
 def render(results: dict) -> str:
     """The markdown report: machine, targets, then one part per section that results holds."""
-    parts = (_header, _targets, _peak, _throughput, _checkpoint, _checkpoint_ddp, _verify, _resume,
-             _streaming_resume, _goodput, _packing, lambda results: _intervals(results.get("interval")), _remote)
+    parts = (_header, _targets, _peak, _throughput, _step_cost, _checkpoint, _checkpoint_ddp, _verify, _resume,
+             _streaming_resume, _goodput, _packing, lambda results: _intervals(results.get("interval")), _remote,
+             _ledger)
     return "\n".join(line for part in parts for line in part(results))
 
 
@@ -123,6 +124,36 @@ def _throughput(results: dict) -> list[str]:
                           f"{median(shares) * 100:.2f}% of each step: what gptresume adds to Trainer's loop."]
         lines.append("")
     return lines
+
+
+def _step_cost(results: dict) -> list[str]:
+    """Callbacks' share of a step: the same Trainer without and with gptresume's callbacks, in one process."""
+    sc = results.get("step_cost")
+    if not sc:
+        return []
+    s, d = sc["summary"], sc["ddp"]
+    rows = (("Trainer alone", "plain"), ("with gptresume's callbacks", "gptresume"))
+    when = f" Measured {sc['measured']}" + (f" (`{sc['command']}`)" if sc.get("command") else "") + "." \
+        if sc.get("measured") else ""
+    if (sc.get("load") or 0) > 0.5 * (results["machine"].get("cores") or 1):
+        when += (" **A busy machine: the step times are noise** (other processes took the cores); the time inside "
+                 "the callbacks and the counts hold.")
+    return ["## Callbacks' share of a step", "",
+            f"The same Trainer (demo shape, random tokens, {sc['device']}) trained with `trainer.train()` and with "
+            f"`gptresume.train(trainer)` in one process, the order alternating; steps {sc['warmup'] + 1}-"
+            f"{sc['steps'] - 1} timed (the last saves), logging every {sc['logging_steps']} steps. Host syncs: "
+            "tensor-to-Python conversions (on a GPU each waits for the device; here on the device / all). "
+            f"Collectives: Python-level torch.distributed calls per step, {d['world_size']} processes (DDP's "
+            f"gradient all-reduce is not one of them).{when}", "",
+            "| | ms per step | ms in callbacks per step | host syncs per step (device / all) | collectives per step |",
+            "|---|---:|---:|---:|---:|",
+            *(f"| {name} | {fmt(s[k]['step_s'] * 1e3, '.2f')} | "
+              f"{fmt(s[k].get('callbacks_s_per_step', 0) * 1e3, '.3f')} | "
+              f"{fmt(s[k]['device_syncs_per_step'], '.2f')} / {fmt(s[k]['syncs_per_step'], '.2f')} | "
+              f"{fmt(d[k]['collectives_per_step'], '.2f')} |" for name, k in rows),
+            "", f"Step time with gptresume's callbacks vs without: {fmt(sc['share'] * 100, '.2f')}% of a step (median "
+                "over the repetitions of (with - without) / with; negative: within the noise); time inside "
+                f"gptresume's callbacks: {fmt(sc.get('callbacks_share', 0) * 100, '.3f')}% of a step.", ""]
 
 
 def _checkpoint_ddp(results: dict) -> list[str]:
@@ -300,6 +331,12 @@ def _remote(results: dict) -> list[str]:
         lines.append(f"| {mode} | {fmt(tps, ',.0f')} | {fmt(ratio(tps, local), '.3f')} |")
     lines.append("")
     return lines
+
+
+def _ledger(results: dict) -> list[str]:
+    from sections.ledger import render as ledger_lines  # its own section file renders it (issue 27)
+
+    return ledger_lines(results)
 
 
 def write_results(out: Path, results: dict) -> None:

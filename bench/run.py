@@ -9,6 +9,8 @@ Sections (`--only` runs some of them; the machine description is always written)
   throughput  steady-state tokens/s (warm-up steps skipped) of gptresume train, plain Trainer and a minimal loop
               with the same model, data, batch and precision, for the demo model and a GPT-2 124M-shaped one;
               for the demo, Trainer out of the box and one performance setting changed at a time
+  step_cost   callbacks' share of a step: the same Trainer without and with gptresume's callbacks in one process
+              (demo shape, random tokens), with the host syncs and cross-rank collectives per step of each
   checkpoint  per save: training paused, total save time, hashing, fsync; synchronous vs checkpoint.async_save
   checkpoint_ddp  the same with 2 processes under torchrun (DDP; gloo on CPU)
   verify      verify_checkpoint of a 1.5 GB checkpoint: format 1 (sha256) vs format 2 (xxh3-128) manifest
@@ -21,6 +23,7 @@ Sections (`--only` runs some of them; the machine description is always written)
   interval    checkpoint.every: auto (Daly's interval) against save_steps 10, 40, 160 under SIGTERM and SIGKILL
               every 60 s: goodput, and the margin over the worst fixed interval that the model predicts
   remote      tokens/s with and without checkpoint.remote (uploads to an S3-compatible server on 127.0.0.1)
+  ledger      the sample ledger's cost: tokens/s with and without it, and its own work per step timed directly
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ from pathlib import Path
 # beside this one import by their plain names.
 from common import BENCH, FULL, QUICK, Runner, loadavg, machine
 from render import fmt, write_results
-from sections import (SECTIONS, checkpoint, goodput, packing, peak, remote, resume, streaming_resume, throughput,
-                      verify)
+from sections import (SECTIONS, checkpoint, goodput, ledger, packing, peak, remote, resume, step_cost,
+                      streaming_resume, throughput, verify)
 from workloads import prepare_template, write_workloads
 
 
@@ -88,9 +91,10 @@ def main() -> int:
         configs = write_workloads(work, plan)
         if not (work / "tok-gpt2").is_dir():
             r.worker("setup-tokenizers", "--work", str(work))
-        needs = {"throughput", "checkpoint", "checkpoint_ddp", "goodput", "interval", "remote"} & set(sections)
-        # the remote section trains the demo only; the others the measured workloads
-        models = ("demo",) if needs == {"remote"} else tuple(
+        needs = {"throughput", "checkpoint", "checkpoint_ddp", "goodput", "interval", "remote",
+                 "ledger"} & set(sections)
+        # the remote and ledger sections train the demo only; the others the measured workloads
+        models = ("demo",) if needs <= {"remote", "ledger"} else tuple(
             m for m in ("demo", "gpt2") if m in plan.workloads or (m == "demo" and needs - {"throughput", "checkpoint",
                                                                                            "checkpoint_ddp"}))
         tpls = {name: prepare_template(r, name, configs[name]) for name in models} if needs else {}
@@ -101,6 +105,8 @@ def main() -> int:
                 results["peak"] = peak.measure(r, plan)
             elif name == "throughput":
                 results["throughput"] = throughput.measure(r, plan, configs, tpls)
+            elif name == "step_cost":
+                results["step_cost"] = step_cost.measure(r, plan)
             elif name == "checkpoint":
                 results["checkpoint"] = checkpoint.measure(r, plan, configs, tpls)
             elif name == "checkpoint_ddp":
@@ -123,6 +129,8 @@ def main() -> int:
                 results["interval"] = goodput.measure_intervals(r, plan, configs, tpls, rate)
             elif name == "remote":
                 results["remote"] = remote.measure(r, plan, configs, tpls)
+            elif name == "ledger":
+                results["ledger"] = ledger.measure(r, plan, configs, tpls)
             results["timing_s"][name] = time.time() - s0
     finally:
         results["wall_s"] = time.time() - t0

@@ -4,6 +4,8 @@
   worker.py setup-tokenizers --work DIR                             the tokenizers the workloads load
   worker.py train --peer gptresume|trainer|minimal --config Y [--set k=v ...] --out F [options]
   worker.py verify-speed --size-mb N --work DIR --out F             `verify` of one checkpoint: sha256 vs xxh3-128
+  worker.py step-cost --work DIR --out F [--order plain gptresume]  the same Trainer without and with gptresume's
+                                                                    callbacks, in this process (step_cost.py)
 
 `train` also runs under torchrun (bench/run.py's checkpoint_ddp section): every rank trains, rank 0 writes F.
 
@@ -576,9 +578,26 @@ def main() -> None:
     v.add_argument("--reps", type=int, default=3)
     v.add_argument("--work", required=True)
     v.add_argument("--out", required=True)
+    c = sub.add_parser("step-cost")
+    c.add_argument("--work", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--steps", type=int, default=40)
+    c.add_argument("--warmup", type=int, default=5)
+    c.add_argument("--logging-steps", type=int, default=10)
+    c.add_argument("--order", nargs=2, default=["plain", "gptresume"])
     a = p.parse_args()
     {"matmul": cmd_matmul, "setup-tokenizers": cmd_setup_tokenizers, "train": cmd_train, "pack": cmd_pack,
-     "verify-speed": cmd_verify_speed}[a.cmd](a)
+     "verify-speed": cmd_verify_speed, "step-cost": cmd_step_cost}[a.cmd](a)
+
+
+def cmd_step_cost(a) -> None:
+    """Step time and syncs per step of one Trainer without and with gptresume's callbacks (step_cost.py)."""
+    from common import DEMO_YAML
+    from step_cost import measure
+
+    result = measure(str(DEMO_YAML), a.work, a.steps, a.warmup, a.logging_steps, a.order)
+    if RANK == 0:
+        write_json(a.out, result)
 
 
 def cmd_pack(a) -> None:

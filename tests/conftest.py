@@ -53,8 +53,9 @@ def fake_checkpoint(run_dir: Path, step: int, files: dict[str, bytes | str], com
     """RUN_DIR/checkpoint-STEP holding `files` (relative path -> bytes or text), committed by a manifest unless
     `commit` is false; `manifest` overrides the write_manifest fields (defaults: no epoch, an empty config)."""
     from gptresume.checkpoint import write_manifest
+    from gptresume.checkpoint.files import checkpoint_name
 
-    ckpt = run_dir / f"checkpoint-{step}"
+    ckpt = run_dir / checkpoint_name(step)
     ckpt.mkdir(parents=True)
     for rel, data in files.items():
         (ckpt / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -3,5 +3,5 @@ of results.json and renders nothing (bench/render.py does). Listed in the order 
 sizes its run from the throughput section's rate, when that ran first; interval (checkpoint.every: auto against
 fixed save_steps, issue 16) lives in goodput.py beside it."""
 
-SECTIONS = ("peak", "throughput", "checkpoint", "checkpoint_ddp", "verify", "resume", "streaming_resume", "goodput",
-            "packing", "interval", "remote")
+SECTIONS = ("peak", "throughput", "step_cost", "checkpoint", "checkpoint_ddp", "verify", "resume", "streaming_resume",
+            "goodput", "packing", "interval", "remote", "ledger")

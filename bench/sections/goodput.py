@@ -21,6 +21,7 @@ import time
 
 import yaml
 from common import Plan, Runner, env, loadavg
+from gptresume.rundir import INTERVAL_EVENT, START_EVENT
 from workloads import fresh_run_dir
 
 
@@ -140,7 +141,7 @@ def measure_intervals(r: Runner, plan: Plan, configs: dict, tpls: dict, demo_rat
                                     f"interval-{kind}-{setting}")
             row["goodput"] = base["wall_s"] / row["wall_s"] if row["finished"] else 0.0
             if setting == "auto":
-                chosen = [e for e in _history(run) if e.get("event") == "interval"]
+                chosen = [e for e in _history(run) if e.get("event") == INTERVAL_EVENT]
                 row["chosen_s"] = [e["interval_s"] for e in chosen]
                 deltas += [e["delta_s"] for e in chosen if e.get("delta_s")]
             rows[str(setting)] = row
@@ -163,7 +164,7 @@ def _step_and_restart(run) -> tuple[float, float]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [x for x in rows if "loss" in x]
     step_s = (rows[-1]["time"] - rows[0]["time"]) / max(1, rows[-1]["step"] - rows[0]["step"])
-    start = next(e for e in _history(run) if e.get("event") == "start")
+    start = next(e for e in _history(run) if e.get("event") == START_EVENT)
     return step_s, rows[0]["time"] - float(start.get("launched") or start["t"])
 
 

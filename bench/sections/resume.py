@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from common import Plan, Runner, median, rotated
+from gptresume.checkpoint.files import checkpoint_name
 from workloads import fresh_run_dir
 
 
@@ -33,7 +34,7 @@ def fake_position(src: Path, dst: Path, step: int) -> None:
     trainer_state.json says STEP, the manifest is updated to match. Only the data position differs."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoint-*"))
     ckpt = next(src.glob("checkpoint-*"))
-    new = dst / f"checkpoint-{step}"
+    new = dst / checkpoint_name(step)
     shutil.copytree(ckpt, new)
     state_path = new / "trainer_state.json"
     state = json.loads(state_path.read_text())

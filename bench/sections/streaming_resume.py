@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 from common import Plan, Runner, median, rotated
+from gptresume.checkpoint.files import checkpoint_name
 from sections.resume import fake_position, make_synthetic
 
 
@@ -35,7 +36,7 @@ def move_stream(run: Path, config: Path, step: int) -> dict:
     from transformers import AutoTokenizer
 
     cfg = load_config(config)
-    ckpt = run / f"checkpoint-{step}"
+    ckpt = run / checkpoint_name(step)
     train = cfg.train
     blocks = step * train["per_device_train_batch_size"] * train.get("gradient_accumulation_steps", 1)
     ds, column = open_documents(cfg.data)

@@ -83,7 +83,9 @@ def train(trainer, resume: str | PathLike = "auto", *, exit_on_stop: bool = True
             "max_steps", or classes "optimizer", "schedule", "batch", "data"), `allow_partial`, `keep_last`
             (default: `args.save_total_limit`), `keep_best` (implied by `args.load_best_model_at_end`),
             `every_minutes`, `every="auto"`, `async_save`, `stop_at_step`, `stop_exit_code`, `remote`,
-            `remote_options`, `remote_keep_last`, `remote_wait_seconds`, `health`, `overwrite`.
+            `remote_options`, `remote_keep_last`, `remote_wait_seconds`, `health`, `overwrite`, `ledger` (record
+            which samples each step trained; `gptresume ledger OUTPUT_DIR` checks each was trained exactly once;
+            needs Trainer's default random sampler).
 
     Returns:
         An `Outcome`: `status` ("complete", "stopped", "already complete", "rollback", "unhealthy"), `step`,

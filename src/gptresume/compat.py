@@ -67,6 +67,10 @@ class Private:
 
 P = Private
 TRAINER, FILES, RNG = "gptresume/training/trainer.py", "gptresume/checkpoint/files.py", "gptresume/resume/rng.py"
+# The modules beside training/trainer.py that hold private Transformers behaviour (trainer.py's docstring names them)
+SNAPSHOT, OVERRIDES = "gptresume/training/async_snapshot.py", "gptresume/training/resume_overrides.py"
+TENSORBOARD, TRACKERS = "gptresume/training/tensorboard.py", "gptresume/training/trackers.py"
+AGREEMENT = "gptresume/training/agreement.py"
 POSITION, EVAL, LOGS = "gptresume/resume/position.py", "gptresume/tools/evaluate.py", "gptresume/logs.py"
 PACKING, T = "gptresume/data/packing.py", "transformers.Trainer."
 LOADABLE = "gptresume/checkpoint/loadable.py"
@@ -96,10 +100,10 @@ WARNINGS: tuple[Private, ...] = (  # value: the text filtered; target: where it 
 )
 
 PRIVATE: tuple[Private, ...] = (
-    P(T + "_init_training_state", "ordering", TRAINER, "a resume restores logging/eval/save steps from "
+    P(T + "_init_training_state", "ordering", OVERRIDES, "a resume restores logging/eval/save steps from "
       "trainer_state.json after computing them from args: ResumeOverrides recomputes them at on_train_begin",
       source=("self.state.compute_steps(self.args, max_steps)", "TrainerState.load_from_json")),
-    P("transformers.trainer_callback.TrainerState.compute_steps", "call", TRAINER, "a changed cadence applied to "
+    P("transformers.trainer_callback.TrainerState.compute_steps", "call", OVERRIDES, "a changed cadence applied to "
       "the restored state", params=("self", "args", "max_steps")),
     P(T + "_load_from_checkpoint", "call", TRAINER, "an already complete run loads its final checkpoint into the "
       "script's trainer without train()", params=("self", "resume_from_checkpoint", "model")),
@@ -122,56 +126,71 @@ PRIVATE: tuple[Private, ...] = (
     P(T + "_get_grad_norm", "override", TRAINER, "run health reads each step's gradient norm (called once per "
       "optimizer step, after clipping, before the optimizer step)", params=("self", "model", "grad_norm"),
       source=("if grad_norm is None:",)),
-    P(T + "_save_checkpoint", "override", TRAINER, "checkpoint.async_save copies this body: the snapshot on the "
-      "training thread, the writing in the background", params=("self", "model", "trial"), sha256="a9111e30faa99339"),
-    *(P(T + name, "call", TRAINER, "the async save's copy of _save_checkpoint calls it", params=params)
+    P(T + "_save_checkpoint", "override", TRAINER, "checkpoint.async_save replaces it (Trainer's own runs when the "
+      "save must be synchronous)", params=("self", "model", "trial")),
+    P(T + "_save_checkpoint", "rule", SNAPSHOT, "checkpoint.async_save copies this body: the snapshot on the "
+      "training thread, the writing in the background", sha256="a9111e30faa99339"),
+    *(P(T + name, "call", SNAPSHOT, "the async save's copy of _save_checkpoint calls it", params=params)
       for name, params in (("_save", ("self", "output_dir", "state_dict")), ("_get_output_dir", ("self", "trial")),
                            ("_save_scaler", ("self", "output_dir")), ("_save_rng_state", ("self", "output_dir")))),
-    *(P("transformers.trainer." + name, "call", TRAINER, "the async save's copy of _save_checkpoint uses it")
+    *(P("transformers.trainer." + name, "call", SNAPSHOT, "the async save's copy of _save_checkpoint uses it")
       for name in ("ExportableState", "SaveStrategy", "reissue_pt_warnings", "is_sagemaker_mp_enabled",
                    "is_torch_xla_available")),
-    P(T + "create_accelerator_and_postprocess", "attribute read", TRAINER, "is_deepspeed_enabled, is_fsdp_enabled: "
+    P(T + "create_accelerator_and_postprocess", "attribute read", SNAPSHOT, "is_deepspeed_enabled, is_fsdp_enabled: "
       "async saves refuse them; an inactive train.fsdp is warned of",
       source=("self.is_deepspeed_enabled =", "self.is_fsdp_enabled =")),
-    P(T + "__init__", "attribute read", TRAINER, "hp_search_backend: async saves refuse hyper-parameter search",
+    P(T + "__init__", "attribute read", SNAPSHOT, "hp_search_backend: async saves refuse hyper-parameter search",
       source=("self.hp_search_backend = None",)),
-    P(T + "__init__", "attribute read", TRAINER, "is_distributed_loading_by_transformers: async saves refuse a model "
+    P(T + "__init__", "attribute read", SNAPSHOT, "is_distributed_loading_by_transformers: async saves refuse a model "
       "loaded sharded across ranks (its save gathers across ranks)",
       source=("self.is_distributed_loading_by_transformers =",)),
-    P(T + "_prepare_for_training", "ordering", TRAINER, "optimizer and scheduler are restored before the callbacks "
+    P(T + "_prepare_for_training", "ordering", OVERRIDES, "optimizer and scheduler are restored before the callbacks "
       "get them: ResumeOverrides writes into the restored ones",
       source=("self._load_optimizer_and_scheduler(resume_from_checkpoint)", '("model", "optimizer", "lr_scheduler")')),
-    P(T + "_inner_training_loop", "ordering", TRAINER, "on_train_begin runs after that restore and before the first "
+    P(T + "_inner_training_loop", "ordering", OVERRIDES, "on_train_begin runs after that restore and before the first "
       "resumed step: where changed values are written in",
       source=("self._prepare_for_training(", "callback_handler.on_train_begin(", "self._run_epoch(")),
-    P(T + "get_decay_parameter_names", "call", TRAINER, "a changed weight_decay goes to the groups Trainer decays",
+    P("transformers.trainer_callback.DefaultFlowCallback.on_step_end", "ordering", AGREEMENT, "Trainer's first "
+      "callback sets the step's should_log / should_evaluate / should_save before gptresume's: the agreement reads "
+      "the health values exactly at the steps that log, evaluate or may save",
+      source=("control.should_log = True", "control.should_evaluate = True", "control.should_save = True")),
+    P("transformers.trainer_callback.DefaultFlowCallback.on_epoch_end", "ordering", AGREEMENT, "a save by epoch is "
+      "decided at on_epoch_end: the agreement judges the health values there too", source=("control.should_save",)),
+    P(T + "_run_epoch", "ordering", AGREEMENT, "on_step_end runs before _maybe_log_save_evaluate, whose log reads "
+      "the loss (.item()) and whose save follows: the health read at a logging step waits on what Trainer's read "
+      "would, and a save is judged before it is written",
+      source=("self.callback_handler.on_step_end(", "self._maybe_log_save_evaluate(")),
+    P(T + "_maybe_log_save_evaluate", "rule", AGREEMENT, "Trainer syncs on the loss only when should_log "
+      "(`.item()`), then saves when should_save", source=("if self.control.should_log", ".item()",
+                                                          "if self.control.should_save", "self._save_checkpoint(")),
+    P(T + "get_decay_parameter_names", "call", OVERRIDES, "a changed weight_decay goes to the groups Trainer decays",
       params=("self", "model")),
-    P("torch.optim.lr_scheduler.LRScheduler.get_last_lr", "attribute write", TRAINER, "ResumeOverrides writes "
+    P("torch.optim.lr_scheduler.LRScheduler.get_last_lr", "attribute write", OVERRIDES, "ResumeOverrides writes "
       "_last_lr so the next logged learning rate is the new one", source=("return self._last_lr",)),
-    P("torch.optim.lr_scheduler.LambdaLR.get_lr", "attribute write", TRAINER, "ResumeOverrides replaces lr_lambdas "
+    P("torch.optim.lr_scheduler.LambdaLR.get_lr", "attribute write", OVERRIDES, "ResumeOverrides replaces lr_lambdas "
       "(a re-planned schedule) and base_lrs (a new learning_rate)", source=("zip(self.lr_lambdas, self.base_lrs",)),
-    P("accelerate.scheduler.AcceleratedScheduler.__init__", "attribute read", TRAINER, "accelerate wraps Trainer's "
+    P("accelerate.scheduler.AcceleratedScheduler.__init__", "attribute read", OVERRIDES, "accelerate wraps Trainer's "
       "scheduler: the LambdaLR written into is `.scheduler`", source=("self.scheduler = scheduler",)),
-    P("transformers.integrations.TensorBoardCallback._init_summary_writer", "override", TRAINER, "the writer opens "
+    P("transformers.integrations.TensorBoardCallback._init_summary_writer", "override", TENSORBOARD, "the writer opens "
       "RUN_DIR/tensorboard with purge_step = resume step + 1: one curve across resumes", params=("self", "args")),
-    P("transformers.integrations.TensorBoardCallback.__init__", "attribute write", TRAINER, "the override sets "
+    P("transformers.integrations.TensorBoardCallback.__init__", "attribute write", TENSORBOARD, "the override sets "
       "logging_dir unless TENSORBOARD_LOGGING_DIR did, and opens _SummaryWriter into tb_writer",
       source=("self._SummaryWriter =", "self.tb_writer =", '"TENSORBOARD_LOGGING_DIR"')),
-    P("transformers.integrations.TensorBoardCallback.on_train_begin", "ordering", TRAINER, "the writer opens in "
+    P("transformers.integrations.TensorBoardCallback.on_train_begin", "ordering", TENSORBOARD, "the writer opens in "
       "on_train_begin, after the override has read the resume step",
       source=("if self.tb_writer is None", "self._init_summary_writer(args)")),
-    P("transformers.integrations.WandbCallback.setup", "rule", TRAINER, "ContinuedWandbCallback opens (or re-opens, "
+    P("transformers.integrations.WandbCallback.setup", "rule", TRACKERS, "ContinuedWandbCallback opens (or re-opens, "
       "resume='allow') the wandb run before setup; setup then uses that run instead of calling wandb.init",
       params=("self", "args", "state", "model"), source=("if self._wandb.run is None:", "self._wandb.init(")),
-    P("transformers.integrations.WandbCallback.on_train_begin", "ordering", TRAINER, "setup runs from "
+    P("transformers.integrations.WandbCallback.on_train_begin", "ordering", TRACKERS, "setup runs from "
       "on_train_begin, after Trainer restored the checkpoint's state", source=("self.setup(args, state, model",)),
-    P("transformers.integrations.MLflowCallback.setup", "option", TRAINER, "a resumed process re-attaches with "
+    P("transformers.integrations.MLflowCallback.setup", "option", TRACKERS, "a resumed process re-attaches with "
       "MLFLOW_RUN_ID and logs no parameters again (MLFLOW_MAX_LOG_PARAMS=0; MLflow refuses a changed value)",
       params=("self", "args", "state", "model"),
       source=('os.getenv("MLFLOW_RUN_ID"', 'os.getenv("MLFLOW_MAX_LOG_PARAMS"',
               "combined_dict_items[:max_log_params]")),
-    P("transformers.integrations.MLflowCallback.on_log", "rule", TRAINER, "metric names are sanitised with this "
-      "regex before logging: ContinuedMLflowCallback looks the held steps up under the same names",
+    P("transformers.integrations.MLflowCallback.on_log", "rule", TRACKERS, "metric names are sanitised with this "
+      "regex before logging: ContinuedMLflowCallback looks the held steps up under the same names (MLFLOW_UNSAFE)",
       source=('re.sub(r"[^0-9A-Za-z_\\-\\.\\ :/]", "_", k)', "step=state.global_step")),
     P("transformers.trainer_callback.ProgressCallback.__init__", "attribute read", "gptresume/training/callbacks.py",
       "the progress bar shows the loss in Trainer's tqdm bar, training_bar", source=("self.training_bar = None",)),
@@ -212,6 +231,17 @@ PRIVATE: tuple[Private, ...] = (
                                                           "len_dataloader % args.gradient_accumulation_steps > 0")),
     P("accelerate.data_loader.BatchSamplerShard.__init__", "rule", POSITION, "even_batches (on): the last set of "
       "batches is padded from the epoch's start", params=("even_batches",)),
+    P("accelerate.data_loader.BatchSamplerShard._iter_with_no_split", "rule", "gptresume/ledger/packed.py",
+      "the sample ledger attributes the global order by count: every process iterates the whole sampler and keeps "
+      "batch idx when idx % processes == rank; even_batches fills the last round from the epoch's first batches "
+      "(initial_data, in order); drop_last yields whole rounds only",
+      source=("if not self.drop_last and idx < self.num_processes:", "initial_data += batch",
+              "if idx % self.num_processes == self.process_index:", "batch += initial_data[cycle_index:end_index]")),
+    P(T + "_run_epoch", "rule", "gptresume/ledger/packed.py", "a resumed epoch's skipped batches are drawn from the "
+      "sampler from the epoch's start (skip_first_batches), and set_epoch reaches the sampler under "
+      "BatchSamplerShard: the ledger numbers positions from the epoch's start",
+      source=("skip_first_batches(train_dataloader, steps_trained_in_current_epoch)",
+              "underlying_sampler.set_epoch(epoch)")),
     P(T + "__init__", "rule", EVAL, "_trainer_counts_shifted_labels repeats it: count labels[..., 1:] when loss_type "
       "maps to ForCausalLMLoss", source=("unwrapped_model.accepts_loss_kwargs", "self._loss_shifts_labels = "
                                          "LOSS_MAPPING.get(", "is ForCausalLMLoss", "is_encoder_decoder")),

@@ -163,14 +163,6 @@ def add_lora(model, cfg: ModelConfig, seed: int):
     return get_peft_model(model, config)
 
 
-def is_adapter_dir(path: Path) -> bool:
-    """A directory holding PEFT adapters (what a LoRA run's checkpoints and final/ hold instead of a model)."""
-    return (Path(path) / ADAPTER_CONFIG_NAME).is_file()
-
-
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-
-
 def check_vocab_fits(model, tokenizer, cfg: ModelConfig) -> None:
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) <= rows:

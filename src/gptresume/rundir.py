@@ -30,9 +30,19 @@ LOCK_NAME = ".lock"
 TOKENIZER_DIR = "tokenizer"
 DATA_CACHE_DIR = "data-cache"
 REMOTE_LEDGER_NAME = "remote-uploads.json"  # checkpoints with a verified copy at checkpoint.remote (remote/ledger.py)
+# history.jsonl: the `event` of each line (append_history), written by training/ and read by status, plot,
+# health/goodput.py and health/rollback.py.
+START_EVENT = "start"  # a session of a new run (also after --overwrite)
+RESUME_EVENT = "resume"  # a session that resumed from a checkpoint
+STOPPED_EVENT = "stopped"  # a graceful stop (signal, --stop-at-step) after committing a checkpoint
+COMPLETE_EVENT = "complete"  # training reached its last step
+ROLLBACK_EVENT = "rollback"  # a NaN or a confirmed spike: rolled back to an earlier checkpoint (health/rollback.py)
+UNHEALTHY_EVENT = "unhealthy"  # a NaN or a confirmed spike stopped the run (the last good checkpoint named)
+INTERVAL_EVENT = "interval"  # checkpoint.every: auto chose a save interval (health/interval.py)
+SAMPLE_LEDGER_DIR = "ledger"  # the sample ledger's segments, one per committed checkpoint (gptresume/ledger/books.py)
 # What --overwrite removes besides the checkpoints (the data cache stays: it is keyed by its inputs).
 RUN_FILES = (CONFIG_NAME, METRICS_NAME, HISTORY_NAME, FINAL_DIR, TOKENIZER_DIR, TENSORBOARD_DIR, TRACKERS_NAME,
-             PROTECTED_NAME, REMOTE_LEDGER_NAME)
+             PROTECTED_NAME, REMOTE_LEDGER_NAME, SAMPLE_LEDGER_DIR)
 # Temporary names written under the run lock and renamed into place: a kill can leave one behind.
 TEMPORARIES = (f".{FINAL_DIR}.tmp*", f".{FINAL_DIR}.old-*", f"{CONFIG_NAME}.tmp", ".*.tmp-*",
                f"{DATA_CACHE_DIR}/*.tmp-*")
@@ -73,7 +83,7 @@ def read_history(run_dir: Path) -> list[dict]:
 
 def resume_steps(history: list[dict]) -> list[int]:
     """Steps at which the run was resumed in a new process, in the order of the resumes."""
-    return [int(e.get("step") or 0) for e in history if e.get("event") == "resume"]
+    return [int(e.get("step") or 0) for e in history if e.get("event") == RESUME_EVENT]
 
 
 def read_trackers(run_dir: Path) -> dict:

@@ -1,7 +1,9 @@
 """Elastic resume: a checkpoint written by 2 processes resumes on 1 (and one written by 1 on 2) with the same
 global batch (per device x accumulation x processes). The sample order is global, so every optimizer step sees
 the same samples as the run it continues, and the losses match it. Sample ids are logged per rank through
-GPTRESUME_SAMPLE_LOG; dropout is off (dropout masks are drawn per rank and cannot carry over)."""
+GPTRESUME_SAMPLE_LOG; dropout is off (dropout masks are drawn per rank and cannot carry over). The sample ledger
+(checkpoint.ledger) records each step's block indices across the change: they are the blocks logged, and
+`gptresume ledger` proves the completed epochs exactly once."""
 
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ def elastic_config(tmp):
     # from the epoch's start; dropping it makes every step a full, identical global batch on any process count
     return write_config(tmp, "elastic.yaml", corpus_chars=3600, model={"from_scratch": NO_DROPOUT},
                         train={"max_steps": MAX_STEPS, "save_steps": 3, "eval_steps": 100,
-                               "per_device_train_batch_size": 4, "dataloader_drop_last": True})
+                               "per_device_train_batch_size": 4, "dataloader_drop_last": True},
+                        checkpoint={"keep_last": 2, "ledger": True})
 
 
 def train(tmp, config, processes: int, log: str, *args, code=0):
@@ -63,12 +66,16 @@ def test_elastic_resume_keeps_samples_per_step_and_losses(tmp_path, before, afte
     assert "world_size" in result.stderr and "same global batch (8): same samples per step" in result.stderr
     if after == 2:
         assert "Rank 1 has no RNG state" in result.stdout + result.stderr
-    _, val = split_ids(run_dir / "run")
+    train_ids, val = split_ids(run_dir / "run")
     expected = samples_per_step(ref_dir, "s", before, MAX_STEPS, val)
     got = samples_per_step(run_dir, "a", before, 4, val) + samples_per_step(run_dir, "b", after, MAX_STEPS - 4, val)
+    from gptresume.ledger.books import lineage
+
+    ledger = {int(s.steps[i]): s.step_ids(i).tolist() for s in lineage(run_dir / "run")[0] for i in range(len(s.steps))}
     for step, (g, e) in enumerate(zip(got, expected), 1):
         print(f"step {step:2d}: {' '.join(g)}")  # shown with -s: the samples of each step
         assert g == e, f"step {step}: different samples"
+        assert sorted(train_ids[i] for i in ledger[step]) == g, f"step {step}: the ledger names other blocks"
     ref_losses, losses = train_losses(ref_dir / "run"), train_losses(run_dir / "run")
     assert sorted(losses) == list(range(1, MAX_STEPS + 1))
     for step in ref_losses:
@@ -83,3 +90,7 @@ def test_elastic_resume_keeps_samples_per_step_and_losses(tmp_path, before, afte
     lines = verify.stdout.splitlines()
     assert len(kept) == len(lines) == 2 and all(line.startswith("ok ") for line in lines), verify.stdout
     assert f"checkpoint-{MAX_STEPS}  (step {MAX_STEPS}," in verify.stdout
+    checked = run_cli(run_dir, "ledger", run_dir / "run")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "blocks trained once" in checked.stdout and "dropped: listed, never trained" in checked.stdout, (
+        checked.stdout)  # dataloader_drop_last: each epoch's tail

@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import re
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,53 @@ def test_releases_are_keyed_by_major_and_minor():
 
     assert [release(v) for v in ("5.24.0", "5.24.1.dev0", "5.25.0rc1", "6.0", None, "x")] == [
         "5.24", "5.24", "5.25", "6.0", None, None]
+
+
+SRC = Path(compat.__file__).resolve().parent.parent
+
+
+def test_every_entry_names_a_module_that_exists_and_defines_its_override():
+    for entry in compat.PRIVATE:
+        module = SRC / entry.used_in
+        assert module.is_file(), f"{entry.target}: {entry.used_in} does not exist"
+        if entry.kind == "override":
+            name = entry.target.rsplit(".", 1)[1]
+            assert re.search(rf"^\s+def {name}\(", module.read_text(), re.M), f"{entry.used_in} has no {name}"
+
+
+def _overriding_classes():
+    from transformers import Trainer
+    from transformers.integrations import MLflowCallback, TensorBoardCallback, WandbCallback
+
+    from gptresume.training.tensorboard import ResumableTensorBoardCallback
+    from gptresume.training.trackers import ContinuedMLflowCallback, ContinuedWandbCallback
+    from gptresume.training.trainer import ResumableTrainerMixin
+
+    return ((ResumableTrainerMixin, Trainer, "transformers.Trainer."),
+            (ResumableTensorBoardCallback, TensorBoardCallback, "transformers.integrations.TensorBoardCallback."),
+            (ContinuedWandbCallback, WandbCallback, "transformers.integrations.WandbCallback."),
+            (ContinuedMLflowCallback, MLflowCallback, "transformers.integrations.MLflowCallback."))
+
+
+def test_every_private_method_gptresume_overrides_is_listed_under_the_module_that_overrides_it():
+    listed = {(e.target, e.used_in) for e in compat.PRIVATE if e.kind == "override"}
+    found = []
+    for cls, base, prefix in _overriding_classes():
+        module = cls.__module__.replace(".", "/") + ".py"
+        for name in vars(cls):
+            if name.startswith("_") and not name.startswith("__") and hasattr(base, name):
+                found.append(name)
+                assert (prefix + name, module) in listed, f"{module} overrides {prefix + name}: not in compat.PRIVATE"
+    assert {"_get_grad_norm", "_save_checkpoint", "_init_summary_writer"} <= set(found)
+
+
+def test_trainer_py_names_every_other_module_with_private_behaviour():
+    """DESIGN: every private Trainer override is in training/trainer.py; the modules beside it that call or write
+    into private Transformers state are named in its docstring, and each is a module compat.py lists."""
+    from gptresume.training import trainer
+
+    training = {e.used_in for e in compat.PRIVATE if e.used_in.startswith("gptresume/training/")}
+    beside = trainer.__doc__.split("The other private Transformers behaviour lives beside what uses it")[1]
+    named = set(re.findall(r"training/\w+\.py", beside))
+    assert training - {compat.TRAINER, "gptresume/training/callbacks.py", "gptresume/training/distributed.py"} \
+        == {"gptresume/" + n for n in named}

@@ -164,14 +164,14 @@ def test_trim_metrics_without_a_file(tmp_path):
 
 def test_clear_run_removes_what_a_run_left_but_keeps_the_data_cache(tmp_path):
     for name in ("checkpoint-10", "checkpoint-20", "final", "tokenizer", "tensorboard", DATA_CACHE_DIR,
-                 "checkpoint-10.replaced-x"):
+                 "checkpoint-10.replaced-x", "ledger"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "f").write_text("x")
     for name in ("config.yaml", METRICS_NAME, HISTORY_NAME, "notes.txt", "protected.json"):
         (tmp_path / name).write_text("x")
     (tmp_path / "remote-uploads.json").write_text("{}")  # checkpoint.remote's ledger of the cleared checkpoints
     assert {"config.yaml", METRICS_NAME, HISTORY_NAME, "final", "tokenizer", "tensorboard", "trackers.json",
-            "remote-uploads.json", "protected.json"} == set(RUN_FILES)
+            "remote-uploads.json", "protected.json", "ledger"} == set(RUN_FILES)
     clear_run(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10.replaced-x", DATA_CACHE_DIR, "notes.txt"]
 

@@ -23,7 +23,8 @@ DeepSpeed, FSDP (their sharded saves gather across ranks inside the save), XLA, 
 sharded by Transformers, push_to_hub and hyper-parameter search stay synchronous, with one warning saying why.
 
 This module is the Trainer-free part (state copies, the writer thread); the `_save_checkpoint` override that uses
-it lives with every other private Trainer override in gptresume/training/trainer.py.
+it lives with every other private Trainer override in gptresume/training/trainer.py, and the snapshot and write it
+runs in gptresume/training/async_snapshot.py.
 """
 
 from __future__ import annotations

@@ -17,7 +17,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gptresume.checkpoint.files import OPTIMIZER_NAME, RNG_STATE_PATTERN, SCHEDULER_NAME
+from gptresume.checkpoint.files import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHT_NAMES,
+    OPTIMIZER_NAME,
+    RNG_STATE_PATTERN,
+    SCHEDULER_NAME,
+)
 
 SCALER_NAME = "scaler.pt"  # Trainer's name (transformers 5.24 trainer.SCALER_NAME)
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -40,10 +46,6 @@ def load_faults(ckpt: Path, model_shapes: dict[str, tuple] | None = None) -> lis
                 faults.append(f"{name} does not load with torch.load(weights_only=True), as Trainer loads it: {why}")
     faults.extend(weight_faults(ckpt, model_shapes))
     return faults
-
-
-ADAPTER_CONFIG_NAME = "adapter_config.json"  # what peft's save_pretrained writes (peft 0.21)
-ADAPTER_WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 def is_adapter_checkpoint(ckpt: Path) -> bool:

@@ -20,11 +20,11 @@ import os
 import sys
 import textwrap
 
-from gptresume.cli import diff, eval, export, generate, plot, resume, status, train, verify
+from gptresume.cli import diff, eval, export, generate, ledger, plot, resume, status, train, verify
 from gptresume.errors import EXIT_INTERNAL, UsageError, storage_error
 from gptresume.logs import setup_logging
 
-COMMANDS = (train, resume, verify, diff, status, export, generate, eval, plot)
+COMMANDS = (train, resume, verify, ledger, diff, status, export, generate, eval, plot)
 
 
 def command_name(module) -> str:

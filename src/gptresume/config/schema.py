@@ -145,6 +145,9 @@ class DataConfig:
     the fly, shuffled through a buffer; the position is saved in each checkpoint. Needs train.max_steps."""
     shuffle_buffer: int | None = None
     """Blocks in a streaming run's shuffle buffer (default 1000)."""
+    stream_parts: int | None = None
+    """Parts a streamed source is split into, each read and packed by one process (default: the process count of the
+    run's first start). Fixed for the run's life; a resume may use fewer processes, or as many as there are parts."""
 
     def problems(self, prefix: str) -> list[str]:
         out = []
@@ -195,6 +198,9 @@ def _pretokenized_problems(cfg: DataConfig, prefix: str) -> list[str]:
             out.append(f"{prefix}.streaming: token_dtype and max_train_tokens apply to packed sources only")
         if any(s.startswith(BUILTIN_PREFIX) for s in cfg.sources):
             out.append(f"{prefix}.streaming: the built-in corpus is small; train it without streaming")
+    if cfg.stream_parts is not None and (not cfg.streaming or cfg.stream_parts < 1):
+        out.append(f"{prefix}.stream_parts: must be at least 1, and only with streaming: true (got "
+                   f"{cfg.stream_parts})")
     if cfg.shuffle_buffer is not None and cfg.shuffle_buffer < 1:
         out.append(f"{prefix}.shuffle_buffer: must be at least 1 (got {cfg.shuffle_buffer})")
     if cfg.max_train_tokens is not None and cfg.max_train_tokens < cfg.block_size:
@@ -241,6 +247,10 @@ class CheckpointConfig:
     """With every: auto, the shortest interval between saves."""
     auto_max_seconds: float = 3600.0
     """With every: auto, the longest interval between saves."""
+    ledger: bool = False
+    """Record which samples (block indices; streaming: block identities) each optimizer step trained, in
+    RUN_DIR/ledger/ and in each checkpoint; `gptresume ledger RUN_DIR` checks every sample of each completed epoch
+    was trained exactly once."""
 
     def problems(self, prefix: str) -> list[str]:
         from gptresume.remote.url import remote_problems
@@ -364,13 +374,15 @@ class Config:
 OPTIONAL_MODEL_FIELDS = {"dtype": None, "revision": None, "trust_remote_code": False, "attn_implementation": None,
                          "peft": None}
 # checkpoint fields every run's config records; every field added since (checkpoint.remote, issue 17; every: auto
-# and its bounds, issue 16; any new option) the same way as above: only when set, at its declared default.
+# and its bounds, issue 16; ledger, issue 27; any new option) the same way as above: only when set, at its declared
+# default.
 RECORDED_CHECKPOINT_FIELDS = ("keep_last", "keep_best", "every_minutes", "async_save")
 OPTIONAL_CHECKPOINT_FIELDS = {f.name: f.default for f in dataclasses.fields(CheckpointConfig)
                               if f.name not in RECORDED_CHECKPOINT_FIELDS}
 # data fields added after runs existed (issue 15), the same way: in the resolved config only when set.
 OPTIONAL_DATA_FIELDS = {"token_dtype": None, "validation_source": None, "validation_hub_split": None,
-                        "max_train_tokens": None, "streaming": None, "shuffle_buffer": None}
+                        "max_train_tokens": None, "streaming": None, "shuffle_buffer": None,
+                        "stream_parts": None}  # issue 27
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_MODEL_TYPE = "gpt2"
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "checkpoint": CheckpointConfig, "health": HealthConfig}

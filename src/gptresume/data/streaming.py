@@ -3,51 +3,58 @@ text/jsonl/parquet files through `datasets`' streaming builders), tokenized and 
 through a seeded buffer of blocks. Nothing is packed ahead and nothing is written to data-cache/.
 
 The data position is state, not a count: after each block it yields, the stream can describe itself exactly
-(`datasets.IterableDataset.state_dict()` for the reader's file and row, the tokens carried over to the next
-block, the blocks in the shuffle buffer, the buffer's random generator, the epoch). The blocks a checkpoint has
-trained on are known (step x per-device batch x accumulation), so the state at that count is written into the
-checkpoint (`data_state.json`, `data_buffer.npy`), and a resume loads it and continues with the next block: no
-batch is replayed, and the blocks are those the uninterrupted run would have trained on (bitwise, same world size).
+(per part of the source: `datasets.IterableDataset.state_dict()` for the reader's file and row, the pass, the tokens
+carried over to the next block; the blocks in the shuffle buffer, the buffer's random generator). The blocks a
+checkpoint has trained on are known (step x per-device batch x accumulation), so the state at that count is written
+into the checkpoint (`data_state.json`, `data_buffer.npy`), and a resume loads it and continues with the next block:
+no batch is replayed, and the blocks are those the uninterrupted run would have trained on (bitwise, same world size).
 `datasets`' own shuffle buffer is not used: its state_dict drops the buffer's contents, so a resume would differ.
 
 Resuming positions the reader with `IterableDataset.load_state_dict`: it skips to the file and row, re-reading the
 rows of the current file before that row without tokenizing them; it never replays batches.
 
-Several processes: each rank reads its own part of the documents (`datasets.distributed.split_dataset_by_node`:
-whole files when their count is a multiple of the process count, else every world_size-th document), packs and
-shuffles it alone, and writes its own state (`data_state_<rank>.json`, `data_buffer_<rank>.npy`, beside Trainer's
-`rng_state_<rank>.pth`). The Trainer's DataLoader must then not shard the batches again (training/trainer.py).
-A rank's state belongs to its part of the source, so a resume on another process count is refused.
+Several processes: the source is split into parts (data/stream_state.py: `split_dataset_by_node` over
+`data.stream_parts`, default the process count of the first start), each packed alone with block identities that do
+not depend on the process count; each rank reads the parts it owns, shuffles them through its own buffer, and writes
+its own state (`data_state_<rank>.json`, `data_buffer_<rank>.npy`, beside Trainer's `rng_state_<rank>.pth`). The
+Trainer's DataLoader must then not shard the batches again (training/trainer.py). A resume on the same process count
+continues each rank bit for bit; on another one (same global batch) the parts and buffered blocks are re-split, each
+block trained exactly once.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
+from gptresume.checkpoint.files import checkpoint_name
 from gptresume.config import HUB_PREFIX, DataConfig, fingerprint_of
+from gptresume.data.stream_state import (  # noqa: F401  (STATE_NAME, BUFFER_NAME, state_names: the file names)
+    BUFFER_NAME,
+    STATE_NAME,
+    block_id,
+    fresh_part,
+    owned_parts,
+    parts_in,
+    read_state,
+    resharded,
+    state_names,
+    too_many_processes,
+    write_state,
+    written_by,
+)
 from gptresume.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-STATE_NAME = "data_state.json"
-BUFFER_NAME = "data_buffer.npy"
 DEFAULT_SHUFFLE_BUFFER = 1000  # blocks
 DOCS_PER_READ = 64
 KEPT_SNAPSHOTS = 64  # states of the last blocks yielded, beyond 4 optimizer steps' worth (the DataLoader reads
 # ahead of the trained step: accelerate one batch, Trainer the step's accumulation batches)
-
-
-def state_names(rank: int, world_size: int) -> tuple[str, str]:
-    """A rank's state and buffer file names in a checkpoint: one process keeps the unnumbered names."""
-    if world_size == 1:
-        return STATE_NAME, BUFFER_NAME
-    return f"data_state_{rank}.json", f"data_buffer_{rank}.npy"
 
 
 def open_documents(cfg: DataConfig, rank: int = 0, world_size: int = 1):
@@ -81,71 +88,140 @@ def open_documents(cfg: DataConfig, rank: int = 0, world_size: int = 1):
 
 
 class PackedStream:
-    """An endless stream of packed blocks ({"input_ids": int64 array}); epoch e+1 re-reads the source with the
-    buffer's generator carried on. Map-style it is not: Trainer needs `max_steps` (checked with the config)."""
+    """An endless stream of packed blocks ({"input_ids": int64 array}); each part of the source (data/stream_state.py)
+    is read again from its start when it ends (its next pass), the buffer's generator carried on. Map-style it is
+    not: Trainer needs `max_steps` (checked with the config).
 
-    def __init__(self, cfg: DataConfig, tokenizer, seed: int, block_size: int, rank: int = 0, world_size: int = 1):
+    `record_ledger()` makes it remember the identity of every block it yields (and of the blocks a rollback skips),
+    for the sample ledger (gptresume/ledger/): written per process beside the state at each save."""
+
+    def __init__(self, cfg: DataConfig, tokenizer, seed: int, block_size: int, rank: int = 0, world_size: int = 1,
+                 run_dir: Path | None = None):
         self.cfg, self.tokenizer, self.seed, self.block_size = cfg, tokenizer, seed, block_size
         self.rank, self.world_size = rank, world_size
+        self.run_dir = Path(run_dir) if run_dir is not None else None
         self.buffer_size = cfg.shuffle_buffer or DEFAULT_SHUFFLE_BUFFER
+        self.parts_total = getattr(cfg, "stream_parts", None) or world_size
         self._restored: dict | None = None
         self.snapshots: OrderedDict[int, dict] = OrderedDict()
         self.keep = KEPT_SNAPSHOTS
+        self.skip = 0  # blocks to leave untrained at the start (a rollback's health.skip_batches, this rank's share)
+        self.ledger: StreamLedger | None = None
+
+    def _start_state(self) -> dict:
+        if self._restored is not None:
+            return self._restored
+        parts = owned_parts(self.parts_total, self.rank, self.world_size)
+        if not parts:
+            raise UsageError(too_many_processes(self.parts_total, self.world_size, self.world_size))
+        return {"parts_total": self.parts_total, "yielded": 0, "cursor": 0, "buffer": [],
+                "rng": np.random.default_rng(self.seed).bit_generator.state, "parts": [fresh_part(s) for s in parts]}
 
     # torch's DataLoader treats anything with __iter__ and no __getitem__ as iterable-style only if it subclasses
     # torch.utils.data.IterableDataset: `as_torch` gives that class.
     def __iter__(self):
         # Every iterator starts at the restored position (or the beginning): a second iterator (a peek, a new
         # DataLoader) must not see a different stream. The stream is endless: Trainer never starts another epoch.
-        state = self._restored or {"epoch": 0, "reader": None, "carry": [], "buffer": [], "pending": [],
-                                   "yielded": 0, "rng": np.random.default_rng(self.seed).bit_generator.state}
-        epoch, reader_state = state["epoch"], state["reader"]
-        carry = np.asarray(state["carry"], dtype=np.int64)
-        buffer, pending = list(state["buffer"]), list(state["pending"])
-        pending.reverse()  # popped from the end
-        yielded = state["yielded"]
+        state = self._start_state()
+        parts = [dict(p, pending=list(reversed(p["pending"]))) for p in state["parts"]]  # popped from the end
+        buffer = list(state["buffer"])
+        cursor, yielded, skip = state["cursor"], state["yielded"] or 0, self.skip
         rng = np.random.default_rng()
         rng.bit_generator.state = state["rng"]
-        eos = self.tokenizer.eos_token_id
-        bs = self.block_size
+        readers: dict[int, tuple] = {}
         while True:
-            ds, column = open_documents(self.cfg, self.rank, self.world_size)
-            if reader_state is not None:
-                ds.load_state_dict(reader_state)
-            it, docs_seen = iter(ds), reader_state is not None
-            while True:
-                while pending:
-                    block = pending.pop()
-                    if len(buffer) < self.buffer_size:
-                        buffer.append(block)
-                        continue
-                    j = int(rng.integers(len(buffer)))
-                    out, buffer[j] = buffer[j], block
-                    yielded += 1
-                    self._snapshot(yielded, epoch, reader_state, carry, buffer, pending, rng)
-                    yield {"input_ids": out}
-                docs = [ex[column] for _, ex in zip(range(DOCS_PER_READ), it)]
-                if not docs:
-                    break
-                docs_seen = True
-                reader_state = ds.state_dict()
-                ids = self.tokenizer(docs, add_special_tokens=False)["input_ids"]
-                carry = np.concatenate([carry] + [np.asarray(x + [eos], dtype=np.int64) for x in ids])
-                n = len(carry) // bs
-                pending = [carry[i * bs:(i + 1) * bs] for i in reversed(range(n))]
-                carry = carry[n * bs:]
-            if not docs_seen:
-                part = f" for process {self.rank} of {self.world_size}" if self.world_size > 1 else ""
-                raise UsageError(f"data.source: {self.cfg.source!r} holds no documents to stream{part}")
-            epoch, reader_state = epoch + 1, None  # the files again, in order; the buffer's generator carries on
+            if len(buffer) > self.buffer_size:  # inherited from more processes (an elastic resume): drain to size
+                j = int(rng.integers(len(buffer)))
+                out = buffer[j]
+                buffer[j] = buffer[-1]
+                buffer.pop()
+            else:
+                part = parts[cursor]
+                while not part["pending"]:
+                    self._refill(part, readers)
+                block = part["pending"].pop()
+                cursor = (cursor + 1) % len(parts)
+                if len(buffer) < self.buffer_size:
+                    buffer.append(block)
+                    continue
+                j = int(rng.integers(len(buffer)))
+                out, buffer[j] = buffer[j], block
+            if skip:  # never trained: a rollback skips it (recorded as skipped in the ledger)
+                skip -= 1
+                if self.ledger is not None:
+                    self.ledger.skipped(out[0])
+                continue
+            yielded += 1
+            self._snapshot(yielded, cursor, buffer, parts, rng)
+            if self.ledger is not None:
+                self.ledger.trained(yielded, out[0])
+            yield {"input_ids": out[1]}
 
-    def _snapshot(self, yielded, epoch, reader_state, carry, buffer, pending, rng) -> None:
-        self.snapshots[yielded] = {"epoch": epoch, "reader": reader_state, "carry": carry, "buffer": list(buffer),
-                                   "pending": pending[::-1], "yielded": yielded, "rng": rng.bit_generator.state}
+    def _refill(self, part: dict, readers: dict) -> None:
+        """Read the part's next documents and pack them onto its carried tokens (its pending blocks, numbered);
+        at the part's end, its next pass starts from the first document."""
+        s = part["part"]
+        if s not in readers:
+            ds, column = open_documents(self.cfg, s, self.parts_total)
+            if part["reader"] is not None:
+                ds.load_state_dict(part["reader"])
+            readers[s] = (ds, column, iter(ds), part["reader"] is not None)
+        ds, column, it, seen = readers[s]
+        docs = [ex[column] for _, ex in zip(range(DOCS_PER_READ), it)]
+        if not docs:
+            if not seen:
+                where = f" for part {s} of {self.parts_total}" if self.parts_total > 1 else ""
+                raise UsageError(f"data.source: {self.cfg.source!r} holds no documents to stream{where}")
+            part["passes"], part["reader"] = part["passes"] + 1, None  # the files again, in order
+            del readers[s]
+            return
+        readers[s] = (ds, column, it, True)
+        part["reader"] = ds.state_dict()
+        eos, bs = self.tokenizer.eos_token_id, self.block_size
+        ids = self.tokenizer(docs, add_special_tokens=False)["input_ids"]
+        carry = np.concatenate([part["carry"]] + [np.asarray(x + [eos], dtype=np.int64) for x in ids])
+        n = len(carry) // bs
+        first = part["produced"]
+        part["pending"] = [(block_id(s, first + i), carry[i * bs:(i + 1) * bs]) for i in reversed(range(n))]
+        part["produced"] = first + n
+        part["carry"] = carry[n * bs:]
+
+    def _snapshot(self, yielded, cursor, buffer, parts, rng) -> None:
+        self.snapshots[yielded] = {
+            "parts_total": self.parts_total, "yielded": yielded, "cursor": cursor, "rng": rng.bit_generator.state,
+            "buffer": list(buffer),
+            "parts": [dict(p, pending=p["pending"][::-1]) for p in parts]}
         while len(self.snapshots) > self.keep:
             self.snapshots.popitem(last=False)
 
     # ------------------------------------------------------------ checkpoint state
+
+    def begin(self, blocks: int, step: int) -> None:
+        """Before the first block of a (resumed) run: `blocks` is this process's count of trained blocks at `step`
+        (step x per-device batch x accumulation): a re-sharded state counts from there. A rollback to this step
+        leaves this rank's share of its skipped samples untrained (health.skip_batches), as packed data does."""
+        state = self._start_state()
+        if state["yielded"] is None:
+            state["yielded"] = blocks
+        elif state["yielded"] != blocks:
+            raise RuntimeError(f"streaming: the restored state has {state['yielded']} blocks trained by process "
+                               f"{self.rank}, the trainer's step {step} means {blocks}")
+        self._restored = state
+        self.skip = self._rollback_skip(step)
+        if self.ledger is not None:
+            self.ledger.start(blocks)
+
+    def _rollback_skip(self, step: int) -> int:
+        if self.run_dir is None or step <= 0:
+            return 0
+        from gptresume.health.rollback import pending_skip
+        from gptresume.rundir import read_history
+
+        total = pending_skip(read_history(self.run_dir), step)
+        if total:
+            log.info("Rollback: process %d skips %d block(s) of its stream", self.rank,
+                     total // self.world_size + (self.rank < total % self.world_size))
+        return total // self.world_size + (1 if self.rank < total % self.world_size else 0)
 
     def save_state(self, blocks_trained: int, directory: Path) -> None:
         """Write the stream's state after `blocks_trained` blocks into a checkpoint directory."""
@@ -155,24 +231,69 @@ class PackedStream:
         if state is None:
             raise RuntimeError(f"streaming: no state kept for block {blocks_trained} (kept: "
                                f"{list(self.snapshots)[:1]}..{list(self.snapshots)[-1:]})")
-        rows = state["buffer"] + state["pending"]
-        state_name, buffer_name = state_names(self.rank, self.world_size)
-        np.save(directory / buffer_name, np.stack(rows) if rows else np.zeros((0, self.block_size), np.int64))
-        record = {k: v for k, v in state.items() if k not in ("buffer", "pending")}
-        record.update(carry=[int(x) for x in state["carry"]], buffered=len(state["buffer"]))
-        (directory / state_name).write_text(json.dumps(record))
+        write_state(Path(directory), self.rank, self.world_size, state, self.block_size)
 
     def load_state(self, checkpoint: Path) -> None:
-        """Continue after the blocks the checkpoint trained on (this rank's data_state and data_buffer files)."""
-        state_name, buffer_name = state_names(self.rank, self.world_size)
-        path = Path(checkpoint) / state_name
-        if not path.is_file():
-            raise UsageError(f"streaming: {checkpoint} has no {state_name} (not written by a streaming run with "
-                             f"{self.world_size} process(es)); resume it as it was started, or start a new run")
-        state = json.loads(path.read_text())
-        rows = [row for row in np.load(Path(checkpoint) / buffer_name, allow_pickle=False).astype(np.int64)]
-        state["buffer"], state["pending"] = rows[:state["buffered"]], rows[state["buffered"]:]
+        """Continue after the blocks the checkpoint trained on: this rank's own state when the checkpoint was written
+        by as many processes, else the union of every rank's state re-split over this process count
+        (data/stream_state.py)."""
+        writers = written_by(Path(checkpoint))
+        if writers == self.world_size:
+            state = read_state(Path(checkpoint), self.rank, writers)
+        else:
+            state = resharded(Path(checkpoint), self.rank, self.world_size, self.seed)
+            log.info("Stream re-split: %d process(es) wrote it, %d read it; process %d takes part(s) %s and %d "
+                     "buffered block(s)", writers, self.world_size, self.rank, [p["part"] for p in state["parts"]],
+                     len(state["buffer"]))
+        self.parts_total = int(state["parts_total"])
         self._restored = state
+
+    def record_ledger(self) -> StreamLedger:
+        if self.ledger is None:
+            self.ledger = StreamLedger(self)
+        return self.ledger
+
+
+class StreamLedger:
+    """The identity of every block this process trains (by count: its k-th yielded block belongs to optimizer step
+    ceil(k / blocks per step)) and skips, since its last save; written into each checkpoint as this process's
+    ledger segment (ledger/segment.py), with the blocks the stream holds at that point."""
+
+    def __init__(self, stream: PackedStream):
+        self.stream = stream
+        self.base = 0  # yielded count before the first remembered block
+        self.uids: list[int] = []
+        self.skipped_uids: list[int] = []
+
+    def start(self, blocks: int) -> None:
+        self.base, self.uids, self.skipped_uids = blocks, [], []
+
+    def trained(self, yielded: int, uid: int) -> None:
+        if yielded == self.base + len(self.uids) + 1:  # a second iterator re-yields known blocks: counted once
+            self.uids.append(uid)
+
+    def skipped(self, uid: int) -> None:
+        if uid not in self.skipped_uids:  # (a second iterator skips the same blocks again)
+            self.skipped_uids.append(uid)
+
+    def save(self, blocks_trained: int, blocks_per_step: int, directory: Path) -> None:
+        from gptresume.ledger.segment import Segment, rank_segment_name
+
+        count = blocks_trained - self.base
+        if count <= 0:
+            return
+        snap = self.stream.snapshots[blocks_trained]
+        first_step = self.base // blocks_per_step + 1
+        steps = np.arange(first_step, first_step + count // blocks_per_step, dtype=np.int64)
+        held = [uid for uid, _ in snap["buffer"]] + [uid for p in snap["parts"] for uid, _ in p["pending"]]
+        parts = {str(p["part"]): {"produced": p["produced"], "passes": p["passes"]} for p in snap["parts"]}
+        segment = Segment.of(kind="stream", steps=steps, counts=np.full(len(steps), blocks_per_step, np.int64),
+                             ids=np.asarray(self.uids[:count], np.int64),
+                             skipped_ids=np.asarray(self.skipped_uids, np.int64), held_ids=np.asarray(held, np.int64),
+                             meta={"parts_total": self.stream.parts_total, "parts": parts,
+                                   "world_size": self.stream.world_size})
+        segment.write(Path(directory) / rank_segment_name(self.stream.rank, self.stream.world_size))
+        self.base, self.uids, self.skipped_uids = blocks_trained, self.uids[count:], []
 
 
 def as_torch(stream: PackedStream):
@@ -200,17 +321,24 @@ def stream_fingerprint(cfg: DataConfig, tokenizer, run_dir: Path, seed: int) -> 
 
 
 def streaming_refusal(plan) -> str | None:
-    """A resume of a streaming run that would need the data position as a sample count: another process count
-    (each rank's reader state belongs to its part of the source), another global batch, other data."""
+    """A resume of a streaming run that would need the data position as a sample count (another global batch,
+    other data), or more processes than the stream has parts. Another process count with the same global batch is
+    re-sharded (data/stream_state.py)."""
     for c in plan.changes:
-        other_world = c.key == "world_size"
-        other_batch = c.kind == "batch" and not c.note.startswith("same")
-        other_data = c.kind == "data" and c.note != "same packed tokens"
-        if other_world or other_batch or other_data:
+        other_batch = c.kind == "batch" and not c.equivalent
+        other_data = c.kind == "data" and not c.equivalent
+        if other_batch or other_data:
             return (f"{c.key} changed ({c.old!r} -> {c.new!r}) on a streaming run: its data position is the "
-                    "reader's state after the blocks trained (per process), not a sample count, so it cannot be "
-                    "carried to another process count, global batch or data; resume with the original values, or "
-                    "start a new run (fine-tuning from this one's final/ model)")
+                    "readers' state after the blocks trained, not a sample count, so it cannot be carried to another "
+                    "global batch or data (another process count needs the same global batch: per-device batch x "
+                    "accumulation x processes); resume with the original values, or start a new run (fine-tuning "
+                    "from this one's final/ model)")
+    for c in plan.changes:
+        if c.key == "world_size" and plan.checkpoint is not None:
+            parts = parts_in(plan.checkpoint.path)
+            if int(c.new) > parts:
+                return f"world_size changed ({c.old!r} -> {c.new!r}) on a streaming run: " + too_many_processes(
+                    parts, int(c.old), int(c.new))
     return None
 
 
@@ -233,9 +361,12 @@ def streamed_data(cfg: DataConfig, tokenizer, run_dir: Path, seed: int, rank: in
                   ) -> StreamedData:
     if tokenizer.eos_token_id is None:
         raise UsageError("model.tokenizer: the tokenizer has no EOS token, needed between documents")
+    if cfg.stream_parts is not None and cfg.stream_parts < world_size:
+        raise UsageError(f"data.stream_parts: {cfg.stream_parts} part(s) cannot feed {world_size} processes (each "
+                         f"part is read by one process); set it to {world_size} or more, or leave it out")
     open_documents(cfg, rank, world_size)  # a missing file or an unreachable hub dataset fails here, before
     # anything is written
-    stream = PackedStream(cfg, tokenizer, seed, cfg.block_size, rank, world_size)
+    stream = PackedStream(cfg, tokenizer, seed, cfg.block_size, rank, world_size, run_dir)
     return StreamedData(stream, stream_fingerprint(cfg, tokenizer, run_dir, seed), cfg.block_size)
 
 
@@ -247,15 +378,21 @@ def _callback_base():
 
 class StreamStateCallback(_callback_base()):
     """On every save, the stream's state after the blocks the saved step trained on, into the checkpoint (before
-    gptresume's commit callback, so the manifest lists and hashes it)."""
+    gptresume's commit callback, so the manifest lists and hashes it), and with the sample ledger on, this process's
+    ledger segment."""
 
     def __init__(self, stream: PackedStream):
         self.stream = stream
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.stream.keep = KEPT_SNAPSHOTS + 4 * args.per_device_train_batch_size * args.gradient_accumulation_steps
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        self.stream.keep = KEPT_SNAPSHOTS + 4 * per_step
+        self.stream.begin(state.global_step * per_step, state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
-        directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        blocks = state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps
+        directory = Path(args.output_dir) / checkpoint_name(state.global_step)
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        blocks = state.global_step * per_step
         self.stream.save_state(blocks, directory)
+        if self.stream.ledger is not None:
+            self.stream.ledger.save(blocks, per_step, directory)

@@ -17,8 +17,17 @@ import os
 import time
 from dataclasses import dataclass
 
-SESSION_EVENTS = ("start", "resume")
-ENDING_EVENTS = ("stopped", "complete", "rollback", "unhealthy")
+from gptresume.rundir import (
+    COMPLETE_EVENT,
+    RESUME_EVENT,
+    ROLLBACK_EVENT,
+    START_EVENT,
+    STOPPED_EVENT,
+    UNHEALTHY_EVENT,
+)
+
+SESSION_EVENTS = (START_EVENT, RESUME_EVENT)
+ENDING_EVENTS = (STOPPED_EVENT, COMPLETE_EVENT, ROLLBACK_EVENT, UNHEALTHY_EVENT)
 
 
 def process_start_time() -> float:
@@ -64,7 +73,7 @@ def sessions(history: list[dict], metrics: list[dict] | None = None, running: bo
             start = float(launched) if isinstance(launched, (int, float)) else t
             if out and out[-1].end is None:
                 out[-1].end = start if out[-1].pid != e.get("pid") else t
-            if out and out[-1].pid == e.get("pid") and out[-1].ended_by == "rollback":
+            if out and out[-1].pid == e.get("pid") and out[-1].ended_by == ROLLBACK_EVENT:
                 start = out[-1].end  # the same process continuing after its rollback
             out.append(Session(start, None, e.get("pid"), None))
         elif out and e.get("event") in ENDING_EVENTS and e.get("pid") == out[-1].pid:
@@ -90,7 +99,7 @@ def interruptions(history: list[dict]) -> tuple[int, float]:
 
 def stops(history: list[dict]) -> int:
     """Graceful stops (SIGTERM, SIGINT, SIGUSR1, --stop-at-step): each committed a checkpoint first."""
-    return sum(1 for s in sessions(history) if s.ended_by == "stopped")
+    return sum(1 for s in sessions(history) if s.ended_by == STOPPED_EVENT)
 
 
 @dataclass

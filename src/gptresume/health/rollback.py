@@ -16,14 +16,12 @@ from pathlib import Path
 
 from gptresume.checkpoint.files import CHECKPOINT_RE, list_checkpoints
 from gptresume.checkpoint.manifest import CheckpointInfo, verify_checkpoint
-
-ROLLBACK_EVENT = "rollback"
-UNHEALTHY_EVENT = "unhealthy"
+from gptresume.rundir import ROLLBACK_EVENT, START_EVENT, UNHEALTHY_EVENT  # noqa: F401 (UNHEALTHY_EVENT: re-exported)
 
 
 def since_last_start(history: list[dict]) -> list[dict]:
     """The history of the current run: what follows its newest fresh start."""
-    starts = [i for i, e in enumerate(history) if e.get("event") == "start"]
+    starts = [i for i, e in enumerate(history) if e.get("event") == START_EVENT]
     return history[starts[-1]:] if starts else history
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from gptresume.checkpoint.files import ROLLED_BACK_RE
+from gptresume.checkpoint.files import ROLLED_BACK_RE, checkpoint_name
 from gptresume.remote.ledger import Ledger, manifest_id
 from gptresume.remote.books import upload_books
 from gptresume.remote.transfer import delete_set_aside
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def after_rollback(remote: Remote, run_dir: Path, moved: list[Path]) -> list[str]:
     """`moved`: the set-aside directories (`checkpoint-N.rolled-back-*`). Returns the remote copies deleted."""
     ledger = Ledger(run_dir, remote.url)
-    ledger.rolled_back({f"checkpoint-{ROLLED_BACK_RE.match(p.name).group(1)}": manifest_id(p) for p in moved})
+    ledger.rolled_back({checkpoint_name(ROLLED_BACK_RE.match(p.name).group(1)): manifest_id(p) for p in moved})
     try:
         deleted = delete_set_aside(remote, ledger)
         upload_books(remote, run_dir)

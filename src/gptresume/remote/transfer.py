@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from gptresume.checkpoint.files import CHECKPOINT_RE, MANIFEST_NAME
+from gptresume.checkpoint.files import CHECKPOINT_RE, MANIFEST_NAME, checkpoint_name
 from gptresume.checkpoint.manifest import CheckpointInfo, checkpoint_names, read_manifest, verify_checkpoint
 from gptresume.checkpoint.retention import remove_checkpoint, retain
 from gptresume.remote.url import Remote
@@ -154,7 +154,7 @@ def _delay_for_tests(name: str) -> None:
     spec = os.environ.get(TEST_UPLOAD_DELAY_ENV)
     if spec and name not in _delayed:  # once per process: a retry uploads without the delay
         at, _, seconds = spec.partition(":")
-        if name == f"checkpoint-{at}":
+        if name == checkpoint_name(at):
             import time
 
             _delayed.add(name)

@@ -75,11 +75,15 @@ NEVER_REASONS = {
     "data.streaming": "the checkpoint's data position is a sample count (packed) or a reader state (streaming); "
                       "one cannot become the other",
     "data.shuffle_buffer": "the streamed blocks in the checkpoint's shuffle buffer, and their order, depend on it",
+    "data.stream_parts": "the stream's parts and the identity of their blocks were fixed when the run started",
 }
 
 
 @dataclass
 class Change:
+    """One changed field: its class (`kind`), whether the resume may apply it, and a note for people. Decisions
+    read `kind`, `allowed` and `equivalent`, never the note's wording."""
+
     key: str
     old: object
     new: object
@@ -90,6 +94,10 @@ class Change:
     """`old` is the declared default of a field the checkpoint's record leaves out (resume/effective.py)."""
     new_default: bool = False
     """`new` is the declared default of a field the current config leaves out."""
+    equivalent: bool = False
+    """The new value trains the same samples per step (a batch change with the same global batch) or the same
+    tokens (a data change with the same packed tokens): the data position carries over as it is, and a streaming
+    run may resume under it."""
 
     @property
     def refused(self) -> bool:
@@ -171,7 +179,7 @@ def config_changes(old: dict, new: dict, old_world: int = 1, new_world: int = 1,
         old_batch, new_batch = global_batch(old, old_world), global_batch(new, new_world)
         for c in changes:
             if c.kind == BATCH and old_batch == new_batch:
-                c.allowed = True
+                c.allowed = c.equivalent = True
                 c.note = f"same global batch ({new_batch}): same samples per step"
             elif c.kind == BATCH:
                 c.note = f"global batch {old_batch} -> {new_batch}"
@@ -239,7 +247,7 @@ def _action(c: Change) -> str:
         return "NEVER: " + (never_reason(c.key) or "")
     if c.refused:
         text = f"REFUSED (--allow-change {'data' if c.kind == DATA else c.key.removeprefix('train.')})"
-    elif c.note.startswith("same"):
+    elif c.equivalent:
         text = "ok"
     else:
         text = ACTIONS[c.kind]

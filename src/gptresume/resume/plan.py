@@ -231,7 +231,7 @@ def check_data(plan: ResumePlan, data_fingerprint: str | None) -> None:
                                        note="the packed training tokens differ"))
     else:
         for c in plan.changed(DATA):
-            c.allowed, c.note = True, "same packed tokens"
+            c.allowed, c.equivalent, c.note = True, True, "same packed tokens"
     if any(c.refused and c.kind == DATA for c in plan.changes):
         raise ResumeRefused(f"the training data differs from the data {plan.checkpoint.path} was trained on "
                             f"(data fingerprint {saved} then, {data_fingerprint} now).\n" + _refusal(plan),
@@ -245,7 +245,7 @@ def data_stream(plan: ResumePlan, spec: RunSpec, train_samples: int, world_size:
         return None
     saved = plan.resume_state.get("stream")
     data_changed = any(c.key == "data" and c.allowed for c in plan.changes)
-    batch_changed = any(c.kind == BATCH and c.allowed and not c.note.startswith("same") for c in plan.changes)
+    batch_changed = any(c.kind == BATCH and c.allowed and not c.equivalent for c in plan.changes)
     if not (saved or data_changed or batch_changed or plan.skip_samples):
         return None
     old_n = (saved or {}).get("samples") or plan.checkpoint.manifest.get("train_samples") or train_samples

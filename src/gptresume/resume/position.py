@@ -62,6 +62,8 @@ class StreamSampler:
         self.n, self.seed, self.offset = n, seed, offset
         self.epoch = 0
         self._perms: dict[int, list[int]] = {}
+        self.observer = None
+        """Called with (stream position, sample index) for every sample yielded (the sample ledger, ledger/)."""
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -84,5 +86,8 @@ class StreamSampler:
         for p in range(start, start + self.n):
             data_epoch, i = divmod(p, self.n)
             # Positions before the stream's start exist only to be skipped by Trainer, never trained on.
-            yield self._perm(data_epoch)[i] if p >= 0 else 0
+            index = self._perm(data_epoch)[i] if p >= 0 else 0
+            if self.observer is not None:
+                self.observer(p, index)
+            yield index
         self.epoch += 1

@@ -7,13 +7,12 @@ from pathlib import Path
 
 from gptresume.checkpoint import CHECKPOINT_RE, MANIFEST_NAME, CheckpointInfo, list_checkpoints, newest_valid
 from gptresume.checkpoint import verify_checkpoint
+from gptresume.checkpoint.files import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHT_NAMES
 from gptresume.errors import UsageError
 from gptresume.rundir import TOKENIZER_DIR
 from gptresume.rundir import CONFIG_NAME, FINAL_DIR, HISTORY_NAME, METRICS_NAME
 
 MODEL_CONFIG_NAME = "config.json"
-ADAPTER_CONFIG_NAME = "adapter_config.json"  # a LoRA run's checkpoints, final/ and adapter exports (peft)
-ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 WHAT_TO_GIVE = ("give a run directory (train.output_dir), a checkpoint-N directory, "
@@ -40,7 +39,7 @@ def is_model_dir(path: Path) -> bool:
 def is_adapter_dir(path: Path) -> bool:
     """PEFT adapters (adapter_config.json + adapter weights) instead of a whole model."""
     path = Path(path)
-    return (path / ADAPTER_CONFIG_NAME).is_file() and any((path / w).is_file() for w in ADAPTER_WEIGHT_FILES)
+    return (path / ADAPTER_CONFIG_NAME).is_file() and any((path / w).is_file() for w in ADAPTER_WEIGHT_NAMES)
 
 
 def require_run_dir(path: str | Path, command: str) -> Path:

@@ -27,13 +27,14 @@ from gptresume.checkpoint import fsync_dir
 from gptresume.checkpoint.manifest import file_digest
 from gptresume.errors import UsageError
 from gptresume.rundir import TOKENIZER_DIR
-from gptresume.tools.common import ADAPTER_CONFIG_NAME, ModelSource, is_adapter_dir, load_adapter_model, resolve_model
+from gptresume.checkpoint.files import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+from gptresume.tools.common import ModelSource, is_adapter_dir, load_adapter_model, resolve_model
 
 EXPORT_INFO_NAME = "gptresume-export.json"
 # What from_pretrained needs; everything else in a checkpoint is training state.
 MODEL_PATTERNS = ("config.json", "generation_config.json", "model.safetensors", "model-*.safetensors",
                   "model.safetensors.index.json")
-ADAPTER_PATTERNS = (ADAPTER_CONFIG_NAME, "adapter_model.safetensors")
+ADAPTER_PATTERNS = (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME)
 TOKENIZER_PATTERNS = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                       "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 

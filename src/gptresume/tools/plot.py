@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptresume.errors import UsageError
-from gptresume.rundir import METRICS_NAME, read_history, read_metrics, resume_steps
+from gptresume.rundir import METRICS_NAME, ROLLBACK_EVENT, read_history, read_metrics, resume_steps
 from gptresume.tools.common import require_run_dir
 
 IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
@@ -20,7 +20,7 @@ IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 def rollback_marks(history: list[dict]) -> list[tuple[int, int]]:
     """(step detected, step rolled back to) of each rollback in history.jsonl, as the plot marks them."""
     return [(int(e["step"]), int(e.get("to_step") or 0)) for e in history
-            if e.get("event") == "rollback" and isinstance(e.get("step"), int)]
+            if e.get("event") == ROLLBACK_EVENT and isinstance(e.get("step"), int)]
 
 
 def plot_run(run_dir: str | Path, out: str | Path, dpi: int = 110) -> list[int]:

@@ -20,7 +20,17 @@ from gptresume.checkpoint import (
     read_trainer_state,
     verify_checkpoint,
 )
-from gptresume.rundir import CONFIG_NAME, FINAL_DIR, LOCK_NAME, read_history, read_metrics
+from gptresume.rundir import (
+    CONFIG_NAME,
+    FINAL_DIR,
+    INTERVAL_EVENT,
+    LOCK_NAME,
+    RESUME_EVENT,
+    ROLLBACK_EVENT,
+    UNHEALTHY_EVENT,
+    read_history,
+    read_metrics,
+)
 from gptresume.tools.common import is_adapter_dir, require_run_dir
 
 
@@ -110,9 +120,7 @@ def _health(run_dir: Path, history: list[dict], metrics: list[dict], committed_s
     """health/: what status reports about the run's health and its checkpoint interval."""
     from gptresume.checkpoint import protected
     from gptresume.health.goodput import goodput, interruptions, stops
-    from gptresume.health.rollback import ROLLBACK_EVENT, UNHEALTHY_EVENT
-
-    intervals = [e for e in history if e.get("event") == "interval"]
+    intervals = [e for e in history if e.get("event") == INTERVAL_EVENT]
     count, hours = interruptions(history)
     return {"rollbacks": [e for e in history if e.get("event") == ROLLBACK_EVENT],
             "health_stops": [e for e in history if e.get("event") == UNHEALTHY_EVENT],
@@ -268,13 +276,13 @@ def _history_text(e: dict) -> str:
     parts = [str(e.get("time", "?")).replace("T", " ")[:19], f"{event:<8}", f"step {e.get('step', '?'):<6}",
              f"{e.get('host', '?')} pid {e.get('pid', '?')}"]
     details = []
-    if event == "resume" and e.get("checkpoint"):
+    if event == RESUME_EVENT and e.get("checkpoint"):
         details.append(f"from {Path(e['checkpoint']).name}")
     if e.get("reason"):
         details.append(str(e["reason"]))
-    if event == "rollback":
+    if event == ROLLBACK_EVENT:
         details.append(f"to {Path(str(e.get('checkpoint'))).name}, skipping {e.get('skip_batches')} batch(es)")
-    if event == "interval":
+    if event == INTERVAL_EVENT:
         details.append(f"every {e.get('interval_s')}s (delta {e.get('delta_s')}s, M {e.get('mtbi_h')}h)")
     for name, faults in (e.get("skipped") or {}).items():
         details.append(f"skipped {name} ({'; '.join(faults)})")

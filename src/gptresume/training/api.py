@@ -172,6 +172,10 @@ def _check_trainer(trainer, options: Options) -> None:
     why = (output_dir_url_problem(args.output_dir, "TrainingArguments.output_dir")
            or output_dir_problem(args.output_dir, "TrainingArguments.output_dir"))
     problems += [why] if why else []
+    if options.ledger:  # the sample ledger needs Trainer's own sampler (gptresume/ledger/recording.py)
+        from gptresume.ledger.recording import ledger_problems
+
+        problems += ledger_problems(trainer)
     if problems:
         raise UsageError("\n".join(problems))
     launched = int(os.environ.get("WORLD_SIZE", "1"))

@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 
 from gptresume.training import distributed
 from gptresume.checkpoint import RESUME_STATE_NAME, apply_retention, atomic_write_text, clear_the_way, write_manifest
+from gptresume.checkpoint.files import checkpoint_name
 from gptresume.resume.plan import RunSpec
 from gptresume.rundir import perplexity
 
@@ -22,8 +23,9 @@ class CommitCallback(TrainerCallback):
     """Make Trainer's saves crash-safe: a fresh directory per save, the manifest written last, then retention."""
 
     def __init__(self, spec: RunSpec, keep_last: int | None, keep_best: bool = False, resume_state=lambda: None,
-                 uploader=None):
+                 uploader=None, ledger=None):
         self.spec = spec
+        self.ledger = ledger  # the sample ledger (ledger/recording.py LedgerCommit): its segment in each commit
         self.uploader = uploader  # checkpoint.remote (remote/uploader.py): each commit queued, retention guarded
         self.config_fingerprint = spec.fingerprint()
         self.keep_last, self.keep_best = keep_last, keep_best
@@ -35,7 +37,7 @@ class CommitCallback(TrainerCallback):
         if state.global_step >= state.max_steps:
             control.should_save = True  # always keep the final state, so the run can be extended later
         if control.should_save and state.is_world_process_zero:
-            stale = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            stale = Path(args.output_dir) / checkpoint_name(state.global_step)
             if stale.exists() or stale.is_symlink():  # an earlier attempt at this step (crashed save, other timeline)
                 log.warning(clear_the_way(stale))
         if control.should_save:  # the same on every rank (stop and timed saves are agreed across ranks)
@@ -59,8 +61,9 @@ class CommitCallback(TrainerCallback):
     def commit_later(self, args, state, deferred: bool = True):
         """What the commit needs, captured now (at the save's step); returns the commit itself: write the
         manifest once every file is on disk, then apply retention. async_save.py runs it in its writer thread."""
-        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        ckpt = Path(args.output_dir) / checkpoint_name(state.global_step)
         step, epoch, world_size, extra = state.global_step, state.epoch, args.world_size, self.resume_state()
+        ledger = self.ledger.capture(step) if self.ledger is not None else None
         started = self.save_started if self.save_started is not None else time.perf_counter()
         self.save_started = None
         if deferred:
@@ -70,11 +73,15 @@ class CommitCallback(TrainerCallback):
             t0 = time.perf_counter()
             if extra:
                 atomic_write_text(ckpt / RESUME_STATE_NAME, json.dumps(extra, indent=1, sort_keys=True))
+            if ledger is not None:
+                ledger.before_manifest(ckpt)
             manifest = write_manifest(ckpt, step=step, epoch=epoch, config=self.spec.config,
                                       config_fingerprint=self.config_fingerprint,
                                       data_fingerprint=self.spec.data_fingerprint,
                                       world_size=world_size, train_samples=self.spec.train_samples)
             log.info(commit_line(ckpt.name, manifest, time.perf_counter() - started))
+            if ledger is not None:
+                ledger.after_manifest(ckpt)  # the run's books (RUN_DIR/ledger/), after the commit
             if self.uploader is not None:
                 self.uploader.submit(ckpt)
             deleted = apply_retention(Path(args.output_dir), self.keep_last, ckpt, self.keep_best,

@@ -96,6 +96,23 @@ def barrier() -> None:
         _dist().barrier(group=_control_group())
 
 
+# ---------------------------------------------------------------- the per-step agreement
+
+
+def agree(values: list[int]) -> list[int]:
+    """The element-wise maximum of `values` over every rank, the same list on every rank: ONE all_reduce of a few
+    int64s per optimizer step, carrying every flag the ranks must agree on (training/agreement.py). It runs on the
+    gloo control group, in CPU memory, whatever the training backend: no device synchronisation (an NCCL reduction
+    would have to be read back from the GPU, stalling its queue). With one process: `values`, no collective."""
+    if not active():
+        return list(values)
+    import torch
+
+    flags = torch.tensor(values, dtype=torch.int64)
+    _dist().all_reduce(flags, op=_dist().ReduceOp.MAX, group=_control_group())
+    return flags.tolist()
+
+
 # ---------------------------------------------------------------- asynchronous saves: the writers' agreement
 
 
@@ -109,7 +126,7 @@ def writer_group():
     every rank from its training thread at the first asynchronous save; None with one process.
 
     Its own group: collectives of one group must be issued in the same order on every rank, and the training
-    thread's (DDP's gradients, `barrier`, the stop agreement) run at the same time as the writers'."""
+    thread's (DDP's gradients, `barrier`, the per-step agreement) run at the same time as the writers'."""
     if not active():
         return None
     from datetime import timedelta

@@ -2,7 +2,9 @@
 optimizer step, save and commit a checkpoint, then training returns and the CLI exits 75.
 
 A second SIGINT aborts at once (exit 130): the newest committed checkpoint is still there to resume from.
-Time-based saves (`checkpoint.every_minutes`) live here too: both decide when to save off the step clock.
+Time-based saves (`checkpoint.every_minutes`) live here too: both decide when to save off the step clock. With several
+processes every rank must stop (or save) at the same step: each rank's view is agreed in the step's one cross-rank
+reduction (training/agreement.py).
 """
 
 from __future__ import annotations
@@ -55,52 +57,40 @@ class StopRequest:
 
 
 class StopCallback(TrainerCallback):
-    """At the end of an optimizer step, turn a pending stop request into save + log + stop."""
+    """A pending stop request, turned into save + log + stop at the end of an optimizer step. The request is read
+    (`wanted`) and agreed across ranks by training/agreement.py, which then calls `stop_here`."""
 
     def __init__(self, request: StopRequest, stop_at_step: int | None = None):
         self.request = request
         self.stop_at_step = stop_at_step
         self.stopped_at: int | None = None
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.stop_at_step is not None and state.global_step >= self.stop_at_step:
+    def wanted(self, step: int) -> bool:
+        """This rank's view at the end of optimizer step `step`: a signal arrived, or --stop-at-step is reached."""
+        if self.stop_at_step is not None and step >= self.stop_at_step:
             self.request.request(f"--stop-at-step {self.stop_at_step}")
-        stop = self.request.reason is not None
-        stop = _any_rank(stop)
-        if stop and state.global_step < state.max_steps:
+        return self.request.reason is not None
+
+    def stop_here(self, state, control) -> None:
+        """Some rank wants to stop (agreed): every rank saves, logs and stops at this step (the last step saves
+        anyway)."""
+        if state.global_step < state.max_steps:
             control.should_save = True
             control.should_log = True
             control.should_training_stop = True
             self.stopped_at = state.global_step
-        return control
 
 
 class TimedSaveCallback(TrainerCallback):
-    """Save when `every_minutes` have passed since the last save, beside the step-based saves."""
+    """Save when `every_minutes` have passed since the last save, beside the step-based saves (`due` is read and
+    agreed across ranks by training/agreement.py)."""
 
     def __init__(self, every_minutes: float):
         self.interval = every_minutes * 60.0
         self.last_save = time.monotonic()
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if _any_rank(time.monotonic() - self.last_save >= self.interval):
-            control.should_save = True
-        return control
+    def due(self) -> bool:
+        return time.monotonic() - self.last_save >= self.interval
 
     def on_save(self, args, state, control, **kwargs):
         self.last_save = time.monotonic()
-
-
-def _any_rank(flag: bool) -> bool:
-    """True on every rank if it is True on any: all ranks must stop (or save) at the same step."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    import torch
-
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())

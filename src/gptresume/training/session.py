@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from gptresume.checkpoint.files import checkpoint_name
 from gptresume.resume.plan import data_stream, loads
-from gptresume.rundir import METRICS_NAME, append_history
+from gptresume.rundir import COMPLETE_EVENT, METRICS_NAME, STOPPED_EVENT, append_history
 from gptresume.training import distributed
 from gptresume.training.outcome import Outcome, train_output_record
 
@@ -54,12 +55,14 @@ class Session:
     def attach(self, trainer, tokens_per_step: int | None = None) -> None:
         """Add gptresume's callbacks to `trainer` and give it the resumable Trainer behaviour (trainer.py)."""
         from gptresume.checkpoint.async_save import BackgroundSaver
+        from gptresume.training.agreement import StepAgreement
         from gptresume.resume.position import StreamSampler
         from gptresume.training.callbacks import CommitCallback, MetricsCallback
         from gptresume.training.health import AutoInterval, HealthCallback, HealthMonitor, make_detector
         from gptresume.training.preemption import StopCallback, StopRequest, TimedSaveCallback
         from gptresume.training.tensorboard import use_run_tensorboard
-        from gptresume.training.trainer import ResumeOverrides, make_resumable
+        from gptresume.training.resume_overrides import ResumeOverrides
+        from gptresume.training.trainer import make_resumable
 
         args, plan, o = trainer.args, self.plan, self.options
         # A streamed dataset has no length and keeps its own position (data/streaming.py): no StreamSampler.
@@ -90,17 +93,26 @@ class Session:
         if o.remote and distributed.is_main():
             from gptresume.remote.uploader import Uploader
 
-            self._uploader = Uploader(self.remote, self.spec.run_dir, o.remote_keep_last, keep_best=keep_best).start()
-        self._commit = CommitCallback(self.spec, o.keep_last, keep_best, resume_state, self._uploader)
+            self._uploader = Uploader(self.remote, self.spec.run_dir, o.remote_keep_last,
+                                      keep_best=keep_best).start()
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        sampler = StreamSampler(n, seed, stream["offset"]) if stream else None
+        ledger = None
+        if o.ledger:  # the sample ledger (gptresume/ledger/): its step callback before the commit sees the save
+            from gptresume.ledger.recording import start_ledger
+
+            sampler, ledger_callbacks, ledger = start_ledger(trainer, plan, self.spec, sampler, seed)
+            callbacks += ledger_callbacks
+        self._commit = CommitCallback(self.spec, o.keep_last, keep_best, resume_state, self._uploader, ledger)
         callbacks.append(self._commit)  # sees every other save decision
         if auto:
             callbacks.append(auto.probe)  # after the commit: the pause it measures includes it
         self._health = HealthCallback(monitor, detector)
         callbacks.append(self._health)  # the very last: it vetoes a save of a bad step
+        callbacks.insert(0, StepAgreement(callbacks))  # first: each step's one cross-rank agreement (agreement.py)
         for cb in callbacks:
             trainer.add_callback(cb)
-        seed = args.data_seed if args.data_seed is not None else args.seed
-        make_resumable(trainer, stream=StreamSampler(n, seed, stream["offset"]) if stream else None,
+        make_resumable(trainer, stream=sampler,
                        async_saver=BackgroundSaver() if o.async_save else None,
                        async_commit=self._commit if o.async_save else None, streaming=n is None,
                        health=monitor)
@@ -128,12 +140,12 @@ class Session:
         self._finish_uploads()  # done or stopped: the uploads of the newest checkpoints, then retention
         step = trainer.state.global_step
         run_dir = self.spec.run_dir
-        newest = run_dir / f"checkpoint-{step}"
+        newest = run_dir / checkpoint_name(step)
         if self._health is not None and self._health.event is not None:
             return self._conclude(trainer, self._health.event, stop.reason, output)
         if self._stop.stopped_at is not None:
             if distributed.is_main():
-                append_history(run_dir, "stopped", step=step, reason=stop.reason)
+                append_history(run_dir, STOPPED_EVENT, step=step, reason=stop.reason)
             return Outcome("stopped", step, newest, ckpt, stop.reason, output, self.options.stop_code())
         return Outcome("complete", step, newest, ckpt, None, output)
 
@@ -164,7 +176,7 @@ class Session:
         it back (training/outcome.py `recorded_train_output`)."""
         if distributed.is_main():
             record = train_output_record(outcome.train_output)
-            append_history(self.spec.run_dir, "complete", step=outcome.step,
+            append_history(self.spec.run_dir, COMPLETE_EVENT, step=outcome.step,
                            **({"train_output": record} if record else {}))
 
     # ------------------------------------------------------------ after a health event
@@ -218,7 +230,7 @@ class Session:
             message = d.message(moved)
             self.say(message)
             if d.status == STOPPED:  # a stop was asked for as well: the rollback is recorded, the re-run continues it
-                append_history(run_dir, "stopped", **d.stopped_record)
+                append_history(run_dir, STOPPED_EVENT, **d.stopped_record)
                 return STOPPED, d.step, str(d.checkpoint), stop_reason
             return ROLLBACK, d.step, str(d.checkpoint), message
         if d.checkpoint is not None:

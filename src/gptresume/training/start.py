@@ -38,6 +38,8 @@ from gptresume.resume.plan import ResumePlan, RunSpec, check_inputs, loads, plan
 from gptresume.rundir import (
     LOCK_NAME,
     METRICS_NAME,
+    RESUME_EVENT,
+    START_EVENT,
     announce_lock_holder,
     append_history,
     clear_run,
@@ -378,8 +380,11 @@ def prepare_run_dir(spec: RunSpec, plan: ResumePlan, action: Action, world_size:
         adopt(plan.checkpoint, spec, world_size)
     write_files()
     trim_metrics(run_dir / METRICS_NAME, plan.step)
+    from gptresume.ledger.books import prepare_for_resume
+
+    prepare_for_resume(run_dir, plan.step, plan.checkpoint.path if plan.checkpoint else None)  # the sample ledger
     append_history(
-        run_dir, "resume" if plan.checkpoint else "start",
+        run_dir, RESUME_EVENT if plan.checkpoint else START_EVENT,
         checkpoint=str(plan.checkpoint.path) if plan.checkpoint else None, step=plan.step,
         skipped={s.name: s.faults for s in plan.skipped},
         changes=[{"key": c.key, "old": c.old, "new": c.new, "class": c.kind, "note": c.note}

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from conftest import byte_snapshot
 from gptresume.checkpoint import write_manifest
+from gptresume.checkpoint.files import checkpoint_name
 from gptresume.checkpoint.loadable import load_faults, weight_faults
 from gptresume.errors import UsageError
 from gptresume.resume.adopt import adoptable_checkpoint, read_training_args, trained_with
@@ -150,10 +151,10 @@ def test_the_plan_skips_a_checkpoint_whose_state_does_not_load_and_names_the_fil
     run = tmp_path / "run"
     config = {"train": {"max_steps": 10}}
     for step in (4, 8):
-        real_state(run / f"checkpoint-{step}", step)
+        real_state(run / checkpoint_name(step), step)
     torch.save(Payload(tmp_path / "ran"), run / "checkpoint-8" / "scheduler.pt")  # before the commit: it verifies
     for step in (4, 8):
-        write_manifest(run / f"checkpoint-{step}", step=step, epoch=None, config=config, config_fingerprint="c",
+        write_manifest(run / checkpoint_name(step), step=step, epoch=None, config=config, config_fingerprint="c",
                        data_fingerprint=None, world_size=1)
     spec = RunSpec(run, config, model_shapes=SHAPES)
     assert plan_resume(spec, "auto").step == 8  # the manifest alone: valid

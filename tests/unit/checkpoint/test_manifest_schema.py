@@ -12,6 +12,7 @@ import os
 import pytest
 
 from gptresume.checkpoint import MANIFEST_NAME, newest_valid, verify_checkpoint, write_manifest
+from gptresume.checkpoint.files import checkpoint_name
 from gptresume.checkpoint.manifest import manifest_problems, path_problem
 from gptresume.tools.status import collect_status, format_status
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("no_fsync")  # tests/conftest.py
 
 
 def make_checkpoint(run_dir, step):
-    ckpt = run_dir / f"checkpoint-{step}"
+    ckpt = run_dir / checkpoint_name(step)
     ckpt.mkdir(parents=True)
     (ckpt / "model.safetensors").write_bytes(b"w" * 100)
     (ckpt / "optimizer.pt").write_bytes(b"o" * 50)

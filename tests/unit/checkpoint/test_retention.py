@@ -19,13 +19,14 @@ from gptresume.checkpoint import (
     set_aside,
     write_manifest,
 )
+from gptresume.checkpoint.files import checkpoint_name
 
 
 pytestmark = pytest.mark.usefixtures("no_fsync")  # tests/conftest.py
 
 
 def make_checkpoint(run_dir: Path, step: int, commit: bool = True, evals: dict[int, float] | None = None) -> Path:
-    ckpt = run_dir / f"checkpoint-{step}"
+    ckpt = run_dir / checkpoint_name(step)
     ckpt.mkdir(parents=True)
     (ckpt / "model.safetensors").write_bytes(b"w" * 100)
     history = [{"step": s, "eval_loss": loss} for s, loss in sorted((evals or {}).items())]

@@ -50,8 +50,8 @@ def test_a_restored_stream_continues_with_the_next_block(tmp_path, tokenizer, fm
                          streaming=True, validation_fraction=0, shuffle_buffer=7)
     whole = PackedStream(cfg, tokenizer, seed=3, block_size=16)
     blocks = take(whole, 200)  # several epochs of this small source
-    epochs = {s["epoch"] for s in whole.snapshots.values()}
-    assert max(epochs) >= 1, "the test must cross an epoch boundary"
+    passes = {p["passes"] for s in whole.snapshots.values() for p in s["parts"]}
+    assert max(passes) >= 1, "the test must cross an epoch boundary (the source's end)"
     assert len({b.tobytes() for b in blocks[:50]}) > 45  # shuffled blocks, not one block repeated
     for k in (1, 123, 190):
         source = PackedStream(cfg, tokenizer, seed=3, block_size=16)
@@ -61,6 +61,7 @@ def test_a_restored_stream_continues_with_the_next_block(tmp_path, tokenizer, fm
         source.save_state(k, ckpt)
         resumed = PackedStream(cfg, tokenizer, seed=3, block_size=16)
         resumed.load_state(ckpt)
+        resumed.begin(k, 1)
         assert all(np.array_equal(a, b) for a, b in zip(take(resumed, 10), blocks[k:k + 10]))
     other_seed = take(PackedStream(cfg, tokenizer, seed=4, block_size=16), 20)
     assert not all(np.array_equal(a, b) for a, b in zip(other_seed, blocks[:20]))
@@ -92,23 +93,34 @@ def test_each_rank_streams_its_own_part_and_resumes_its_own_position(tmp_path, t
         assert sorted(p.name for p in ckpt.iterdir()) == [f"data_buffer_{rank}.npy", f"data_state_{rank}.json"]
         resumed = stream(rank)
         resumed.load_state(ckpt)
+        resumed.begin(37, 1)
         assert all(np.array_equal(a, b) for a, b in zip(take(resumed, 15), parts[rank][37:52]))
         with pytest.raises(UsageError, match=f"no data_state_{1 - rank}.json"):
             stream(1 - rank).load_state(ckpt)
 
 
 class Plan:
-    def __init__(self, *changes):
+    def __init__(self, *changes, checkpoint=None):
         self.changes = list(changes)
+        self.checkpoint = type("Info", (), {"path": checkpoint})() if checkpoint else None
 
 
-def test_resumes_that_need_a_sample_count_are_refused():
+def test_resumes_that_need_a_sample_count_are_refused(tmp_path):
+    import json
+
+    (tmp_path / "data_state.json").write_text(json.dumps({"format": 2, "world_size": 1, "parts_total": 1}))
     assert streaming_refusal(Plan()) is None
     assert streaming_refusal(Plan(Change("train.per_device_train_batch_size", 4, 2, BATCH, True,
-                                         "same global batch (8): same samples per step"))) is None
-    assert streaming_refusal(Plan(Change("data.source", "a", "b", DATA, True, "same packed tokens"))) is None
-    elastic = streaming_refusal(Plan(Change("world_size", 1, 2, BATCH, True, "same global batch (8)")))
-    assert "world_size changed (1 -> 2)" in elastic and "process count" in elastic
+                                         "same global batch (8): same samples per step", equivalent=True))) is None
+    assert streaming_refusal(Plan(Change("data.source", "a", "b", DATA, True, "same packed tokens",
+                                         equivalent=True))) is None
+    grow = Change("world_size", 1, 2, BATCH, True, "same global batch (8)", equivalent=True)
+    elastic = streaming_refusal(Plan(grow, checkpoint=tmp_path))  # 1 part: at most 1 process
+    assert "world_size changed (1 -> 2)" in elastic and "1 part(s)" in elastic and "data.stream_parts: 2" in elastic
+    (tmp_path / "data_state.json").write_text(json.dumps({"format": 2, "world_size": 1, "parts_total": 4}))
+    assert streaming_refusal(Plan(grow, checkpoint=tmp_path)) is None  # 4 parts: re-split over 2 processes
+    shrink = Change("world_size", 2, 1, BATCH, True, "same global batch (8)", equivalent=True)
+    assert streaming_refusal(Plan(shrink, checkpoint=tmp_path)) is None
     assert "global batch" in streaming_refusal(Plan(Change("train.per_device_train_batch_size", 4, 2, BATCH, True,
                                                            "global batch 8 -> 4")))
     assert streaming_refusal(Plan(Change("data", "f1", "f2", DATA, True, "the packed training tokens differ")))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gptresume.checkpoint import RESUME_STATE_NAME, write_manifest
+from gptresume.checkpoint.files import checkpoint_name
 from gptresume.config import fingerprint_of
 from gptresume.errors import ResumeRefused, UsageError
 from gptresume.resume.changes import BATCH, DATA, OPTIMIZER, SCHEDULE
@@ -32,7 +33,7 @@ def make_config(run_dir: Path, **train) -> dict:
 def make_checkpoint(run_dir: Path, step: int, config: dict, *, state_files=STATE_FILES, world_size: int = 1,
                     data_fingerprint: str = "data-1", resume_state: dict | None = None, commit: bool = True,
                     max_steps: int | None = None) -> Path:
-    ckpt = run_dir / f"checkpoint-{step}"
+    ckpt = run_dir / checkpoint_name(step)
     ckpt.mkdir(parents=True)
     (ckpt / "model.safetensors").write_bytes(b"w" * 64)
     state = {"global_step": step, "max_steps": max_steps or config["train"].get("max_steps", 100),
@@ -372,3 +373,48 @@ def test_a_saved_stream_is_continued(run_dir):
     make_checkpoint(run_dir, 20, make_config(run_dir), resume_state={"stream": saved})
     plan = plan_resume(spec(run_dir), "auto")
     assert data_stream(plan, spec(run_dir), N, 1) == saved
+
+
+# ---------------------------------------------------------------- decisions read flags, never the notes' wording
+
+
+def _decisions(plan, new, world_size) -> tuple:
+    from gptresume.data.streaming import streaming_refusal
+    from gptresume.resume.changes import format_changes
+
+    from gptresume.errors import UsageError
+
+    actions = [line.split("  ")[-1].split(";")[0] for line in format_changes(plan.changes).splitlines()[1:]]
+    try:  # another process count reads the stream's parts from the checkpoint: these checkpoints hold none
+        streams = streaming_refusal(plan) is None
+    except UsageError:
+        streams = "no stream state"
+    return (data_stream(plan, new, N, world_size), streams, actions,
+            [(c.kind, c.allowed, c.refused, c.equivalent) for c in plan.changes])
+
+
+@pytest.mark.parametrize("train, world_size, allow, fingerprint, source", [
+    ({"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}, 1, [], "data-1", None),  # same batch
+    ({"per_device_train_batch_size": 2}, 2, [], "data-1", None),  # more processes, same global batch
+    ({"per_device_train_batch_size": 8}, 1, ["batch"], "data-1", None),  # another global batch
+    ({}, 1, [], "data-1", "moved/corpus.txt"),  # a moved file with the same tokens
+    ({}, 1, ["data"], "data-2", "other.txt"),  # other tokens, allowed
+    ({"learning_rate": 5e-4, "logging_steps": 2}, 1, ["learning_rate"], "data-1", None),
+])
+def test_rewording_every_note_changes_no_decision(run, train, world_size, allow, fingerprint, source):
+    """The data position, the streaming refusal and each change's action come from the change's class and flags:
+    the same plan with every note rewritten (and one that starts with "same" on every change) decides the same."""
+    def planned(note=None):
+        new = spec(run, data_fingerprint=fingerprint, **train)
+        if source:
+            new.config["data"]["source"] = source
+        plan = plan_resume(new, "auto", allow_change=allow, world_size=world_size)
+        check_inputs(plan, fingerprint, dropout=False)
+        for c in plan.changes if note is not None else []:
+            c.note = note(c.note)
+        return _decisions(plan, new, world_size)
+
+    expected = planned()
+    assert planned(lambda note: "") == expected
+    assert planned(lambda note: "reworded: " + note[::-1]) == expected
+    assert planned(lambda note: "same as before") == expected  # the old prefix test would flip these
