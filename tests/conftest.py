@@ -48,6 +48,23 @@ def write_config(tmp_path: Path, name: str = "config.yaml", corpus_chars: int | 
     return path
 
 
+def make_base_model(where: Path) -> Path:
+    """A tiny pretrained GPT-2 (save_pretrained, with its tokenizer) for LoRA to adapt."""
+    import transformers
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from gptresume.modeling import train_tokenizer
+
+    tok = train_tokenizer(corpus_texts(), 400)
+    transformers.set_seed(0)
+    model = AutoModelForCausalLM.from_config(GPT2Config(
+        n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    model.save_pretrained(where)
+    tok.save_pretrained(where)
+    return where
+
+
 def fake_checkpoint(run_dir: Path, step: int, files: dict[str, bytes | str], commit: bool = True,
                     **manifest) -> Path:
     """RUN_DIR/checkpoint-STEP holding `files` (relative path -> bytes or text), committed by a manifest unless
@@ -297,3 +314,41 @@ def wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float =
                 return True
         time.sleep(0.02)
     raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def wait_until(condition, proc, timeout: float = 300, poll: float = 0.002) -> bool:
+    """True once `condition()` holds (checked every `poll` seconds), False if `proc` ended first. What a test keys a
+    signal or a kill to: observed progress (a step logged, a file appearing), never a sleep; `timeout` only bounds
+    a run that hangs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for _ in range(10):
+            if condition():
+                return True
+            time.sleep(poll)
+        if proc.poll() is not None:
+            return condition()
+    raise AssertionError(f"the awaited condition did not hold within {timeout} s")
+
+
+def logged_step(run_dir: Path) -> int:
+    """The newest training step in RUN_DIR/metrics.jsonl (0 before the first; a line being written is skipped)."""
+    try:
+        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return 0
+    steps = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if "loss" in row:
+            steps.append(row["step"])
+    return max(steps, default=0)
+
+
+def uncommitted_checkpoints(run_dir: Path) -> list[str]:
+    """checkpoint-N directories without a manifest: a save in progress (or one a kill cut short)."""
+    return sorted(p.name for p in Path(run_dir).glob("checkpoint-*")
+                  if p.name.split("-")[1].isdigit() and not (p / "manifest.json").is_file())

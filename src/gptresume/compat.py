@@ -126,6 +126,14 @@ PRIVATE: tuple[Private, ...] = (
     P(T + "_get_grad_norm", "override", TRAINER, "run health reads each step's gradient norm (called once per "
       "optimizer step, after clipping, before the optimizer step)", params=("self", "model", "grad_norm"),
       source=("if grad_norm is None:",)),
+    P(T + "_maybe_log_save_evaluate", "override", TRAINER, "a stop during an evaluation cuts it (StopSignal from "
+      "on_prediction_step); the override then saves and fires on_save as this method's own tail does",
+      params=("self", "tr_loss", "grad_norm", "model", "trial", "epoch", "ignore_keys_for_eval", "start_time",
+              "learning_rate"),
+      source=("metrics = self._evaluate(trial, ignore_keys_for_eval)", "if self.control.should_save:",
+              "self._save_checkpoint(model, trial)", "self.control = self.callback_handler.on_save(")),
+    P(T + "evaluation_loop", "ordering", TRAINER, "on_prediction_step runs on every process after each eval batch: "
+      "where StopCallback cuts an evaluation", source=("self.control = self.callback_handler.on_prediction_step(",)),
     P(T + "_save_checkpoint", "override", TRAINER, "checkpoint.async_save replaces it (Trainer's own runs when the "
       "save must be synchronous)", params=("self", "model", "trial")),
     P(T + "_save_checkpoint", "rule", SNAPSHOT, "checkpoint.async_save copies this body: the snapshot on the "

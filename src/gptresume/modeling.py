@@ -156,11 +156,54 @@ def add_lora(model, cfg: ModelConfig, seed: int):
 
     from gptresume.config.integrations import lora_config
 
+    why = lora_target_problem(model, cfg.peft.get("target_modules"))
+    if why:
+        raise UsageError(why)
     transformers.set_seed(seed)
     config = lora_config(cfg.peft)
     config.base_model_name_or_path = cfg.name_or_path
     config.revision = cfg.revision
-    return get_peft_model(model, config)
+    try:
+        return get_peft_model(model, config)
+    except (ValueError, TypeError, KeyError, RuntimeError) as e:  # peft's own checks against this model
+        raise UsageError(f"model.peft: peft could not add LoRA adapters to {cfg.name_or_path}: "
+                         f"{' '.join(str(e).split())[:300]}") from None
+
+
+def lora_target_problem(model, targets, field: str = "model.peft.target_modules") -> str | None:
+    """A `target_modules` entry that names no module of `model` (peft's rule: a module's full name, or its last
+    part(s) after a dot; a string is a regular expression over the full names), with the layer names the model
+    has. peft 0.21 alone refuses only when no entry matches, so a misspelt one among others would train silently
+    without its adapters. None when every entry matches (or peft picks them: null, all-linear)."""
+    import re
+
+    if targets is None or targets == "all-linear":
+        return None
+    names = [name for name, _ in model.named_modules() if name]
+    if isinstance(targets, str):
+        try:
+            if any(re.fullmatch(targets, n) for n in names):
+                return None
+        except re.error as e:
+            return f"{field}: {targets!r} is not a valid regular expression ({e})"
+        missing = [targets]
+    else:
+        missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+        if not missing:
+            return None
+    kind = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
+    return (f"{field}: {', '.join(map(repr, missing))} names no module of the model ({kind}); its adaptable layers "
+            f"are {', '.join(adaptable_layer_names(model))}")
+
+
+def adaptable_layer_names(model) -> list[str]:
+    """The last name part of every layer LoRA can adapt (linear, GPT-2's Conv1D, embedding, convolution)."""
+    import torch
+
+    kinds = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d)
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+             if name and (isinstance(m, kinds) or type(m).__name__ == "Conv1D")}
+    return sorted(names)
 
 
 def check_vocab_fits(model, tokenizer, cfg: ModelConfig) -> None:

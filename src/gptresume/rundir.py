@@ -155,7 +155,13 @@ def announce_lock_holder(run_dir: Path) -> None:
 
 
 def append_history(run_dir: Path, event: str, **fields) -> None:
-    """One line per start, resume, stop, completion (history.jsonl): what `status` and `plot` show."""
+    """One line per start, resume, stop, completion (history.jsonl): what `status` and `plot` show. Credentials
+    (in `argv`, or anywhere in the fields) are redacted (credentials.py)."""
+    from gptresume.credentials import redact, redact_argv
+
+    if isinstance(fields.get("argv"), list):
+        fields["argv"] = redact_argv(fields["argv"])
+    fields = redact(fields)
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "t": round(time.time(), 3), "host": socket.gethostname(),
              "pid": os.getpid(), "event": event, **fields}
     with open(Path(run_dir) / HISTORY_NAME, "a") as f:

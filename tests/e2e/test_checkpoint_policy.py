@@ -47,16 +47,11 @@ def test_keep_best_keeps_the_lowest_eval_loss_checkpoint(tmp_path):
 
 
 def _start_and_wait_for_training(tmp_path, config):
-    import time
-
-    from conftest import start_cli
+    """The run, once it has logged its first step (training under way: the graceful handlers are installed)."""
+    from conftest import logged_step, start_cli, wait_until
 
     proc = start_cli(tmp_path, "train", config)
-    history = tmp_path / "run" / "history.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not history.exists():
-        time.sleep(0.02)
-    time.sleep(0.3)
+    wait_until(lambda: logged_step(tmp_path / "run") >= 1, proc)
     return proc
 
 

@@ -18,7 +18,16 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from conftest import assert_bitwise_equal, assert_refused, corpus_texts, run_cli, run_script, train_losses, write_config
+from conftest import (
+    assert_bitwise_equal,
+    assert_refused,
+    corpus_texts,
+    make_base_model,
+    run_cli,
+    run_script,
+    train_losses,
+    write_config,
+)
 
 MAX_STEPS, RESUMED_FROM = 8, 4
 LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "target_modules": ["c_attn", "c_proj"]}
@@ -29,23 +38,6 @@ LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num
 def tracker_env(tmp: Path) -> dict:
     return {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp / "wandb-dir"), "WANDB_SILENT": "true",
             "MLFLOW_TRACKING_URI": f"file://{tmp / 'mlruns'}", "MLFLOW_ALLOW_FILE_STORE": "true"}
-
-
-def make_base_model(where: Path) -> Path:
-    """A tiny pretrained GPT-2 (save_pretrained, with its tokenizer) for LoRA to adapt."""
-    import transformers
-    from transformers import AutoModelForCausalLM, GPT2Config
-
-    from gptresume.modeling import train_tokenizer
-
-    tok = train_tokenizer(corpus_texts(), 400)
-    transformers.set_seed(0)
-    model = AutoModelForCausalLM.from_config(GPT2Config(
-        n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-    model.save_pretrained(where)
-    tok.save_pretrained(where)
-    return where
 
 
 def config_with_model(tmp: Path, model: dict, **train) -> Path:

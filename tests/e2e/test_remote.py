@@ -236,3 +236,36 @@ def test_wrong_bucket_or_endpoint_is_refused_before_anything_is_written(tmp_path
                    "The specified bucket does not exist" if where == "bucket"
                    else "Could not connect to the endpoint URL")
     assert not (tmp_path / "run").exists()
+
+
+def test_nested_options_work_and_no_credential_is_written_anywhere(tmp_path, s3):
+    """s3fs's nested options (client_kwargs, config_kwargs) reach the client, the credentials come from the
+    environment, and no file written locally or in the bucket (config.yaml, history.jsonl, every manifest, the
+    uploaded copies) holds them or anything shaped like a key."""
+    from gptresume.credentials import secret_paths, why_secret_value
+
+    key_id, secret = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # AWS's documentation pair
+    config = write_config(tmp_path, train={"max_steps": 4, "save_steps": 2}, checkpoint={
+        "keep_last": 2, "remote": f"s3://{BUCKET}/nested", "remote_options": {
+            "endpoint_url": s3.endpoint, "client_kwargs": {"region_name": "us-east-1"},
+            "config_kwargs": {"retries": {"max_attempts": 2}, "connect_timeout": 5}}})
+    env = {**CREDENTIALS, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
+    result = run_cli(tmp_path, "train", config, "--set",
+                     "checkpoint.remote_options.client_kwargs.region_name=us-east-1", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = tmp_path / "run"
+    written = {str(p): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl",
+                                                                                              ".yaml")}
+    fs = s3.fs()
+    written.update({p: fs.cat(p) for p in fs.find(f"{BUCKET}/nested") if p.endswith((".json", ".jsonl"))})
+    assert any(name.endswith("history.jsonl") and "/nested/" in name for name in written)
+    assert sum(name.endswith("manifest.json") for name in written) == 4  # two checkpoints, here and there
+    for name, data in written.items():
+        assert key_id.encode() not in data and secret.encode() not in data, name
+    for name in [n for n in written if n.endswith("manifest.json")] + [str(run / "config.yaml")]:
+        recorded = json.loads(written[name]) if name.endswith(".json") else __import__("yaml").safe_load(written[name])
+        options = (recorded.get("config", recorded))["checkpoint"]["remote_options"]
+        assert options["client_kwargs"] == {"region_name": "us-east-1"}, name  # recorded as given: not a secret
+        assert secret_paths(options, "o") == [], name
+    for line in (run / "history.jsonl").read_text().splitlines():
+        assert not [a for a in json.loads(line).get("argv", []) if why_secret_value(a)]

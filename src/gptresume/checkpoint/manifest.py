@@ -33,6 +33,7 @@ from gptresume.checkpoint.files import (
     TRAINER_STATE_NAME,
 )
 from gptresume.checkpoint.storage import CheckpointStorage, LocalStorage
+from gptresume.credentials import redact
 from gptresume.durable import DEFAULT_DIGEST, DIGESTS, atomic_write_text, fsync_dir, hash_file
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def write_manifest(ckpt: Path, *, step: int, epoch: float | None, config: dict, 
         "step": step,
         "epoch": epoch,
         "files": files,
-        "config": config,
+        "config": redact(config),  # credentials never reach a manifest (credentials.py), nor the bucket's copy
         "config_fingerprint": config_fingerprint,
         "data_fingerprint": data_fingerprint,
         "world_size": world_size,

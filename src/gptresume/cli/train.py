@@ -30,7 +30,8 @@ examples:
   torchrun --nproc_per_node 2 -m gptresume train examples/demo.yaml
 
 exit codes: 0 done (or already complete), 2 bad input or refused resume (nothing changed),
-            75 stopped by SIGTERM/SIGINT/SIGUSR1 after committing a checkpoint: run the same command again
+            75 stopped by SIGTERM/SIGINT/SIGUSR1 after committing a checkpoint, or before training with nothing
+            to commit: run the same command again
             (--stop-exit-code N or GPTRESUME_STOP_EXIT_CODE=N reports that stop as N instead)."""
 
 
@@ -73,10 +74,12 @@ def run(args) -> int:
     from gptresume.logs import quiet_transformers
     from gptresume.training import distributed
 
+    from gptresume.stopping import StopSignal, prompt_stops
+
     keep_freed_memory()  # faster CPU steps, the same numbers (allocator.py)
     distributed.setup()  # several processes: rank 0 loads and checks the config, every rank gets its verdict
     try:
-        with ExitStack() as held:
+        with prompt_stops(), ExitStack() as held:  # a stop before training ends at once (stopping.py)
             if distributed.world_size() > 1:
                 config = distributed.on_main(_load_config_and_lock, args.config, args.overrides, held)
             else:  # one process: a plain call (on_main would import torch.distributed to find that out)
@@ -85,6 +88,11 @@ def run(args) -> int:
             from gptresume.training.run import run_training
 
             return run_training(config, Options.of(config.checkpoint, config.health, **flags))
+    except StopSignal as stop:  # reading, packing, loading or checking: nothing of this start was committed
+        print(f"Stopped ({stop.reason}) outside a training step (reading or packing data, loading, checking, "
+              "writing final/): nothing was left half-written (a staged data cache is removed). Re-run the same "
+              "command to start, or to continue from the newest committed checkpoint.", file=sys.stderr, flush=True)
+        return Options(**flags).stop_code()
     finally:
         if "torch.distributed" in sys.modules:  # else no process group exists (and importing torch takes seconds)
             distributed.teardown()

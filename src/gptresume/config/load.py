@@ -19,7 +19,7 @@ import yaml
 from gptresume.config.hf_fields import training_arguments_fields
 from gptresume.config.integrations import integration_problems, report_to_problems
 from gptresume.config.schema import SECTIONS, TRAIN_DEFAULTS, FORBIDDEN_TRAIN_KEYS, Config, DataConfig
-from gptresume.config.types import _type_name, _unknown_key, check_type
+from gptresume.config.types import _unknown_key, check_type, finite_problems, type_problem
 from gptresume.config.values import (
     GPT2_SIZE_DEFAULTS,
     best_model_problems,
@@ -174,6 +174,9 @@ def _build_dataclass(cls, raw: dict, prefix: str):
             problems.append(_unknown_key(key, names, where=prefix))
             continue
         hint = hints[key]
+        if not dataclasses.is_dataclass(hint) and (bad := finite_problems(value, f"{prefix}.{key}")):
+            problems.extend(bad)  # every number of every section, at any depth (from_scratch, peft, options...)
+            continue
         if dataclasses.is_dataclass(hint):
             if value is None:
                 value = {}
@@ -186,7 +189,7 @@ def _build_dataclass(cls, raw: dict, prefix: str):
             continue
         ok, coerced = check_type(value, hint)
         if not ok:
-            problems.append(f"{prefix}.{key}: expected {_type_name(hint)}, got {value!r}")
+            problems.append(type_problem(f"{prefix}.{key}", value, hint))
             continue
         kwargs[key] = coerced
     return (cls(**kwargs) if not problems else cls()), problems
@@ -237,10 +240,13 @@ def _build_train(raw: dict):
         if key not in fields_:
             problems.append(_unknown_key(key, list(fields_), where="train"))
             continue
+        if bad := finite_problems(value, f"train.{key}"):  # as train_value_problems reports them without transformers
+            problems.extend(bad)
+            continue
         if key in hints:
             ok, value = check_type(value, hints[key], strict=False)
             if not ok:
-                problems.append(f"train.{key}: expected {_type_name(hints[key])}, got {raw[key]!r}")
+                problems.append(type_problem(f"train.{key}", raw[key], hints[key]))
                 continue
         train[key] = value
     if not train.get("output_dir"):
@@ -269,7 +275,10 @@ def _training_arguments_problems(train: dict) -> list[str]:
 
 
 def dump_config(config: Config, path: Path) -> None:
-    """Write the resolved config as YAML (atomically: temp file then rename)."""
+    """Write the resolved config as YAML (atomically: temp file then rename), credentials redacted (credentials.py:
+    they are refused on input; this is the second layer)."""
+    from gptresume.credentials import redact
+
     tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    tmp.write_text(yaml.safe_dump(redact(config.to_dict()), sort_keys=False))
     tmp.replace(path)

@@ -27,6 +27,8 @@ FORBIDDEN_TRAIN_KEYS = {
     "(training silently starts at step 0); use `gptresume train --resume auto|must|PATH` instead",
     "save_total_limit": "Trainer's rotation deletes old checkpoints before the new one is committed; "
     "use checkpoint.keep_last instead",
+    "hub_token": "a credential in the config would be copied into config.yaml and every checkpoint's manifest; "
+    "log in with `hf auth login` or set HF_TOKEN in the environment instead",
 }
 # Our defaults for TrainingArguments fields the user did not set.
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -96,10 +98,15 @@ class ModelConfig:
                 out.append(f"{prefix}.peft: LoRA adapts a pretrained model; with from_scratch the base weights are "
                            "random and never saved (adapter checkpoints hold only the adapters); use "
                            "model.name_or_path, or remove model.peft")
-            elif transformers:
-                from gptresume.config.integrations import lora_config_problems
+            else:
+                from gptresume.config.values import lora_value_problems
 
-                out.extend(lora_config_problems(self.peft, f"{prefix}.peft"))
+                bad = lora_value_problems(self.peft, f"{prefix}.peft")
+                out.extend(bad)
+                if transformers and not bad:
+                    from gptresume.config.integrations import lora_config_problems
+
+                    out.extend(lora_config_problems(self.peft, f"{prefix}.peft"))
         if self.from_scratch is not None:
             out.extend(_from_scratch_config_problems(self.from_scratch, f"{prefix}.from_scratch", transformers))
             if not self.tokenizer.name_or_path and not self.tokenizer.train_vocab_size:

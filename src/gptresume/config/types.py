@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import math
 import typing
 from typing import Any
 
@@ -61,12 +62,13 @@ def check_type(value: Any, hint: Any, strict: bool = True) -> tuple[bool, Any]:
         if isinstance(value, bool):
             return False, value
         if isinstance(value, (int, float)):
-            return True, value
+            return not non_finite(value), value
         if isinstance(value, str):
             try:
-                return True, float(value)
+                number = float(value)
             except ValueError:
                 return False, value
+            return not non_finite(number), number  # "nan", "inf", "-Infinity" parse; never a setting
         return False, value
     if hint is str:
         return isinstance(value, str), value
@@ -79,6 +81,48 @@ def check_type(value: Any, hint: Any, strict: bool = True) -> tuple[bool, Any]:
             return True, "no"  # YAML 1.1 reads `eval_strategy: no` as false; Transformers means the string "no"
         return isinstance(value, str), value
     return (not strict), value
+
+
+def non_finite(value: Any) -> bool:
+    """NaN or an infinity (a float, or a string float() reads as one: YAML `.nan`, `.inf`; `--set x=nan`)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+    return repr(value)
+
+
+FINITE_FIX = "NaN and infinity are never a setting; give a finite number"
+
+
+def finite_problems(value: Any, path: str) -> list[str]:
+    """One problem per NaN or infinity in `value`, at any depth of dicts and lists, each naming its path
+    (`health.spike.std`, `model.peft.lora_dropout`, `train.lr_scheduler_kwargs.min_lr`). Used for every section of
+    the config (config/load.py, so no field can be forgotten) and for the script API's numeric arguments (e.g.
+    `finite_problems(every_minutes, "gptresume.train(every_minutes=)")`). Only real floats count here: a string
+    "nan" is a number only where a float is asked for, and `type_problem` reports it there."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in finite_problems(v, f"{path}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in finite_problems(v, f"{path}[{i}]")]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{path}: {_shown(value)} is not a finite number; {FINITE_FIX}"]
+    return []
+
+
+def type_problem(path: str, value: Any, hint: Any) -> str:
+    """The message for a value `check_type` refused: a NaN or infinity given as a string where a number is asked
+    for gets the finite-number message, anything else the expected type."""
+    if isinstance(value, str) and non_finite(value):
+        return f"{path}: {value!r} is not a finite number; {FINITE_FIX}"
+    return f"{path}: expected {_type_name(hint)}, got {value!r}"
 
 
 def _type_name(hint: Any) -> str:

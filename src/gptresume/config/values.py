@@ -53,12 +53,16 @@ def train_value_problems(train: dict, every_minutes: float | None = None, prefix
     names the fields in messages (`TrainingArguments.` for a script's Trainer)."""
     if not isinstance(train, dict):
         return []
-    out = []
+    from gptresume.config.types import finite_problems
+
+    # NaN and infinity, in every field at any depth (learning_rate, weight_decay, max_grad_norm, warmup_steps,
+    # lr_scheduler_kwargs.min_lr, ...): no rule below can hold for them, and TrainingArguments accepts them
+    out = [p for key, value in train.items() for p in finite_problems(value, f"{prefix}{key}")]
     save_strategy = "no" if train.get("save_strategy") is False else train.get("save_strategy")  # YAML's `no`
     strategy = str(getattr(save_strategy, "value", save_strategy) or "steps")
     for key, (ok, what) in TRAIN_VALUE_RULES.items():
         value = train.get(key)
-        if not _number(value):
+        if not _number(value) or finite_problems(value, key):
             continue
         if key == "save_steps" and (strategy != "steps" or (value == 0 and every_minutes)):
             continue  # not used, or a run saved by the clock only
@@ -110,6 +114,42 @@ GPT2_VALUE_RULES = {
     "layer_norm_epsilon": (lambda v: v > 0, "positive"),
     "initializer_range": (lambda v: v >= 0, "zero or more"),
 }
+
+
+# model.peft (peft.LoraConfig) fields: key -> (ok(value), what). LoraConfig 0.21 accepts r: 0, a negative alpha or a
+# dropout of 1.5 and fails (or trains nothing) later, after the run directory was written.
+LORA_VALUE_RULES = {
+    "r": (lambda v: _integral(v) and v >= 1, "a positive integer (the adapters' rank; e.g. 8 or 16)"),
+    "lora_alpha": (lambda v: _number(v) and v > 0, "a positive number (the adapters' scale is lora_alpha / r)"),
+    "lora_dropout": (lambda v: _number(v) and 0 <= v < 1, "a probability in [0, 1)"),
+    "target_modules": (lambda v: v is None or (isinstance(v, str) and v != "") or (
+        isinstance(v, list) and bool(v) and all(isinstance(x, str) and x for x in v)),
+        "a list of module names (e.g. [c_attn, c_proj] for GPT-2, [q_proj, v_proj] for Llama), a regular "
+        "expression, or all-linear"),
+    "modules_to_save": (lambda v: v is None or (isinstance(v, list) and all(isinstance(x, str) and x for x in v)),
+                        "a list of module names, or null"),
+    "bias": (lambda v: v in ("none", "all", "lora_only"), "none, all or lora_only"),
+    "use_rslora": (lambda v: isinstance(v, bool), "true or false"),
+    "use_dora": (lambda v: isinstance(v, bool), "true or false"),
+    "layers_to_transform": (lambda v: v is None or (_integral(v) and v >= 0) or (
+        isinstance(v, list) and all(_integral(x) and x >= 0 for x in v)), "a layer index or a list of them, or null"),
+    "rank_pattern": (lambda v: isinstance(v, dict) and all(_integral(x) and x >= 1 for x in v.values()),
+                     "a mapping of module names to positive ranks"),
+    "alpha_pattern": (lambda v: isinstance(v, dict) and all(_number(x) and x > 0 for x in v.values()),
+                      "a mapping of module names to positive alphas"),
+}
+
+
+def lora_value_problems(values, prefix: str = "model.peft") -> list[str]:
+    """Values of `model.peft` that LoraConfig accepts but that cannot train (checked without peft or torch); the
+    target modules are checked against the model when it is loaded (modeling.py `add_lora`)."""
+    if not isinstance(values, dict):
+        return []
+    out = []
+    for key, (ok, what) in LORA_VALUE_RULES.items():
+        if key in values and not ok(values[key]):
+            out.append(f"{prefix}.{key}: {values[key]!r} is not allowed: must be {what}")
+    return out
 
 
 # GPT2Config's defaults for the sizes (transformers 5.24; tests/unit/config/test_values.py compares), so that the

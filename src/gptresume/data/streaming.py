@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from gptresume.checkpoint.files import checkpoint_name
+from gptresume import stopping
 from gptresume.config import HUB_PREFIX, DataConfig, fingerprint_of
 from gptresume.data.stream_state import (  # noqa: F401  (STATE_NAME, BUFFER_NAME, state_names: the file names)
     BUFFER_NAME,
@@ -57,12 +58,43 @@ KEPT_SNAPSHOTS = 64  # states of the last blocks yielded, beyond 4 optimizer ste
 # ahead of the trained step: accelerate one batch, Trainer the step's accumulation batches)
 
 
+def local_reader(cfg: DataConfig) -> tuple[list[Path], str, dict, str]:
+    """(files, datasets builder, its keywords, text column) of a local streamed source."""
+    from gptresume.data.sources import FILE_LOADERS, resolve_files
+
+    files = resolve_files(cfg)
+    loader = FILE_LOADERS[files[0].suffix.lower()]
+    kwargs = {"sample_by": cfg.text_unit} if loader == "text" else {}
+    return files, loader, kwargs, "text" if loader == "text" else cfg.text_column
+
+
+def _open_local(files: list[Path], loader: str, kwargs: dict):
+    import datasets
+
+    # the JSON builder logs each parse failure before raising it; the UsageError made of it says the same, once
+    logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
+    empty = [f for f in files if f.stat().st_size == 0]
+    if len(empty) == len(files):
+        raise UsageError(f"data.source: {_names(files)} hold{'s' if len(files) == 1 else ''} no documents (every file "
+                         "is empty); a stream of it would re-read nothing without end; point data.source at files "
+                         "with text")
+    try:
+        return datasets.load_dataset(loader, data_files=[str(f) for f in files], split="train", streaming=True,
+                                     **kwargs)
+    except Exception as e:  # a file the builder cannot open or infer a schema from
+        raise UsageError(f"data.source: could not open {_names(files)} as {loader}: "
+                         f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
+
+
+def _names(files: list[Path], most: int = 5) -> str:
+    shown = ", ".join(map(str, files[:most]))
+    return shown + (f" and {len(files) - most} more" if len(files) > most else "")
+
+
 def open_documents(cfg: DataConfig, rank: int = 0, world_size: int = 1):
     """The source as a `datasets.IterableDataset` with one column `text` (hub: streaming=True; local files: the
     same builders as packing, streaming); with several processes, rank `rank`'s part of it."""
     import datasets
-
-    from gptresume.data.sources import FILE_LOADERS, resolve_files
 
     first = cfg.sources[0]
     if first.startswith(HUB_PREFIX):
@@ -74,17 +106,130 @@ def open_documents(cfg: DataConfig, rank: int = 0, world_size: int = 1):
                              f"{cfg.hub_config!r}, split {cfg.hub_split!r}): {e}") from None
         column = cfg.text_column
     else:
-        files = resolve_files(cfg)
-        loader = FILE_LOADERS[files[0].suffix.lower()]
-        kwargs = {"sample_by": cfg.text_unit} if loader == "text" else {}
-        ds = datasets.load_dataset(loader, data_files=[str(f) for f in files], split="train", streaming=True,
-                                   **kwargs)
-        column = "text" if loader == "text" else cfg.text_column
+        files, loader, kwargs, column = local_reader(cfg)
+        ds = _open_local(files, loader, kwargs)
     if world_size > 1:
         from datasets.distributed import split_dataset_by_node
 
         ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
     return ds, column
+
+
+PROBE_DOCS = 16  # documents read from the start of each file before anything is written
+MID_STREAM = (". Training stopped here; the checkpoints committed before are intact and verify. The stream's position "
+              "cannot move to changed data: fix or remove the file and start a new run (model.name_or_path: "
+              "RUN_DIR/checkpoint-N continues from the trained weights)")
+
+
+def check_stream_source(cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1) -> None:
+    """What a streamed source must be before the run directory is written (each problem exit 2, naming the file):
+    every file opens, the first documents of each are read and decoded, their text column is found and holds text,
+    not every file is empty, and, when one pass over the whole source was read here, it holds at least one block of
+    tokens (a smaller source would be re-read without end to fill one: `PackedStream` refuses that too, for the
+    sources too large to read here). Files that hold no documents among others are named in a warning."""
+    first = cfg.sources[0]
+    if first.startswith(HUB_PREFIX):
+        ds, column = open_documents(cfg, rank, world_size)
+        docs, complete = _probe(ds, column, f"hub dataset {first[len(HUB_PREFIX):]!r}")
+        if complete and not docs:
+            raise UsageError(f"data.source: hub dataset {first[len(HUB_PREFIX):]!r} (split {cfg.hub_split!r}) holds "
+                             "no documents to stream")
+        return
+    files, loader, kwargs, column = local_reader(cfg)
+    ds = _open_local(files, loader, kwargs)
+    if ds.num_shards != len(files):  # one shard per file is what `datasets` gives local files; else read it whole
+        parts = [(_names(files), ds)]
+    else:
+        parts = [(str(f), ds.shard(num_shards=len(files), index=i)) for i, f in enumerate(files)]
+    texts, complete, empty = [], True, []
+    for name, part in parts:
+        docs, done = _probe(part, column, name)
+        texts += docs
+        complete = complete and done
+        if done and not any(doc.strip() for doc in docs):
+            empty.append(name)
+    if len(empty) == len(parts):
+        raise UsageError(f"data.source: {', '.join(empty[:5])} hold{'s' if len(empty) == 1 else ''} no text to "
+                         "stream (no documents, or only empty ones); point data.source at files with text")
+    if empty:
+        log.warning("data.source: %s %s no text; the stream reads past %s", ", ".join(empty[:5]),
+                    *(("holds", "it") if len(empty) == 1 else ("hold", "them")))
+    if complete and world_size == 1:
+        tokens = sum(len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+        if tokens < cfg.block_size:
+            raise UsageError(too_small(cfg, tokens))
+
+
+def too_small(cfg: DataConfig, tokens: int, part: str = "") -> str:
+    return (f"data.source: one pass over {cfg.source!r}{part} holds {tokens} tokens, fewer than one block "
+            f"(data.block_size = {cfg.block_size}): the stream would re-read it without end to fill a block; add "
+            "text, or lower data.block_size")
+
+
+def _probe(ds, column: str, where: str) -> tuple[list[str], bool]:
+    """(the first PROBE_DOCS documents of `ds`, whether it ended within them); a read, decode or column problem
+    is a UsageError naming `where`."""
+    docs: list[str] = []
+    it = iter(ds)
+    try:
+        for _ in range(PROBE_DOCS):
+            row = next(it, None)
+            if row is None:
+                return docs, True
+            docs.append(_text_of(row, column, where, len(docs)))
+    except UsageError:
+        raise
+    except Exception as e:  # bad UTF-8, a malformed JSON line, a file whose columns differ from the others'
+        raise UsageError(read_problem(where, e, len(docs))) from None
+    return docs, False
+
+
+def _text_of(row: dict, column: str, where: str, index: int) -> str:
+    if column not in row:
+        raise UsageError(f"data.text_column: {where} has no column {column!r}; its columns are "
+                         f"{', '.join(map(str, row))}; set data.text_column")
+    text = row[column]
+    if not isinstance(text, str):
+        raise UsageError(f"data.text_column: {where}: document {index + 1} holds {type(text).__name__} in column "
+                         f"{column!r}, not text")
+    return text
+
+
+def read_problem(where: str, exc: BaseException, index: int) -> str:
+    """One line for a failure to read a source file: for bad UTF-8 the byte offset and line of the first invalid
+    byte (found by scanning the file), else the document it happened at."""
+    if isinstance(exc, UnicodeDecodeError) and Path(where).is_file():
+        bad = first_invalid_utf8(Path(where))
+        at = f" at byte {bad[0]} (line {bad[1]})" if bad else ""
+        return (f"data.source: {where} is not valid UTF-8{at}; re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8) "
+                "or remove it from data.source")
+    return (f"data.source: {where}: could not read document {index + 1}: {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}")
+
+
+def first_invalid_utf8(path: Path) -> tuple[int, int] | None:
+    """(byte offset, line number) of the first byte of `path` that is not valid UTF-8, or None (read in 1 MB
+    pieces; a character split across two pieces is carried over)."""
+    base, line, pending = 0, 1, b""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            data = pending + chunk
+            if not data:
+                return None
+            try:
+                data.decode("utf-8")
+                pending = b""
+            except UnicodeDecodeError as e:
+                if chunk and e.reason == "unexpected end of data" and e.start >= len(data) - 3:
+                    pending = data[e.start:]
+                    data = data[:e.start]
+                else:
+                    return base + e.start, line + data[:e.start].count(b"\n")
+            base += len(data)
+            line += data.count(b"\n")
+            if not chunk:
+                return None
 
 
 class PackedStream:
@@ -128,7 +273,8 @@ class PackedStream:
         cursor, yielded, skip = state["cursor"], state["yielded"] or 0, self.skip
         rng = np.random.default_rng()
         rng.bit_generator.state = state["rng"]
-        readers: dict[int, tuple] = {}
+        readers: dict[int, list] = {}
+        first = yielded  # while nothing was yielded, this is the start-up (the shuffle buffer filling)
         while True:
             if len(buffer) > self.buffer_size:  # inherited from more processes (an elastic resume): drain to size
                 j = int(rng.integers(len(buffer)))
@@ -138,6 +284,8 @@ class PackedStream:
             else:
                 part = parts[cursor]
                 while not part["pending"]:
+                    if yielded == first and stopping.requested():  # a stop during start-up: nothing to commit yet
+                        raise stopping.StopSignal(stopping.requested())
                     self._refill(part, readers)
                 block = part["pending"].pop()
                 cursor = (cursor + 1) % len(parts)
@@ -165,26 +313,59 @@ class PackedStream:
             ds, column = open_documents(self.cfg, s, self.parts_total)
             if part["reader"] is not None:
                 ds.load_state_dict(part["reader"])
-            readers[s] = (ds, column, iter(ds), part["reader"] is not None)
-        ds, column, it, seen = readers[s]
-        docs = [ex[column] for _, ex in zip(range(DOCS_PER_READ), it)]
+            # [reader, column, iterator, a whole pass (from the first document), tokens read in this pass]
+            readers[s] = [ds, column, iter(ds), part["reader"] is None, 0]
+        reader = readers[s]
+        ds, column, it, whole_pass, pass_tokens = reader
+        eos, bs = self.tokenizer.eos_token_id, self.block_size
+        docs = self._read(ds, it, column, s)
         if not docs:
-            if not seen:
-                where = f" for part {s} of {self.parts_total}" if self.parts_total > 1 else ""
-                raise UsageError(f"data.source: {self.cfg.source!r} holds no documents to stream{where}")
+            if whole_pass and pass_tokens < bs:  # an empty part, or one too small to fill a block: never a hang
+                where = (f" (part {s} of {self.parts_total}, read by process {self.rank})"
+                         if self.parts_total > 1 else "")
+                raise UsageError(too_small(self.cfg, pass_tokens, where))
             part["passes"], part["reader"] = part["passes"] + 1, None  # the files again, in order
             del readers[s]
             return
-        readers[s] = (ds, column, it, True)
         part["reader"] = ds.state_dict()
-        eos, bs = self.tokenizer.eos_token_id, self.block_size
         ids = self.tokenizer(docs, add_special_tokens=False)["input_ids"]
+        reader[4] = pass_tokens + sum(len(x) + 1 for x in ids)
         carry = np.concatenate([part["carry"]] + [np.asarray(x + [eos], dtype=np.int64) for x in ids])
         n = len(carry) // bs
         first = part["produced"]
         part["pending"] = [(block_id(s, first + i), carry[i * bs:(i + 1) * bs]) for i in reversed(range(n))]
         part["produced"] = first + n
         part["carry"] = carry[n * bs:]
+
+    def _read(self, ds, it, column: str, part: int) -> list[str]:
+        """The next documents of the reader; a read or decode failure part-way through the source (the files
+        were only sampled before training) ends the run as bad input naming the file and the position."""
+        try:
+            rows = [row for _, row in zip(range(DOCS_PER_READ), it)]
+        except Exception as e:
+            where, index = self._position(ds, part)
+            raise UsageError(read_problem(where, e, index) + MID_STREAM) from None
+        for row in rows:
+            if not isinstance(row.get(column), str):
+                where, index = self._position(ds, part)
+                try:
+                    _text_of(row, column, where, index)
+                except UsageError as e:
+                    raise UsageError(str(e) + MID_STREAM) from None
+        return [row[column] for row in rows]
+
+    def _position(self, ds, part: int) -> tuple[str, int]:
+        """(the file the reader is in, documents read from it) from the reader's state, for messages."""
+        state = ds.state_dict()
+        while isinstance(state, dict) and "shard_idx" not in state:
+            state = state.get("examples_iterable") or state.get("ex_iterable")
+        if not isinstance(state, dict) or self.cfg.sources[0].startswith(HUB_PREFIX):
+            return str(self.cfg.source), 0
+        files = local_reader(self.cfg)[0]
+        shard, index = int(state.get("shard_idx", 0)), int(state.get("shard_example_idx", 0))
+        if self.parts_total > 1 and len(files) % self.parts_total == 0:  # whole files per part
+            shard = part + shard * self.parts_total
+        return (str(files[shard]) if 0 <= shard < len(files) else _names(files)), index
 
     def _snapshot(self, yielded, cursor, buffer, parts, rng) -> None:
         self.snapshots[yielded] = {
@@ -364,8 +545,7 @@ def streamed_data(cfg: DataConfig, tokenizer, run_dir: Path, seed: int, rank: in
     if cfg.stream_parts is not None and cfg.stream_parts < world_size:
         raise UsageError(f"data.stream_parts: {cfg.stream_parts} part(s) cannot feed {world_size} processes (each "
                          f"part is read by one process); set it to {world_size} or more, or leave it out")
-    open_documents(cfg, rank, world_size)  # a missing file or an unreachable hub dataset fails here, before
-    # anything is written
+    check_stream_source(cfg, tokenizer, rank, world_size)  # opened, sampled and decoded before anything is written
     stream = PackedStream(cfg, tokenizer, seed, cfg.block_size, rank, world_size, run_dir)
     return StreamedData(stream, stream_fingerprint(cfg, tokenizer, run_dir, seed), cfg.block_size)
 

@@ -1,19 +1,18 @@
 """What a remote location is: an fsspec URL (`s3://bucket/prefix`, `gs://`, `az://`, `file:///...`) and the fsspec
 options for its file system. Credentials come from the usual environment variables (AWS_ACCESS_KEY_ID,
-GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*...), never from the config: the config is copied into
-config.yaml and into every checkpoint's manifest, and uploaded with them."""
+GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*...) or the provider's files, never from the config: the config is
+copied into config.yaml and into every checkpoint's manifest, and uploaded with them (credentials.py checks the
+options at every depth and redacts what is written)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
+from gptresume.credentials import secret_problems, url_secret_problem
+
 # scheme://..., as fsspec reads it (a Windows drive letter "C:\" is not a scheme: at least two letters)
 URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+)://")
-# fsspec option names that carry secrets (s3fs, gcsfs, adlfs): refused in the config, taken from the environment.
-SECRET_OPTIONS = ("key", "secret", "token", "password", "account_key", "sas_token", "client_secret",
-                  "connection_string", "credentials", "session_token", "aws_secret_access_key",
-                  "aws_access_key_id", "aws_session_token")
 
 
 def scheme(text) -> str | None:
@@ -40,16 +39,13 @@ def remote_problems(url, options, keep_last, prefix: str = "checkpoint") -> list
                        "(or file:///mnt/shared/runs/demo)")
         elif not url.split("://", 1)[1].strip("/"):
             out.append(f"{prefix}.remote: {url} names no bucket or directory")
+        elif why := url_secret_problem(url, f"{prefix}.remote"):
+            out.append(why)
     if options is not None:
         if not isinstance(options, dict):
             out.append(f"{prefix}.remote_options: must be a mapping of fsspec options (e.g. endpoint_url)")
         else:
-            secrets = sorted(k for k in options if str(k).lower() in SECRET_OPTIONS)
-            if secrets:
-                out.append(f"{prefix}.remote_options: {', '.join(secrets)}: credentials do not belong in the config "
-                           "(it is copied into config.yaml and every manifest); set them in the environment "
-                           "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, "
-                           "AZURE_STORAGE_ACCOUNT_KEY, ...)")
+            out.extend(secret_problems(options, f"{prefix}.remote_options"))  # at every depth (credentials.py)
         if url is None:
             out.append(f"{prefix}.remote_options: set without checkpoint.remote")
     if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):

@@ -104,6 +104,9 @@ def resolve_model(path: str | Path, command: str) -> ModelSource:
     if is_model_dir(path):
         run_dir = path.parent if path.name == FINAL_DIR and is_run_dir(path.parent) else None
         return ModelSource(path, run_dir, None, "model directory")
+    if (path / ADAPTER_CONFIG_NAME).is_file():
+        raise UsageError(f"{command}: {path} holds {ADAPTER_CONFIG_NAME} but no adapter weights "
+                         f"({' or '.join(ADAPTER_WEIGHT_NAMES)}); give the checkpoint or run the adapters came from")
     raise UsageError(f"{command}: {path} is not a run, a checkpoint or a model directory (no {MODEL_CONFIG_NAME} "
                      f"with weights, no {MANIFEST_NAME}, no {HISTORY_NAME}); {WHAT_TO_GIVE}")
 
@@ -130,14 +133,17 @@ def load_model_for(source: ModelSource, command: str):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from safetensors import SafetensorError
+
     try:
         if is_adapter_dir(source.model_dir):
             model = load_adapter_model(source.model_dir, command)
         else:
             model = AutoModelForCausalLM.from_pretrained(str(source.model_dir), dtype=torch.float32)
-    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: weights whose shapes are not the config's
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError, SafetensorError) as e:
+        # damaged files: weights whose shapes are not the config's, a config missing a field, a torn safetensors
         raise UsageError(f"{command}: could not load a causal LM from {source.model_dir}: "
-                         f"{' '.join(str(e).split())[:300]}") from None
+                         f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
     if torch.cuda.is_available():
         model.to("cuda")
     model.eval()
@@ -146,9 +152,8 @@ def load_model_for(source: ModelSource, command: str):
 
 def load_adapter_model(adapter_dir: Path, command: str):
     """Base model + LoRA adapters, in float32 (peft's PeftModel, ready for generate and forward)."""
-    import json
-
     import torch
+    from safetensors import SafetensorError
 
     try:
         from peft import PeftModel
@@ -157,15 +162,54 @@ def load_adapter_model(adapter_dir: Path, command: str):
                          "pip install 'gptresume[peft]' (or peft)") from None
     from transformers import AutoModelForCausalLM
 
-    config = json.loads((Path(adapter_dir) / ADAPTER_CONFIG_NAME).read_text())
-    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
-    if not isinstance(base, str) or not base:
-        raise UsageError(f"{command}: {adapter_dir / ADAPTER_CONFIG_NAME} names no base_model_name_or_path; "
-                         "export a merged model (gptresume export --merge) from the run instead")
+    config = read_adapter_config(adapter_dir, command)
+    base = config["base_model_name_or_path"]
     revision = config.get("revision") if isinstance(config.get("revision"), str) else None
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, revision=revision,
-                                                 trust_remote_code=False)
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, revision=revision,
+                                                     trust_remote_code=False)
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError, SafetensorError) as e:
+        raise UsageError(f"{command}: could not load the LoRA adapters in {adapter_dir} onto their base model "
+                         f"{base}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
+
+
+def read_adapter_config(adapter_dir: Path, command: str) -> dict:
+    """adapter_config.json, checked before peft reads it (peft 0.21 answers a damaged one with a KeyError or a
+    TypeError from deep inside), and the adapter weights' header: one message naming the file otherwise."""
+    import json
+
+    path = Path(adapter_dir) / ADAPTER_CONFIG_NAME
+    fix = "it is damaged; use a checkpoint of the run (gptresume status RUN_DIR lists them) or export it again"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UsageError(f"{command}: {path} is not readable JSON ({' '.join(str(e).split())[:120]}); {fix}") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{command}: {path} is not a JSON object; {fix}")
+    base = config.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise UsageError(f"{command}: {path} names no base_model_name_or_path; export a merged model "
+                         "(gptresume export --merge) from the run instead")
+    for key in ("peft_type", "r", "target_modules"):
+        if key not in config:
+            raise UsageError(f"{command}: {path} has no {key!r}; {fix}")
+    if config["peft_type"] != "LORA":
+        raise UsageError(f"{command}: {path}: peft_type {config['peft_type']!r} is not LORA (gptresume trains LoRA "
+                         "adapters)")
+    weights = Path(adapter_dir) / ADAPTER_WEIGHT_NAMES[0]
+    if weights.is_file():
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                names = list(f.keys())
+        except (OSError, SafetensorError) as e:
+            raise UsageError(f"{command}: {weights} does not parse as safetensors ({' '.join(str(e).split())[:120]}); "
+                             f"{fix}") from None
+        if not any("lora_" in n for n in names):
+            raise UsageError(f"{command}: {weights} holds no LoRA weights (no lora_A / lora_B tensors); {fix}")
+    return config
 
 
 def context_length(model) -> int | None:

@@ -28,7 +28,7 @@ from gptresume.checkpoint.manifest import file_digest
 from gptresume.errors import UsageError
 from gptresume.rundir import TOKENIZER_DIR
 from gptresume.checkpoint.files import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
-from gptresume.tools.common import ModelSource, is_adapter_dir, load_adapter_model, resolve_model
+from gptresume.tools.common import ModelSource, is_adapter_dir, load_adapter_model, read_adapter_config, resolve_model
 
 EXPORT_INFO_NAME = "gptresume-export.json"
 # What from_pretrained needs; everything else in a checkpoint is training state.
@@ -57,6 +57,7 @@ def export(path: str | Path, out: str | Path, force: bool = False, merge: bool =
         if merge:
             load_adapter_model(source.model_dir, "export --merge").merge_and_unload().save_pretrained(str(tmp))
         elif adapters:
+            read_adapter_config(source.model_dir, "export")  # a damaged adapter is refused, not copied on
             _copy_matching(source.model_dir, tmp, ADAPTER_PATTERNS)
         elif not any(name.endswith(".safetensors") for name in _copy_matching(source.model_dir, tmp, MODEL_PATTERNS)):
             _convert_to_safetensors(source, tmp)  # e.g. a checkpoint written with save_safetensors=False

@@ -16,6 +16,9 @@ import time
 
 from transformers import TrainerCallback
 
+from gptresume import stopping
+from gptresume.training import distributed
+
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
@@ -33,11 +36,17 @@ class StopRequest:
             sig = getattr(signal, name, None)
             if sig is not None:
                 self._previous[sig] = signal.signal(sig, self._handle)
+        stopping.register(self)  # what a streamed source's start-up and an evaluation poll (stopping.py)
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        stopping.register(None)
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._previous)
 
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
@@ -80,6 +89,16 @@ class StopCallback(TrainerCallback):
             control.should_training_stop = True
             self.stopped_at = state.global_step
 
+    def on_prediction_step(self, args, state, control, **kwargs):
+        """A stop during an evaluation cuts it at this batch (every process at the same one): the step it belongs
+        to is trained, so training/trainer.py commits it at once and training stops. Before the first step
+        (`eval_on_start`) there is nothing to commit and the StopSignal ends the run (stopping.py). Only while
+        gptresume's handlers are installed: an evaluation the script runs after `gptresume.train` is its own."""
+        if self.request.installed and _any_rank(self.request.reason is not None):  # one tiny reduction per batch
+            self.stopped_at = state.global_step
+            raise stopping.StopSignal(self.request.reason or "a stop on another process")
+        return control
+
 
 class TimedSaveCallback(TrainerCallback):
     """Save when `every_minutes` have passed since the last save, beside the step-based saves (`due` is read and
@@ -94,3 +113,8 @@ class TimedSaveCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         self.last_save = time.monotonic()
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank if it is True on any (a stop must cut every rank's evaluation at the same batch)."""
+    return bool(distributed.agree([int(flag)])[0])

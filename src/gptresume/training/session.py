@@ -19,6 +19,7 @@ from pathlib import Path
 from gptresume.checkpoint.files import checkpoint_name
 from gptresume.resume.plan import data_stream, loads
 from gptresume.rundir import COMPLETE_EVENT, METRICS_NAME, STOPPED_EVENT, append_history
+from gptresume.stopping import StopSignal
 from gptresume.training import distributed
 from gptresume.training.outcome import Outcome, train_output_record
 
@@ -131,6 +132,12 @@ class Session:
         try:
             with finishing_saves(trainer):  # an asynchronous save in flight is committed before we go on
                 output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        except StopSignal as early:  # before this process's first step (a stream's start-up, eval_on_start):
+            self._finish_uploads()   # nothing new to commit; the resumed checkpoint stays the newest (stopping.py)
+            if distributed.is_main():
+                append_history(self.spec.run_dir, STOPPED_EVENT, step=trainer.state.global_step, reason=early.reason)
+            return Outcome("stopped", trainer.state.global_step, ckpt, ckpt, early.reason, None,
+                           self.options.stop_code())
         except BaseException:
             if self._uploader is not None:  # a crash or a second Ctrl-C does not wait for uploads
                 self._uploader.close()

@@ -482,7 +482,9 @@ def announce(outcome: Outcome, source: Source) -> None:
     """The line after training, for every ending but a plain completion (the source says where its model is)."""
     if not distributed.is_main():
         return
-    if outcome.stopped:
+    if outcome.stopped and outcome.checkpoint is None:
+        source.say(f"Stopped ({outcome.reason}) before the first step: nothing to commit. {source.rerun} to start.")
+    elif outcome.stopped:
         source.say(f"Stopped ({outcome.reason}) at step {outcome.step}: checkpoint {outcome.checkpoint} is "
                    f"committed. {source.rerun} to resume.")
     elif outcome.status == "rollback":  # for a source that does not rebuild its Trainer (the CLI does, at once)

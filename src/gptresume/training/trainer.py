@@ -8,7 +8,7 @@ gptresume/compat.py; a Transformers upgrade is re-checked here.
   `_save_checkpoint` for asynchronous saves, and the run-health hooks: `training_step` (public) and
   `_get_grad_norm` (private) hand each micro-batch's loss and each step's gradient norm, as device tensors, to a
   `HealthMonitor` (training/health.py); `compute_loss` (public) applies the test-only fault hook (health/faults.py,
-  GPTRESUME_TEST_FAULT).
+  GPTRESUME_TEST_FAULT); and `_maybe_log_save_evaluate` to commit the step whose evaluation a stop signal cut short.
 - `load_finished_checkpoint`: a run that is already complete gets its weights and state without a train() call.
 
 The other private Transformers behaviour lives beside what uses it, each module listed in compat.py:
@@ -152,6 +152,22 @@ class ResumableTrainerMixin:
             os.symlink(source, Path(tmp) / rng_file_name(self.args.world_size, self.args.process_index))
             log.info("Rank %d restores the RNG state of %s", self.args.process_index, source.name)
             return super()._load_rng_state(tmp)
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, trial, *args, **kwargs):
+        # checked with transformers 5.24: called after each optimizer step (log, then evaluate, then save). A stop
+        # signal during the evaluation cuts it (preemption.py `StopCallback.on_prediction_step` raises StopSignal at
+        # the next eval batch); the step is fully trained, so it is saved and committed here, as Trainer's own tail
+        # of this method would, and training stops: a scheduler's grace period is not spent on the evaluation.
+        from gptresume.stopping import StopSignal
+
+        try:
+            return super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, trial, *args, **kwargs)
+        except StopSignal:
+            log.info("Evaluation at step %d cut short by the stop; committing the step", self.state.global_step)
+            self.control.should_evaluate = False
+            self.control.should_training_stop = True
+            self._save_checkpoint(model, trial)
+            self.control = self.callback_handler.on_save(self.args, self.state, self.control)
 
     def _save_checkpoint(self, model, trial):  # checked with transformers 5.24 (async_snapshot.py mirrors it)
         reason = async_unsupported(self, trial) if self.async_saver is not None else "off"

@@ -58,7 +58,8 @@ def test_remote_problems_name_the_field():
     assert "is not a URL" in remote_problems("bucket/run", None, None)[0]
     assert "names no bucket" in remote_problems("s3://", None, None)[0]
     (secret,) = remote_problems("s3://b/r", {"secret": "x", "endpoint_url": "y"}, None)
-    assert secret.startswith("checkpoint.remote_options: secret: credentials do not belong in the config")
+    assert secret.startswith("checkpoint.remote_options.secret: 'secret' is a credential; credentials do not belong "
+                             "in the config")
     assert "remote_keep_last" in remote_problems("s3://b/r", None, 0)[0]
     assert "without checkpoint.remote" in remote_problems(None, {"endpoint_url": "y"}, None)[0]
 
