@@ -58,12 +58,11 @@ def main() -> int:
                              dataloader_pin_memory=False)
     trainer = Trainer(model=model, args=args, train_dataset=byte_blocks(), data_collator=collate)
 
-    try:
-        outcome = gptresume.train(trainer, allow_change=a.allow_change)  # instead of trainer.train()
-    except gptresume.UsageError as e:  # a refused resume (gptresume.ResumeRefused) or bad input: exit 2
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    print(f"{outcome.status} at step {outcome.step}; newest checkpoint: {outcome.checkpoint}")
+    # Instead of trainer.train(). A refused resume or bad input prints the message and exits 2, a committed stop
+    # exits 75, as the CLI does (raise_errors=True / exit_on_stop=False return control to the caller instead).
+    outcome = gptresume.train(trainer, allow_change=a.allow_change)
+    print(f"{outcome.status} at step {outcome.step}; training loss {outcome.train_output.training_loss:.4f}; "
+          f"newest checkpoint: {outcome.checkpoint}")
     return 0
 
 

@@ -111,7 +111,7 @@ _held: dict[str, list] = {}  # run directory -> [fd, depth]: a process may re-en
 @contextmanager
 def run_lock(run_dir: Path, announce: bool = True):
     """One trainer per run directory: a second one would interleave checkpoints. Re-entrant within a process (the
-    CLI takes it before loading anything; the training session it calls takes it again).
+    CLI takes it before loading anything; the start pipeline, training/start.py, takes it again).
 
     `announce`: write "pid P on HOST" into the lock file at once (what a refused second process reports). A lock
     taken before the inputs are checked passes False, so a refused command leaves the file untouched, and calls

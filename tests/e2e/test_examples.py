@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 
 def test_my_trainer_script_stops_and_resumes(tmp_path):
     """examples/my_trainer_script.py: SIGTERM -> 75 with a committed checkpoint; a changed learning rate is refused
-    with exit 2 and the flag to accept it; the same command again resumes and completes."""
+    with exit 2 and the flag to accept it; the same command again resumes and completes, and once more returns the
+    finished run's result."""
     out = tmp_path / "run"
     script, args = ROOT / "examples" / "my_trainer_script.py", [out, "--max-steps", "30"]
     proc = start_command(tmp_path, args, script=script, stream=True)
@@ -29,3 +30,5 @@ def test_my_trainer_script_stops_and_resumes(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "complete at step 30" in done.stdout
     assert (out / "checkpoint-30" / "manifest.json").is_file()
+    again = run_script(tmp_path, script, *args)  # a re-run of the finished run: its recorded result, exit 0
+    assert again.returncode == 0 and "already complete at step 30; training loss" in again.stdout, again.stderr

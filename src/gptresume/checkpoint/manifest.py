@@ -73,12 +73,12 @@ def library_versions() -> dict:
     import torch
     import transformers
 
-    import gptresume
+    from gptresume.version import __version__
 
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "datasets": datasets.__version__,
             "accelerate": accelerate.__version__, "tokenizers": tokenizers.__version__,
-            "gptresume": gptresume.__version__}
+            "gptresume": __version__}
 
 
 def write_manifest(ckpt: Path, *, step: int, epoch: float | None, config: dict, config_fingerprint: str,

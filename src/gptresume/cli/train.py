@@ -1,8 +1,9 @@
 """`gptresume train CONFIG`: train or resume a run described by a YAML config.
 
 The run lock is taken as soon as the config names the run directory, before transformers or torch is imported:
-a second `train` on a busy run is refused in well under a second (the session takes the same, re-entrant, lock
-again). The work lives in gptresume/training/run.py.
+a second `train` on a busy run is refused in well under a second (the start pipeline takes the same, re-entrant,
+lock again, before any data is staged). The flags that are options are declared in gptresume/options.py; the work
+lives in gptresume/training/run.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from gptresume.errors import STOP_EXIT_CODE_ENV, UsageError, resolve_stop_exit_code
+from gptresume.errors import UsageError
+from gptresume.options import Options, add_flags, flag_values
 
 EXAMPLES = """\
 examples:
@@ -39,35 +41,20 @@ def add_parser(subparsers):
                                           "train.output_dir is resumed; otherwise a new run starts.",
                               epilog=EXAMPLES)
     p.add_argument("config", metavar="CONFIG", help="YAML config (see examples/demo.yaml)")
-    p.add_argument("--resume", default="auto", metavar="auto|never|must|PATH",
-                   help="auto (default): newest valid checkpoint, else start fresh; never: start fresh, refuse "
-                        "if checkpoints exist; must: fail if there is none; PATH: that checkpoint directory")
-    p.add_argument("--overwrite", action="store_true",
-                   help="with --resume never: delete the run's checkpoints, metrics and final model first")
-    p.add_argument("--adopt", action="store_true",
-                   help="with --resume PATH: take over a checkpoint written by a plain Transformers script (no "
-                        "manifest) after checking that its files load; PATH is copied into the run, never written")
+    add_flags(p, only=TRAIN_ONLY)  # --resume, --overwrite, --adopt: declared in gptresume/options.py
     add_run_options(p)
     return p
+
+
+# The option flags of `train` alone: `resume` (cli/resume.py) always continues the run it names.
+TRAIN_ONLY = ("resume", "overwrite", "adopt")
 
 
 def add_run_options(p) -> None:
     """The options `train` shares with `resume` (cli/resume.py), which runs `run` below on a recorded config."""
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value (repeatable), e.g. --set train.learning_rate=1e-4")
-    p.add_argument("--allow-partial", action="store_true",
-                   help="resume from a checkpoint that lacks optimizer, scheduler or RNG state (the run will "
-                        "differ from an uninterrupted one; the warning says how)")
-    p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
-                   help="accept a changed field on resume and apply it correctly (repeatable): a field "
-                        "(learning_rate, max_steps, per_device_train_batch_size, ...), or a class: optimizer, "
-                        "schedule, batch, data. Without it such a change is refused with a table of differences")
-    p.add_argument("--stop-exit-code", type=int, default=None, metavar="N",
-                   help=f"exit with N instead of 75 after a committed stop (default: ${STOP_EXIT_CODE_ENV}, else "
-                        "75); e.g. 143 for Kubeflow's restartPolicy: ExitCode, which restarts only codes >= 128")
-    p.add_argument("--stop-at-step", type=int, default=None, metavar="N",
-                   help="save and commit a checkpoint at step N, then exit 75 as if preempted (for splitting a "
-                        "run into chunks and for testing resume)")
+    add_flags(p, skip=TRAIN_ONLY)  # --allow-change, --allow-partial, --stop-at-step, ...: gptresume/options.py
     p.add_argument("--dry-run", action="store_true",
                    help="check the config, the data, the model and the resume plan, print what train would do, "
                         "and write nothing (the run directory is left exactly as it is)")
@@ -77,13 +64,12 @@ def add_run_options(p) -> None:
 
 
 def run(args) -> int:
-    if args.overwrite and args.resume != "never":
-        raise UsageError("--overwrite only goes with --resume never (it deletes the run's checkpoints)")
-    if args.stop_at_step is not None and args.stop_at_step < 1:
-        raise UsageError("--stop-at-step: must be at least 1")
-    stop_exit_code = resolve_stop_exit_code(args.stop_exit_code, "--stop-exit-code")
+    flags = flag_values(args)
+    problems = Options(**flags).problems()  # the flags alone, before the config is read
+    if problems:
+        raise UsageError("\n".join(problems))
     if args.print_config or args.dry_run:
-        return _check_only(args)
+        return _check_only(args, flags)
     from gptresume.allocator import keep_freed_memory
     from gptresume.logs import quiet_transformers
     from gptresume.training import distributed
@@ -101,21 +87,18 @@ def run(args) -> int:
             quiet_transformers()  # on every rank (rank 0 did it before validating the config)
             from gptresume.training.run import run_training
 
-            return run_training(config, resume=args.resume, overwrite=args.overwrite,
-                                stop_at_step=args.stop_at_step, allow_partial=args.allow_partial,
-                                allow_change=args.allow_change, adopt_checkpoint=args.adopt,
-                                stop_exit_code=stop_exit_code)
+            return run_training(config, Options.of(config.checkpoint, config.health, **flags))
     except StopSignal as stop:  # reading, packing, loading or checking: nothing of this start was committed
         print(f"Stopped ({stop.reason}) outside a training step (reading or packing data, loading, checking, "
               "writing final/): nothing was left half-written (a staged data cache is removed). Re-run the same "
               "command to start, or to continue from the newest committed checkpoint.", file=sys.stderr, flush=True)
-        return stop_exit_code
+        return Options(**flags).stop_code()
     finally:
         if "torch.distributed" in sys.modules:  # else no process group exists (and importing torch takes seconds)
             distributed.teardown()
 
 
-def _check_only(args) -> int:
+def _check_only(args, flags: dict) -> int:
     """--print-config and --dry-run: the config resolved (and, for --dry-run, everything else checked) without
     the run lock, signal handlers or any write."""
     from gptresume.config import load_config
@@ -134,13 +117,13 @@ def _check_only(args) -> int:
             return 0
     from gptresume.training.dry_run import dry_run
 
-    return dry_run(config, resume=args.resume, overwrite=args.overwrite, allow_partial=args.allow_partial,
-                   allow_change=args.allow_change, adopt_checkpoint=args.adopt)
+    return dry_run(config, Options.of(config.checkpoint, config.health, **flags))
 
 
 def _load_config_and_lock(path: str, overrides: list[str], held: ExitStack):
-    """Rank 0: read CONFIG and check what needs no transformers; take the run lock if the run directory has one
-    (as `Session.lock` does, a run that never held it is locked when first written); then the full validation."""
+    """Rank 0: read CONFIG and check what needs no transformers; take the run lock at once if the run directory has
+    a lock file (a busy run is refused before transformers is imported; a new run is locked first thing by the
+    start pipeline, training/start.py `RunClaim`); then the full validation."""
     from gptresume.config import check_without_transformers, config_from_dict, read_config
     from gptresume.logs import quiet_transformers
     from gptresume.rundir import LOCK_NAME, run_lock

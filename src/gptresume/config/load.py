@@ -135,9 +135,9 @@ def _separate_disks_problems(built: dict, train) -> list[str]:
     from gptresume.remote.url import separate_disks_problems
 
     c = built.get("checkpoint")
-    if c is None:
+    if c is None or c.shared_filesystem is not False:
         return []
-    return separate_disks_problems(c.shared_filesystem, c.remote, train, built.get("health"))
+    return separate_disks_problems(train, built.get("health"))
 
 
 def _streaming_problems(built: dict, train: dict) -> list[str]:

@@ -265,9 +265,10 @@ class CheckpointConfig:
     was trained exactly once."""
 
     def problems(self, prefix: str) -> list[str]:
-        from gptresume.remote.url import remote_problems
+        from gptresume.remote.url import remote_problems, shared_filesystem_problems
 
         out = remote_problems(self.remote, self.remote_options, self.remote_keep_last, prefix)
+        out += shared_filesystem_problems(self.shared_filesystem, self.remote, prefix)
         if self.remote_wait_seconds < 0:
             out.append(f"{prefix}.remote_wait_seconds: must be zero or more")
         if self.keep_last is not None and self.keep_last < 1:
@@ -385,13 +386,12 @@ class Config:
 # use them keeps the config (and fingerprint) its checkpoints recorded, and resumes without a "change".
 OPTIONAL_MODEL_FIELDS = {"dtype": None, "revision": None, "trust_remote_code": False, "attn_implementation": None,
                          "peft": None}
-# checkpoint fields added after runs existed (issue 17, checkpoint.remote), the same way.
-OPTIONAL_CHECKPOINT_FIELDS = {"remote": None, "remote_options": None, "remote_keep_last": None,
-                              "remote_wait_seconds": 120.0, "shared_filesystem": True,  # issue 27
-                              # issue 16: checkpoint.every: auto and its bounds
-                              "every": None, "expected_interruptions_per_hour": 0.5, "auto_min_seconds": 10.0,
-                              "auto_max_seconds": 3600.0,
-                              "ledger": False}  # issue 27: the sample ledger
+# checkpoint fields every run's config records; every field added since (checkpoint.remote, issue 17; every: auto
+# and its bounds, issue 16; ledger, issue 27; any new option) the same way as above: only when set, at its declared
+# default.
+RECORDED_CHECKPOINT_FIELDS = ("keep_last", "keep_best", "every_minutes", "async_save")
+OPTIONAL_CHECKPOINT_FIELDS = {f.name: f.default for f in dataclasses.fields(CheckpointConfig)
+                              if f.name not in RECORDED_CHECKPOINT_FIELDS}
 # data fields added after runs existed (issue 15), the same way: in the resolved config only when set.
 OPTIONAL_DATA_FIELDS = {"token_dtype": None, "validation_source": None, "validation_hub_split": None,
                         "max_train_tokens": None, "streaming": None, "shuffle_buffer": None,

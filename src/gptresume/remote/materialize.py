@@ -205,16 +205,3 @@ def drop_caches(run_dir: Path, keep: str | None = None, below_step: int | None =
         except OSError as e:
             log.warning("Could not remove %s (%s); skipping it", path, e)
     return removed
-
-
-def resume_through_bucket(remote: Remote, run_dir: Path, resume: str, check, take_lock):
-    """Global rank 0's part of the resume plan with separate disks (training/session.py `decide`): with resume
-    auto or must, the bucket's newest commit that verifies is brought here first (`fetch_committed`; the run lock
-    taken before anything is written); whatever the mode, the plan then resumes only a checkpoint that is the
-    bucket's commit (`bucket_check`). Returns that check."""
-    from gptresume.checkpoint.manifest import checkpoint_names
-
-    if resume in ("auto", "must") and checkpoint_names(remote.storage):
-        take_lock()
-        fetch_committed(remote, run_dir, check)
-    return bucket_check(remote, check)

@@ -123,33 +123,36 @@ def open_fs(url: str, options: dict | None = None):
         raise UsageError(f"checkpoint.remote: {url}: {e}") from None
 
 
-def separate_disks_problems(shared_filesystem, remote, train: dict | None = None, health=None,
-                            prefix: str = "checkpoint.", train_prefix: str = "train.") -> list[str]:
-    """`checkpoint.shared_filesystem: false` (the nodes of a multi-node run have separate disks): what it needs and
-    what cannot work with it, found before anything is written."""
+def shared_filesystem_problems(shared_filesystem, remote, prefix: str = "checkpoint") -> list[str]:
+    """`checkpoint.shared_filesystem` itself: a bool, and false (the nodes of a multi-node run have separate disks)
+    only with a bucket to commit in."""
     if not isinstance(shared_filesystem, bool):
-        return [f"{prefix}shared_filesystem: must be true or false (got {shared_filesystem!r})"]
-    if shared_filesystem:
+        return [f"{prefix}.shared_filesystem: must be true or false (got {shared_filesystem!r})"]
+    if shared_filesystem or remote is not None:
         return []
+    return [f"{prefix}.shared_filesystem: false needs {prefix}.remote: no node's disk holds a whole checkpoint, so "
+            f"each node uploads its part and the checkpoint is committed in the bucket (set {prefix}.remote: "
+            "s3://bucket/run, or keep the run directory on a file system every node mounts)"]
+
+
+def separate_disks_problems(train: dict | None = None, health=None, train_prefix: str = "train.") -> list[str]:
+    """With `checkpoint.shared_filesystem: false`: the settings that need one directory holding every checkpoint,
+    found before anything is written (`train`: TrainingArguments values; `health`: a HealthConfig)."""
     out = []
-    if remote is None:
-        out.append(f"{prefix}shared_filesystem: false needs {prefix}remote: no node's disk holds a whole checkpoint, "
-                   "so each node uploads its part and the checkpoint is committed in the bucket (set "
-                   f"{prefix}remote: s3://bucket/run, or keep the run directory on a file system every node mounts)")
     train = train if isinstance(train, dict) else {}
     if train.get("load_best_model_at_end") is True:
-        out.append(f"{train_prefix}load_best_model_at_end: not with {prefix}shared_filesystem: false (Trainer would "
-                   "load the best checkpoint from a local directory, which holds one node's part only); keep "
-                   f"{prefix}keep_best: true and export the best checkpoint from the bucket instead")
+        out.append(f"{train_prefix}load_best_model_at_end: not with checkpoint.shared_filesystem: false (Trainer "
+                   "would load the best checkpoint from a local directory, which holds one node's part only); keep "
+                   "checkpoint.keep_best: true and export the best checkpoint from the bucket instead")
     if train.get("save_on_each_node") is True:
-        out.append(f"{train_prefix}save_on_each_node: not with {prefix}shared_filesystem: false: global rank 0's "
+        out.append(f"{train_prefix}save_on_each_node: not with checkpoint.shared_filesystem: false: global rank 0's "
                    "node writes the model and optimizer once and every other node downloads them from the bucket; "
                    "remove it")
     if health is not None:
         actions = [("on_nan", health.on_nan)] + ([("on_spike", health.on_spike)] if health.spike.enabled else [])
         for name, action in actions:
             if action == "rollback":
-                out.append(f"health.{name}: rollback is not available with {prefix}shared_filesystem: false (a "
+                out.append(f"health.{name}: rollback is not available with checkpoint.shared_filesystem: false (a "
                            "rollback sets later checkpoints aside in one run directory); use stop, and resume "
                            "from the bucket's newest commit with changed settings")
     return out

@@ -194,10 +194,11 @@ def eval_cadence_with_dropout(changes: list[Change], allowed: set[str]) -> None:
             c.kind, c.note, c.allowed = OTHER, EVAL_WITH_DROPOUT, c.key in allowed
 
 
-def allow_keys(requested: list[str], known_keys: set[str]) -> set[str]:
+def allow_keys(requested: list[str], known_keys: set[str], where: str = "--allow-change {}") -> set[str]:
     """Expand --allow-change values (a field, its short name, or a class) into full field names.
 
-    Refuses names that are unknown or can never change, so a typo cannot silently allow nothing."""
+    Refuses names that are unknown or can never change, so a typo cannot silently allow nothing. `where` names a
+    value in the refusal (`--allow-change {}` for the CLI, `gptresume.train(allow_change=[{!r}])` for Python)."""
     allowed: set[str] = set()
     groups = {OPTIMIZER: set(OPTIMIZER_KEYS), SCHEDULE: SCHEDULE_KEYS, BATCH: BATCH_KEYS, DATA: DATA_KEYS}
     for item in requested:
@@ -208,11 +209,11 @@ def allow_keys(requested: list[str], known_keys: set[str]) -> set[str]:
         candidates = [name] if "." in name or name in ("world_size", "data") else [f"train.{name}", f"data.{name}"]
         full = next((c for c in candidates if c in known_keys or classify(c) != OTHER or _is_train_field(c)), None)
         if full is None:
-            raise UsageError(f"--allow-change {name}: no such config field; give a field such as learning_rate, "
+            raise UsageError(f"{where.format(name)}: no such config field; give a field such as learning_rate, "
                              f"train.max_steps or data.source, or a class: {', '.join(ALLOWABLE_CLASSES)}")
         reason = never_reason(full)
         if reason:
-            raise UsageError(f"--allow-change {name}: {full} can never change on resume: {reason}")
+            raise UsageError(f"{where.format(name)}: {full} can never change on resume: {reason}")
         allowed.add(full)
     return allowed
 

@@ -1,6 +1,6 @@
 """Run health on the Trainer: every optimizer step's loss and gradient norm judged (health/detect.py), a save vetoed
-while anything is wrong, and what happens after an event (a stop naming the last good checkpoint, or a rollback,
-health/rollback.py); and `checkpoint.every: auto`, the save interval from Daly's formula (health/interval.py).
+while anything is wrong (what happens after an event is decided by health/decide.py, done by training/session.py);
+and `checkpoint.every: auto`, the save interval from Daly's formula (health/interval.py).
 
 The losses come from `ResumableTrainerMixin.training_step` and the gradient norm from its `_get_grad_norm`
 (trainer.py) through a `HealthMonitor`: Trainer's callbacks see the loss only at logging steps, and then averaged
@@ -276,91 +276,6 @@ class _PauseProbe(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         self.auto.saved(state.global_step)
-
-
-# ---------------------------------------------------------------- after an event
-
-
-def conclude(session, trainer, event: Verdict, stop_reason: str | None, output):
-    """Stop (exit 1, the last good checkpoint named and protected) or roll back (history.jsonl records it; the
-    caller resumes), per health.on_nan / on_spike and max_rollbacks. Rank 0 decides and writes; every rank gets
-    the same Outcome."""
-    from gptresume.training.session import Outcome
-
-    def decide():
-        return _decide(session, trainer, event, stop_reason)
-
-    status, step, checkpoint, reason = distributed.on_main(decide)
-    return Outcome(status, step, Path(checkpoint) if checkpoint else None, session.checkpoint, reason, output,
-                   session.options.stop_exit_code)  # a rollback left for a re-run reports like a stop
-
-
-def _decide(session, trainer, event: Verdict, stop_reason: str | None):
-    from gptresume.checkpoint import protect
-    from gptresume.config.schema import HealthConfig
-    from gptresume.health.detect import NONFINITE
-    from gptresume.health.rollback import (
-        ROLLBACK_EVENT,
-        UNHEALTHY_EVENT,
-        Rollback,
-        newest_good,
-        pending_skip,
-        rollback_target,
-        rollbacks_so_far,
-        set_aside_after,
-    )
-    from gptresume.resume.plan import loads
-    from gptresume.rundir import STOPPED_EVENT, append_history, read_history
-
-    cfg = session.options.health or HealthConfig()
-    run_dir = session.spec.run_dir
-    action = cfg.on_nan if event.kind == NONFINITE else cfg.on_spike
-    history = read_history(run_dir)
-    done = rollbacks_so_far(history)
-    first = event.first_step or event.step
-    if action == "rollback" and done < cfg.max_rollbacks:
-        target = rollback_target(run_dir, first, cfg.rollback_steps, check=loads(session.spec))
-        if target is not None:
-            args = trainer.args
-            batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-            skip = pending_skip(history, target.step) + cfg.skip_batches * batch
-            moved = set_aside_after(run_dir, target.step)
-            protect(run_dir, target.path, f"rollback {done + 1} at step {event.step} resumed from it")
-            rb = Rollback(event.step, event.detail, target.path, target.step, cfg.skip_batches, skip,
-                          tuple(p.name for p in moved), done + 1)
-            append_history(run_dir, ROLLBACK_EVENT, **rb.record())
-            if session.remote is not None:  # the bucket must not give back what was set aside (remote/rollback.py)
-                from gptresume.remote.rollback import after_rollback
-
-                after_rollback(session.remote, run_dir, moved)
-            msg = (f"Rollback {done + 1} of at most {cfg.max_rollbacks}: {event.detail}; resuming from {target.path} "
-                   f"(step {target.step}), skipping {cfg.skip_batches} batch(es) of data"
-                   + (f"; set aside: {', '.join(rb.set_aside)}" if moved else ""))
-            print(msg, flush=True)
-            if stop_reason:  # a stop was asked for as well: the rollback is recorded, the re-run continues it
-                append_history(run_dir, STOPPED_EVENT, step=target.step, reason=stop_reason)
-                return "stopped", target.step, str(target.path), stop_reason
-            return "rollback", event.step, str(target.path), msg
-        why = (f"no verified checkpoint at least {cfg.rollback_steps} step(s) before step {first} to roll back to "
-               "(raise checkpoint.keep_last, or lower health.rollback_steps)")
-    elif action == "rollback":
-        why = f"health.max_rollbacks ({cfg.max_rollbacks}) rollbacks already done"
-    else:
-        why = f"health.{'on_nan' if event.kind == NONFINITE else 'on_spike'} is stop"
-    good = newest_good(run_dir, first)
-    if good is not None:
-        protect(run_dir, good, f"newest checkpoint before the {event.kind} at step {event.step}")
-        if session.remote is not None:  # the bucket keeps it too, even if this disk is lost (remote/books.py)
-            from gptresume.remote.books import after_protect
-
-            after_protect(session.remote, run_dir)
-    append_history(run_dir, UNHEALTHY_EVENT, step=event.step, kind=event.kind, reason=event.detail,
-                   checkpoint=str(good) if good else None)
-    msg = (f"Training stopped at step {event.step}: {event.detail} ({why}). No checkpoint of it was committed. "
-           + (f"The newest checkpoint with a finite loss is {good} (protected from retention); resume from it with "
-              "changed settings (e.g. --set train.learning_rate=... --allow-change learning_rate), or set "
-              "health.on_nan: rollback." if good else "No earlier checkpoint exists."))
-    return "unhealthy", event.step, str(good) if good else None, msg
 
 
 def make_detector(health, saved: dict | None) -> Detector:

@@ -1,7 +1,7 @@
 """Several nodes: where each node's run directory is, and what each node does at the start when the nodes share no
 file system (`checkpoint.shared_filesystem: false`, with `checkpoint.remote`).
 
-Three calls from the start sequence (training/run.py, training/api.py), each on every rank:
+Calls from the start pipeline (training/start.py `start`), each on every rank:
 - `start_nodes` (before the resume plan): which ranks run on which node (torchrun's GROUP_RANK), the attempt
   token of this start (drawn by global rank 0), and a probe of the run directory: global rank 0 writes a file
   beside it and every other node's leader looks for it at its own run directory's path. A node that does not see
@@ -12,8 +12,9 @@ Three calls from the start sequence (training/run.py, training/api.py), each on 
   checkpoint directories but the one resumed from (caches; the bucket holds every commit); the leaders of the
   other nodes download their part of the chosen checkpoint (remote/materialize.py) and the run's tokenizer;
   a failure on any node ends every rank with its message.
-- `load_on_nodes` (the CLI's data): the other nodes' leaders prepare the data on their own disk first and keep
-  the cache; then their node's other ranks read it; `same_data` checks every node packed the same data.
+- `load_on_nodes` (the other ranks' inputs): the other nodes' leaders receive rank 0's tokenizer, prepare the data
+  on their own disk first and keep the cache; then their node's other ranks read it; `same_data` checks every node
+  packed the same data.
 
 The save protocol itself (each node's part, rank 0's commit in the bucket) is remote/node_uploader.py; the
 commit of a save calls `CommitCallback` with the node's uploader (training/callbacks.py).
@@ -221,32 +222,34 @@ def _write_dirs(run_dir: Path, files: dict[str, bytes]) -> None:
         atomic_write_bytes(target, data)
 
 
-def load_on_nodes(nodes: Nodes | None, inputs: dict, load, keep, share=()) -> dict:
-    """Every rank (the CLI, after rank 0 loaded and checked its inputs, `inputs`, and wrote its run directory):
-    the other ranks load theirs (`load()`). With separate disks each other node's leader first receives rank 0's
-    run directories `share` (the tokenizer it trained or chose), loads, and keeps what it prepared on its disk
-    (`keep(inputs)`: the packed data cache); then the node's other ranks read it, as on rank 0's node."""
+def load_on_nodes(nodes: Nodes | None, inputs, load, keep=None, share=()):
+    """Every rank, after rank 0 loaded and checked its inputs (`inputs`) and wrote its run directory: the other
+    ranks load theirs (`load()`). With separate disks each other node's leader first receives rank 0's run
+    directories `share` that rank 0 has (the CLI's tokenizer/), loads, and keeps what it prepared on its disk
+    (`keep(inputs)`: the CLI's packed data cache); then the node's other ranks load from it, as on rank 0's node."""
     if nodes is None:
-        return inputs or load()
+        return inputs if distributed.is_main() else load()
     main = distributed.is_main()
     files = distributed.broadcast_object(_read_dirs(nodes.run_dir, share) if main else None)
     if nodes.leader and not main:
         _write_dirs(nodes.run_dir, files or {})
         inputs = load()
-        keep(inputs)
+        if keep is not None:
+            keep(inputs)
     distributed.barrier()
-    return inputs or load()
+    return inputs if inputs is not None else load()
 
 
 def same_data(nodes: Nodes | None, fingerprint: str | None) -> None:
     """Every rank: with separate disks every node reads data.source from its own disk; a node whose packed data
-    differs from rank 0's would train on other samples, so the run is refused (exit 2 on every rank)."""
+    differs from rank 0's would train on other samples, so the run is refused (exit 2 on every rank). A rank that
+    computes no fingerprint (a script's: its dataset is its own) is not compared."""
     if nodes is None:
         return
     found = distributed.all_gather_objects((node_index(), fingerprint))
-    differ = sorted({n for n, fp in found if fp != found[0][1]})
+    differ = sorted({n for n, fp in found if fp is not None and fp != found[0][1]})
     if differ:
-        theirs = ", ".join(sorted({str(fp) for _, fp in found if fp != found[0][1]}))
+        theirs = ", ".join(sorted({str(fp) for _, fp in found if fp is not None and fp != found[0][1]}))
         why = (f"data.source: node(s) {', '.join(map(str, differ))} read other data than global rank 0 (data "
                f"fingerprint {found[0][1]}, theirs {theirs}): with checkpoint.shared_filesystem: false every node "
                "reads the source from its own disk; give every node the same files")
@@ -255,8 +258,8 @@ def same_data(nodes: Nodes | None, fingerprint: str | None) -> None:
         raise distributed.DecidedOnRankZero(why, UsageError.exit_code)
 
 
-def keep_node_data(config, inputs: dict) -> None:
-    """`load_on_nodes`'s `keep` for the CLI: another node's leader keeps the data it prepared in its own
+def keep_node_data(config, data, tokenizer) -> None:
+    """For the CLI (run.py `ConfigSource.keep_on_node`): another node's leader keeps the data it prepared in its own
     data-cache/ (the packed blocks; for a stream, the source's stat-cached hash), as rank 0 does for its node."""
     from gptresume.data.sources import remember_source_fingerprint
 
@@ -265,4 +268,4 @@ def keep_node_data(config, inputs: dict) -> None:
     else:
         from gptresume.data import save_to_cache
 
-        save_to_cache(inputs["data"], config.data, inputs["tokenizer"], config.run_dir)
+        save_to_cache(data, config.data, tokenizer, config.run_dir)

@@ -1,7 +1,6 @@
-"""`gptresume train CONFIG`: config -> data, model, tokenizer -> a plain `transformers.Trainer` -> the protected run
-(training/session.py, the same code `gptresume.train(trainer)` runs) -> final/ model and samples.
-
-The run lock is taken before anything heavy; every input check happens before anything is written to RUN_DIR.
+"""`gptresume train CONFIG`: the CLI's source of a run (`ConfigSource`: YAML + --set -> tokenizer, data, model, a
+plain `transformers.Trainer`), fed to the start pipeline (training/start.py, the same one `gptresume.train(trainer)`
+and `--dry-run` run), trained by the protected session (training/session.py) -> final/ model and samples.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from gptresume.compat import warn_if_unchecked
 from gptresume.config import Config, dump_config
 from gptresume.data import PackedBlockCollator, load_texts, prepare_data, save_to_cache
 from gptresume.data.sources import remember_source_fingerprint
-from gptresume.errors import EXIT_OK, EXIT_STOPPED, UsageError
+from gptresume.errors import EXIT_OK, UsageError
 from gptresume.hub import use_cache_if_offline
 from gptresume.modeling import (
     build_model,
@@ -28,31 +27,25 @@ from gptresume.modeling import (
     load_tokenizer,
     looks_like_path,
 )
+from gptresume.options import Options
 from gptresume.resume.plan import ResumePlan, RunSpec
-from gptresume.rundir import CONFIG_NAME, FINAL_DIR, TOKENIZER_DIR, remove_leftovers, remove_path, run_lock
-from gptresume.training import distributed, nodes
-from gptresume.training.session import Options, Session
+from gptresume.rundir import CONFIG_NAME, FINAL_DIR, TOKENIZER_DIR, remove_path, run_lock
+from gptresume.training import distributed
+from gptresume.training.session import Session
+from gptresume.training.start import Inputs, Start, announce, announce_start, finish_complete, start
 
 log = logging.getLogger(__name__)
 
 SAMPLE_PROMPTS = ("The", "A list", "def")
 
 
-def run_training(config: Config, resume: str = "auto", overwrite: bool = False, stop_at_step: int | None = None,
-                 allow_partial: bool = False, allow_change: list[str] | None = None, adopt_checkpoint: bool = False,
-                 stop_exit_code: int = EXIT_STOPPED) -> int:
-    c = config.checkpoint
-    options = Options(resume=resume, allow_change=list(allow_change or []), allow_partial=allow_partial,
-                      overwrite=overwrite, adopt=adopt_checkpoint, keep_last=c.keep_last, keep_best=keeps_best(config),
-                      every_minutes=c.every_minutes, async_save=c.async_save, stop_at_step=stop_at_step,
-                      stop_exit_code=stop_exit_code, remote=c.remote, remote_options=dict(c.remote_options or {}),
-                      remote_keep_last=c.remote_keep_last, remote_wait_seconds=c.remote_wait_seconds,
-                      shared_filesystem=c.shared_filesystem, health=config.health,
-                      auto_interval=c if c.every == "auto" else None, ledger=c.ledger)
+def run_training(config: Config, options: Options) -> int:
+    """Train (or resume) the run `config` describes; the exit code."""
     if distributed.is_main():
         warn_if_unchecked(log)  # exactness relies on the private behaviour listed in compat.py
+    source = ConfigSource(config)
     while True:
-        code, outcome = _run_session(config, options)
+        code, outcome = _run_once(source, options)
         if outcome is None or outcome.status != "rollback":
             return code
         # A rollback (health/rollback.py): a fresh model and Trainer resume the chosen checkpoint, as a re-run would
@@ -60,96 +53,112 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
         options = dataclasses.replace(options, resume=str(outcome.checkpoint), overwrite=False, adopt=False)
 
 
-def _run_session(config: Config, options: Options):
+def _run_once(source: ConfigSource, options: Options):
     """One protected run of a fresh Trainer: (exit code, Outcome or None when there was nothing to train)."""
-    run_dir = config.run_dir
-    spec = RunSpec(run_dir, config.to_dict(), tokenizer_from_checkpoint=True)
-    world_size = distributed.world_size()
-    with Session(spec, options) as session:
-        session.nodes = nodes.start_nodes(options.shared_filesystem, run_dir)  # several nodes: which, which disks
+    with start(source, options) as s:
+        if s.complete:
+            finish_complete(s, source)
+            return EXIT_OK, None
+        trainer = source.trainer(s)
+        session = Session(s, source.say)
+        session.attach(trainer, source.tokens_per_step(trainer))
+        _use_progress_output(trainer, source.tokens_per_step(trainer))
+        announce_start(s, source)
+        outcome = session.run(trainer)
+        if outcome.status == "complete":
+            run_dir = s.run_dir
+            save_final(trainer, run_dir)  # every rank takes part (a sharded model is gathered); rank 0 writes
+            session.record_complete(outcome)
+            if distributed.is_main():
+                source.say(f"Training complete at step {outcome.step}; model and tokenizer in {run_dir / FINAL_DIR}")
+                print_samples(distributed.whole_model(trainer, run_dir / FINAL_DIR), s.inputs.tokenizer)
+        elif outcome.status != "rollback":  # a rollback is continued at once by a fresh Trainer (run_training)
+            announce(outcome, source)
+    return outcome.exit_code, outcome
 
-        def decide() -> ResumePlan:
-            session.lock()
-            return session.decide(world_size)
 
-        session.plan = plan = distributed.on_main(decide)
-        nodes.join_nodes(session.nodes, plan, session.remote)  # separate disks: each node's part, from the bucket
-        if session.is_complete():
-            return distributed.on_main(_report_complete, config, plan), None
-        ckpt = session.checkpoint
-        inputs = {}
+@dataclasses.dataclass
+class ConfigInputs(Inputs):
+    """The CLI's inputs: the model, and the tokenizer and packed (or streamed) data it built."""
 
-        def accept() -> None:  # rank 0: every input check, then the run directory (locked until training ends)
-            inputs.update(_load_inputs(config, plan))
-            try:
-                data = inputs["data"]
-                spec.data_fingerprint = data.fingerprint
-                spec.train_samples = len(data.train) if hasattr(data.train, "__len__") else None
-                session.check_inputs(has_dropout(inputs["model"]))
-                if config.data.streaming:
-                    _check_streaming_resume(plan)
-                session.prepare_run_dir(world_size, lambda: _write_inputs(config, plan, inputs["data"],
-                                                                          inputs["tokenizer"]))
-            except BaseException:
-                inputs["data"].discard()  # packed blocks staged in data-cache/: a refused run leaves none
-                raise
+    tokenizer: object = None
+    data: object = None
 
-        distributed.on_main(accept)
-        # the other ranks read what rank 0 checked and wrote (tokenizer/, data-cache/), or their node's leader did
-        inputs = nodes.load_on_nodes(session.nodes, inputs, lambda: _load_inputs(
-            config, plan, tokenizer_dir=ckpt or run_dir / TOKENIZER_DIR), lambda i: nodes.keep_node_data(config, i),
-            share=(TOKENIZER_DIR,))
-        nodes.same_data(session.nodes, inputs["data"].fingerprint)
-        tokenizer, data, model = inputs["tokenizer"], inputs["data"], inputs["model"]
-        trainer = _make_trainer(config, model, tokenizer, data)
+    def discard(self) -> None:
+        if self.data is not None:
+            self.data.discard()
+
+
+class ConfigSource:
+    """A run described by a YAML config (training/start.py `Source`): the CLI builds everything from it."""
+
+    rerun = "Re-run the same command"
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.run_dir = config.run_dir
+
+    def spec(self) -> RunSpec:
+        return RunSpec(self.run_dir, self.config.to_dict(), tokenizer_from_checkpoint=True)
+
+    def load_inputs(self, plan: ResumePlan) -> ConfigInputs:
+        return _inputs(*_load_inputs(self.config, plan))
+
+    def follow(self, plan: ResumePlan) -> ConfigInputs:
+        """The other ranks read what rank 0 checked and wrote: tokenizer/, data-cache/."""
+        ckpt = plan.checkpoint.path if plan.checkpoint else None
+        return _inputs(*_load_inputs(self.config, plan, tokenizer_dir=ckpt or self.run_dir / TOKENIZER_DIR))
+
+    def keep_on_node(self, inputs: ConfigInputs) -> None:
+        """Another node's leader, when the nodes share no file system: the data it prepared stays on its disk."""
+        from gptresume.training.nodes import keep_node_data
+
+        keep_node_data(self.config, inputs.data, inputs.tokenizer)
+
+    def check(self, plan: ResumePlan, inputs: ConfigInputs) -> None:
+        if self.config.data.streaming:
+            _check_streaming_resume(plan)
+
+    def write_files(self, plan: ResumePlan, inputs: ConfigInputs) -> None:
+        _write_inputs(self.config, plan, inputs.data, inputs.tokenizer)
+
+    def trainer(self, s: Start):
+        """A plain Trainer over the checked inputs (streaming: the stream's own position restored)."""
+        config, inputs = self.config, s.inputs
+        trainer = _make_trainer(config, inputs.model, inputs.tokenizer, inputs.data)
         if config.data.streaming:  # before the session's commit callback: the state is in the committed files
             from gptresume.data.streaming import StreamStateCallback
 
-            trainer.add_callback(StreamStateCallback(data.stream))
-            if ckpt is not None:
-                data.stream.load_state(ckpt)
-        tokens_per_step = (trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
-                           * trainer.args.world_size * data.block_size)
-        session.attach(trainer, tokens_per_step)
-        _use_progress_output(trainer, tokens_per_step)
+            trainer.add_callback(StreamStateCallback(inputs.data.stream))
+            if s.checkpoint is not None:
+                inputs.data.stream.load_state(s.checkpoint)
         distributed.warn_if_not_sharded(trainer, config.train)
-        main = distributed.is_main()
-        if plan.checkpoint and main:
-            epoch = plan.checkpoint.manifest.get("epoch")
-            at = f"step {plan.step}" + (f", epoch {epoch:.2f}" if epoch is not None else "")
-            print(f"Resuming from {ckpt} ({at})", flush=True)
-        elif main:
-            print(f"Starting a new run in {run_dir}", flush=True)
-        outcome = session.run(trainer)
-        if outcome.stopped:
-            if main and outcome.checkpoint is None:
-                print(f"Stopped ({outcome.reason}) before the first step: nothing to commit. Re-run the same command "
-                      "to start.", flush=True)
-            elif main:
-                print(f"Stopped ({outcome.reason}) at step {outcome.step}: checkpoint {outcome.checkpoint} is "
-                      "committed. Re-run the same command to resume.", flush=True)
-            return outcome.exit_code, outcome
-        if outcome.status in ("rollback", "unhealthy"):
-            if main and outcome.status == "unhealthy":
-                print(outcome.reason, file=sys.stderr, flush=True)
-            return outcome.exit_code, outcome
-        save_final(trainer, run_dir)  # every rank takes part (a sharded model is gathered); rank 0 writes
-        session.record_complete(outcome.step)
-        if main:
-            print(f"Training complete at step {outcome.step}; model and tokenizer in {run_dir / FINAL_DIR}",
-                  flush=True)
-            print_samples(distributed.whole_model(trainer, run_dir / FINAL_DIR), tokenizer)
-    return EXIT_OK, outcome
+        return trainer
+
+    def tokens_per_step(self, trainer) -> int:
+        args = trainer.args
+        return (args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+                * self.config.data.block_size)
+
+    def complete(self, s: Start) -> None:
+        if distributed.is_main():
+            _final_from_checkpoint(self.run_dir, s.checkpoint)
+
+    def complete_hint(self, s: Start) -> str:
+        return (f"The model is in {self.run_dir / FINAL_DIR}. To train longer: --set train.max_steps=N "
+                "--allow-change max_steps (the schedule is re-planned); to start over: --resume never --overwrite.")
+
+    def say(self, text: str, level: int = logging.INFO) -> None:
+        print(text, file=sys.stderr if level >= logging.ERROR else sys.stdout, flush=True)
 
 
-def keeps_best(config: Config) -> bool:
-    """checkpoint.keep_best, implied by train.load_best_model_at_end: the checkpoint Trainer loads at the end must
-    survive keep_last retention (config/values.py `best_model_problems` refuses a metric keep_best cannot protect)."""
-    return config.checkpoint.keep_best or config.train.get("load_best_model_at_end") is True
+def _inputs(tokenizer, data, model) -> ConfigInputs:
+    return ConfigInputs(model, data.fingerprint, len(data.train) if hasattr(data.train, "__len__") else None,
+                        has_dropout(model), tokenizer, data)
 
 
-def _load_inputs(config: Config, plan: ResumePlan, tokenizer_dir: Path | None = None) -> dict:
-    """Tokenizer, packed data and model. Everything that can be wrong with the input fails here, before RUN_DIR
+def _load_inputs(config: Config, plan: ResumePlan, tokenizer_dir: Path | None = None) -> tuple:
+    """(tokenizer, packed data, model). Everything that can be wrong with the input fails here, before RUN_DIR
     is touched. `tokenizer_dir`: where rank 0 left the tokenizer (ranks other than 0 load, never train, it)."""
     ckpt = plan.checkpoint.path if plan.checkpoint else None
     texts = None
@@ -181,7 +190,7 @@ def _load_inputs(config: Config, plan: ResumePlan, tokenizer_dir: Path | None = 
     except BaseException:
         data.discard()
         raise
-    return {"tokenizer": tokenizer, "data": data, "model": model}
+    return tokenizer, data, model
 
 
 def _write_inputs(config: Config, plan: ResumePlan, data, tokenizer) -> None:
@@ -270,38 +279,25 @@ def print_samples(model, tokenizer, prompts=SAMPLE_PROMPTS, max_new_tokens: int 
         print(f"  {text!r}")
 
 
-def _report_complete(config: Config, plan: ResumePlan) -> int:
-    from gptresume.checkpoint import apply_retention
-
-    run_dir = config.run_dir
+def _final_from_checkpoint(run_dir: Path, ckpt: Path) -> None:
+    """A run that finished training but died before writing final/: final/ from its last checkpoint."""
     final = run_dir / FINAL_DIR
-    with run_lock(run_dir):  # what a kill during the last commit's retention or during final/ left is finished
-        remove_leftovers(run_dir)
-        guard = None
-        if config.checkpoint.remote:  # a checkpoint without a verified upload stays (remote/ledger.py)
-            from gptresume.remote.ledger import Ledger
+    if final.is_dir():
+        return
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            guard = Ledger(run_dir, config.checkpoint.remote.rstrip("/")).may_delete
-        apply_retention(run_dir, config.checkpoint.keep_last, plan.checkpoint.path, keeps_best(config), guard)
-    if not final.is_dir():  # finished training but died before writing final/: write it from the checkpoint
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    from gptresume.checkpoint.loadable import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHT_NAMES, is_adapter_checkpoint
 
-        from gptresume.checkpoint.loadable import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHT_NAMES, is_adapter_checkpoint
-
-        with run_lock(run_dir):
-            tokenizer = AutoTokenizer.from_pretrained(str(plan.checkpoint.path))
-            tmp = run_dir / f".{FINAL_DIR}.tmp-{os.getpid()}"
-            if is_adapter_checkpoint(plan.checkpoint.path):  # LoRA: final/ holds the adapters, as save_model writes
-                tmp.mkdir()
-                for name in (ADAPTER_CONFIG_NAME, *ADAPTER_WEIGHT_NAMES):
-                    if (plan.checkpoint.path / name).is_file():
-                        shutil.copyfile(plan.checkpoint.path / name, tmp / name)
-            else:
-                model = AutoModelForCausalLM.from_pretrained(str(plan.checkpoint.path))
-                model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            os.replace(tmp, final)
-    print(f"Run complete: {run_dir} reached step {plan.step} ({plan.checkpoint.path.name}); nothing to train. "
-          f"The model is in {final}. To train longer: --set train.max_steps=N --allow-change max_steps (the "
-          "schedule is re-planned); to start over: --resume never --overwrite.", flush=True)
-    return EXIT_OK
+    with run_lock(run_dir):
+        tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
+        tmp = run_dir / f".{FINAL_DIR}.tmp-{os.getpid()}"
+        if is_adapter_checkpoint(ckpt):  # LoRA: final/ holds the adapters, as save_model writes them
+            tmp.mkdir()
+            for name in (ADAPTER_CONFIG_NAME, *ADAPTER_WEIGHT_NAMES):
+                if (ckpt / name).is_file():
+                    shutil.copyfile(ckpt / name, tmp / name)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(ckpt))
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, final)

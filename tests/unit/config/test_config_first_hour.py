@@ -105,7 +105,10 @@ def test_jit_checkpoint_is_refused_with_the_reason():
 
 
 def test_load_best_model_at_end_keeps_the_best_checkpoint():
-    from gptresume.training.run import keeps_best
+    from gptresume.options import Options
+
+    def keeps_best(config):
+        return Options.of(config.checkpoint, config.health).keeps_best(config.train)
 
     best = dict(load_best_model_at_end=True, save_steps=2, eval_steps=2)
     assert keeps_best(config_from_dict(base(**best))) is True  # keep_last can no longer delete it

@@ -159,8 +159,11 @@ def test_gptresume_train_refuses_such_values_before_writing_anything(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=0, max_steps=0,
                              report_to="none", use_cpu=True)
     trainer = Trainer(model=model, args=args, train_dataset=rows)
-    with pytest.raises(UsageError) as refused:
+    with pytest.raises(SystemExit) as ended:  # a script ends like the CLI: the message on stderr, exit 2
         gptresume.train(trainer)
+    assert ended.value.code == 2
+    with pytest.raises(UsageError) as refused:
+        gptresume.train(trainer, raise_errors=True)
     assert str(refused.value).splitlines() == [
         "TrainingArguments.per_device_train_batch_size: 0 is not allowed: must be a positive integer",
         "TrainingArguments.max_steps: 0 is not allowed: must be a positive number of steps, or -1 to train "

@@ -19,7 +19,7 @@ from gptresume.remote.node_uploader import NodeRole, NodeUploader
 from gptresume.remote.parts import (PartError, needed_files, part_path, part_record, read_parts,
                                     remove_stale_manifest, upload_part)
 from gptresume.remote.transfer import download_checkpoint
-from gptresume.remote.url import Remote, separate_disks_problems
+from gptresume.remote.url import Remote, separate_disks_problems, shared_filesystem_problems
 from gptresume.training.nodes import probe_problem
 
 pytestmark = pytest.mark.usefixtures("no_fsync")  # tests/conftest.py
@@ -278,11 +278,10 @@ def test_config_rules_of_separate_disks():
     from gptresume.config.schema import HealthConfig, SpikeConfig
     from gptresume.errors import ConfigError
 
-    assert separate_disks_problems(True, None) == []
-    assert separate_disks_problems(False, "s3://b/r") == []
-    (need,) = separate_disks_problems(False, None)
+    assert shared_filesystem_problems(True, None) == [] and shared_filesystem_problems(False, "s3://b/r") == []
+    (need,) = shared_filesystem_problems(False, None)
     assert need.startswith("checkpoint.shared_filesystem: false needs checkpoint.remote")
-    problems = separate_disks_problems(False, "s3://b/r", {"load_best_model_at_end": True, "save_on_each_node": True},
+    problems = separate_disks_problems({"load_best_model_at_end": True, "save_on_each_node": True},
                                        HealthConfig(on_nan="rollback", spike=SpikeConfig(enabled=True)))
     assert [p.split(":")[0] for p in problems] == ["train.load_best_model_at_end", "train.save_on_each_node",
                                                    "health.on_nan", "health.on_spike"]
@@ -290,9 +289,22 @@ def test_config_rules_of_separate_disks():
            "checkpoint": {"shared_filesystem": False}}
     with pytest.raises(ConfigError, match="shared_filesystem: false needs checkpoint.remote"):
         check_without_transformers(raw)
+    raw["checkpoint"] = {"shared_filesystem": False, "remote": "s3://b/r"}
+    raw["health"] = {"on_nan": "rollback"}
+    with pytest.raises(ConfigError, match="health.on_nan: rollback is not available"):
+        check_without_transformers(raw)
     raw["checkpoint"] = {"shared_filesystem": "no"}
+    raw.pop("health")
     with pytest.raises(ConfigError, match="checkpoint.shared_filesystem"):
         check_without_transformers(raw)
+
+
+def test_the_api_names_its_keywords_for_separate_disks():
+    from gptresume.options import Options
+
+    with pytest.raises(Exception, match=r"gptresume.train\(shared_filesystem=False\): false needs remote="):
+        Options.from_keywords({"shared_filesystem": False})
+    assert Options.from_keywords({"shared_filesystem": False, "remote": "s3://b/r"}).shared_filesystem is False
 
 
 def test_the_probe_is_looked_for_at_each_nodes_own_run_directory(tmp_path):

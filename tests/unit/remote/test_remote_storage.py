@@ -85,7 +85,7 @@ def test_stop_exit_code(monkeypatch):
     monkeypatch.setenv(STOP_EXIT_CODE_ENV, "x")
     with pytest.raises(UsageError, match=STOP_EXIT_CODE_ENV):
         resolve_stop_exit_code(None)
-    from gptresume.training.session import Outcome
+    from gptresume.training.outcome import Outcome
 
     assert Outcome("stopped", 8, None, stop_code=143).exit_code == 143
     assert Outcome("complete", 8, None, stop_code=143).exit_code == 0
