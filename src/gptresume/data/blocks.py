@@ -80,11 +80,17 @@ class BlockDataset:
             yield self[i]
 
 
-def split_indices(num_blocks: int, validation_fraction: float) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(train, validation) sorted block numbers; (None, None): every block trains, no validation split."""
+def split_indices(num_blocks: int, validation_fraction: float, max_blocks: int | None = None
+                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(train, validation) sorted block numbers; (None, None): every block trains, no validation split.
+
+    `max_blocks` caps the held-out count (data.validation_max_blocks): the validation blocks are then the first
+    `max_blocks` of the same seeded permutation, so where the cap does not bind the split is the uncapped one."""
     n_val = int(round(num_blocks * validation_fraction))
     if validation_fraction > 0:
         n_val = max(1, n_val)
+        if max_blocks is not None:
+            n_val = min(n_val, max_blocks)
     if n_val == 0:
         return None, None
     perm = np.random.default_rng(SPLIT_SEED).permutation(num_blocks)

@@ -84,9 +84,11 @@ class PackedStream:
     """An endless stream of packed blocks ({"input_ids": int64 array}); epoch e+1 re-reads the source with the
     buffer's generator carried on. Map-style it is not: Trainer needs `max_steps` (checked with the config)."""
 
-    def __init__(self, cfg: DataConfig, tokenizer, seed: int, block_size: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, cfg: DataConfig, tokenizer, seed: int, block_size: int, rank: int = 0, world_size: int = 1,
+                 skip_docs: int = 0):
         self.cfg, self.tokenizer, self.seed, self.block_size = cfg, tokenizer, seed, block_size
         self.rank, self.world_size = rank, world_size
+        self.skip_docs = skip_docs  # the documents held out for validation at the start of this rank's part
         self.buffer_size = cfg.shuffle_buffer or DEFAULT_SHUFFLE_BUFFER
         self._restored: dict | None = None
         self.snapshots: OrderedDict[int, dict] = OrderedDict()
@@ -110,6 +112,8 @@ class PackedStream:
         bs = self.block_size
         while True:
             ds, column = open_documents(self.cfg, self.rank, self.world_size)
+            if self.skip_docs:  # every epoch: the held-out documents never train (the reader's state counts them)
+                ds = ds.skip(self.skip_docs)
             if reader_state is not None:
                 ds.load_state_dict(reader_state)
             it, docs_seen = iter(ds), reader_state is not None
@@ -136,7 +140,9 @@ class PackedStream:
                 carry = carry[n * bs:]
             if not docs_seen:
                 part = f" for process {self.rank} of {self.world_size}" if self.world_size > 1 else ""
-                raise UsageError(f"data.source: {self.cfg.source!r} holds no documents to stream{part}")
+                held = (f" after the {self.skip_docs} held out for validation (data.validation_max_blocks)"
+                        if self.skip_docs else "")
+                raise UsageError(f"data.source: {self.cfg.source!r} holds no documents to stream{part}{held}")
             epoch, reader_state = epoch + 1, None  # the files again, in order; the buffer's generator carries on
 
     def _snapshot(self, yielded, epoch, reader_state, carry, buffer, pending, rng) -> None:
@@ -191,12 +197,61 @@ def as_torch(stream: PackedStream):
 
 def stream_fingerprint(cfg: DataConfig, tokenizer, run_dir: Path, seed: int) -> str:
     """The identity of a streamed training stream: its source (content hash of local files, stat-cached; name,
-    config and split of a hub dataset), the tokenizer and the packing and shuffling settings."""
+    config and split of a hub dataset), the tokenizer and the packing and shuffling settings; and its held-out
+    validation blocks when it has some (a run without them keeps the fingerprint it had before they existed)."""
     from gptresume.data.sources import source_fingerprint
 
     tok = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
-    return fingerprint_of(["stream", source_fingerprint(cfg, run_dir), tok, cfg.block_size,
-                           cfg.shuffle_buffer or DEFAULT_SHUFFLE_BUFFER, seed])
+    parts = ["stream", source_fingerprint(cfg, run_dir), tok, cfg.block_size,
+             cfg.shuffle_buffer or DEFAULT_SHUFFLE_BUFFER, seed]
+    held = held_out_count(cfg)
+    if held:
+        parts.append(["validation_blocks", held])
+        if cfg.validation_source is not None:
+            from gptresume.data.packing import _validation_config
+
+            parts.append(["validation", source_fingerprint(_validation_config(cfg), run_dir)])
+    return fingerprint_of(parts)
+
+
+# ---------------------------------------------------------------- held-out validation blocks
+
+
+def held_out_count(cfg: DataConfig) -> int:
+    """Validation blocks of a streamed run: data.validation_max_blocks when validation_fraction is above 0 (the
+    first blocks of the stream) or a validation_source is named (its first blocks); else none."""
+    if not (cfg.validation_fraction > 0 or cfg.validation_source is not None):
+        return 0
+    return int(cfg.validation_max_blocks or 0)
+
+
+def read_held_out(cfg: DataConfig, tokenizer, count: int, world_size: int = 1, what: str = "data.source"
+                  ) -> tuple[list[dict], int]:
+    """The first `count` blocks of process 0's part of `cfg`'s source, packed as training packs (each document
+    followed by EOS, cut into blocks), and the number of documents they took. Every process reads the same ones
+    (rank 0's part, so the held-out documents belong to one process's stream, which skips them: no document is
+    both trained on and evaluated). The last document's tokens beyond the last block are dropped."""
+    ds, column = open_documents(cfg, 0, world_size)
+    eos, bs, need = tokenizer.eos_token_id, cfg.block_size, count * cfg.block_size
+    parts, have, docs_used = [], 0, 0
+    it = iter(ds)
+    while have < need:
+        docs = [ex[column] for _, ex in zip(range(DOCS_PER_READ), it)]
+        if not docs:
+            blocks = have // bs
+            raise UsageError(f"data.validation_max_blocks: {what} {cfg.source!r} holds {blocks} block(s) of {bs} "
+                             "tokens"
+                             + (" (process 0's part)" if world_size > 1 else "")
+                             + f", fewer than the {count} to hold out for validation; lower "
+                             "data.validation_max_blocks, or set data.validation_fraction: 0 (no evaluation)")
+        for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]:
+            parts.append(np.asarray(ids + [eos], dtype=np.int64))
+            have += len(ids) + 1
+            docs_used += 1
+            if have >= need:
+                break
+    tokens = np.concatenate(parts)[:need]
+    return [{"input_ids": tokens[i * bs:(i + 1) * bs]} for i in range(count)], docs_used
 
 
 def streaming_refusal(plan) -> str | None:
@@ -215,12 +270,13 @@ def streaming_refusal(plan) -> str | None:
 
 
 class StreamedData:
-    """What `prepare_data` gives for a packed source, for a streamed one: the training stream, no validation."""
+    """What `prepare_data` gives for a packed source, for a streamed one: the training stream, and the held-out
+    validation blocks (a list of blocks, in memory: data.validation_max_blocks of them) or None."""
 
-    def __init__(self, stream: PackedStream, fingerprint: str, block_size: int):
+    def __init__(self, stream: PackedStream, fingerprint: str, block_size: int, validation: list | None = None):
         self.stream = stream
         self.train = as_torch(stream)
-        self.validation = None
+        self.validation = validation
         self.fingerprint = fingerprint
         self.num_tokens = None
         self.block_size = block_size
@@ -235,8 +291,20 @@ def streamed_data(cfg: DataConfig, tokenizer, run_dir: Path, seed: int, rank: in
         raise UsageError("model.tokenizer: the tokenizer has no EOS token, needed between documents")
     open_documents(cfg, rank, world_size)  # a missing file or an unreachable hub dataset fails here, before
     # anything is written
-    stream = PackedStream(cfg, tokenizer, seed, cfg.block_size, rank, world_size)
-    return StreamedData(stream, stream_fingerprint(cfg, tokenizer, run_dir, seed), cfg.block_size)
+    validation, skip = None, 0
+    held = held_out_count(cfg)
+    if held:
+        if cfg.validation_source is not None:  # its first blocks; the training stream is not split
+            from gptresume.data.packing import _validation_config
+
+            validation, _ = read_held_out(_validation_config(cfg), tokenizer, held, what="data.validation_source")
+        else:  # the first blocks of process 0's part, which its stream then skips
+            validation, docs = read_held_out(cfg, tokenizer, held, world_size)
+            skip = docs if rank == 0 else 0
+        log.info("Validation: the first %d blocks of %s (%d tokens)", held,
+                 "data.validation_source" if cfg.validation_source is not None else "the stream", held * cfg.block_size)
+    stream = PackedStream(cfg, tokenizer, seed, cfg.block_size, rank, world_size, skip_docs=skip)
+    return StreamedData(stream, stream_fingerprint(cfg, tokenizer, run_dir, seed), cfg.block_size, validation)
 
 
 def _callback_base():

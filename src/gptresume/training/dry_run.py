@@ -29,7 +29,8 @@ def dry_run(config: Config, resume: str = "auto", overwrite: bool = False, allow
 
     if distributed.world_size() > 1:
         raise UsageError("--dry-run checks in one process; run it without torchrun or accelerate launch")
-    spec = RunSpec(config.run_dir, config.to_dict(), tokenizer_from_checkpoint=True)
+    spec = RunSpec(config.run_dir, config.to_dict(), tokenizer_from_checkpoint=True,
+                   resolve=config.resolve_versioned_defaults)
     plan = plan_resume(spec, resume, overwrite, allow_partial, list(allow_change or []), adopt_checkpoint, 1,
                        check=loads(spec))
     if plan.is_complete(spec):

@@ -16,6 +16,7 @@ from pathlib import Path
 from gptresume.compat import warn_if_unchecked
 from gptresume.config import Config, dump_config
 from gptresume.data import PackedBlockCollator, load_texts, prepare_data, save_to_cache
+from gptresume.data.evaluation import evaluation_set
 from gptresume.data.sources import remember_source_fingerprint
 from gptresume.errors import EXIT_OK, EXIT_STOPPED, UsageError
 from gptresume.hub import use_cache_if_offline
@@ -28,7 +29,7 @@ from gptresume.modeling import (
     load_tokenizer,
     looks_like_path,
 )
-from gptresume.resume.plan import ResumePlan, RunSpec
+from gptresume.resume.plan import ResumePlan, RunSpec, defaults_basis
 from gptresume.rundir import CONFIG_NAME, FINAL_DIR, TOKENIZER_DIR, remove_leftovers, remove_path, run_lock
 from gptresume.training import distributed
 from gptresume.training.session import Options, Session
@@ -62,7 +63,8 @@ def run_training(config: Config, resume: str = "auto", overwrite: bool = False, 
 def _run_session(config: Config, options: Options):
     """One protected run of a fresh Trainer: (exit code, Outcome or None when there was nothing to train)."""
     run_dir = config.run_dir
-    spec = RunSpec(run_dir, config.to_dict(), tokenizer_from_checkpoint=True)
+    spec = RunSpec(run_dir, config.to_dict(), tokenizer_from_checkpoint=True,
+                   resolve=config.resolve_versioned_defaults)
     world_size = distributed.world_size()
     with Session(spec, options) as session:
 
@@ -71,6 +73,7 @@ def _run_session(config: Config, options: Options):
             return session.decide(world_size)
 
         session.plan = plan = distributed.on_main(decide)
+        config.resolve_versioned_defaults(defaults_basis(plan))  # as rank 0 did in plan_resume (every rank)
         if session.is_complete():
             return distributed.on_main(_report_complete, config, plan), None
         ckpt = session.checkpoint
@@ -205,7 +208,8 @@ def _make_trainer(config: Config, model, tokenizer, data):
         accel = config.train.get("accelerator_config")
         extra["accelerator_config"] = {**(accel if isinstance(accel, dict) else {}), "dispatch_batches": False}
     args = config.training_arguments(disable_tqdm=True, **distributed.training_defaults(config.train), **extra)
-    return Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
+    evaluated = evaluation_set(data.validation, config.data.eval_batches, args.eval_batch_size * args.world_size)
+    return Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=evaluated,
                    data_collator=PackedBlockCollator(), processing_class=tokenizer)
 
 
