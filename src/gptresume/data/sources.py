@@ -74,14 +74,24 @@ def source_fingerprint(cfg: DataConfig, run_dir: Path | None = None) -> str:
         if known:
             return known
     h = hashlib.sha256()
+    progress = _hashing_progress(files)
     for f in files:
         h.update(str(f).encode())
         with open(f, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
+                progress.update(progress.done + len(chunk))
+    progress.close()
     fp = h.hexdigest()[:16]
     _PENDING[stat_key] = fp
     return fp
+
+
+def _hashing_progress(files: list[Path]):
+    """Lines while a large source is hashed on its first start (a resume reads the stat cache instead)."""
+    from gptresume.progress import Progress, size
+
+    return Progress("hashing the source files", sum(os.stat(f).st_size for f in files) or None, unit=size)
 
 
 STAT_CACHE_NAME = "sources.json"

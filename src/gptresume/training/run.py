@@ -109,6 +109,9 @@ def _run_session(config: Config, options: Options):
                            * trainer.args.world_size * data.block_size)
         session.attach(trainer, tokens_per_step)
         _use_progress_output(trainer, tokens_per_step)
+        from gptresume.training.phase_progress import add_phase_progress
+
+        loading = add_phase_progress(trainer, ckpt, sys.stderr.isatty())  # evaluation, slow saves, a large load
         distributed.warn_if_not_sharded(trainer, config.train)
         main = distributed.is_main()
         if plan.checkpoint and main:
@@ -117,6 +120,7 @@ def _run_session(config: Config, options: Options):
             print(f"Resuming from {ckpt} ({at})", flush=True)
         elif main:
             print(f"Starting a new run in {run_dir}", flush=True)
+        loading.announce()
         outcome = session.run(trainer)
         if outcome.stopped:
             if main:
