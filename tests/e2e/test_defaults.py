@@ -90,3 +90,38 @@ def test_a_run_from_before_the_defaults_resumes_exactly_and_a_new_run_uses_them(
     assert f_val == DEFAULT_VALIDATION_MAX_BLOCKS and f_train == n_train + n_val - DEFAULT_VALIDATION_MAX_BLOCKS
     per_eval = DEFAULT_EVAL_BATCHES * EVAL_BATCH
     assert f"evaluation: {DEFAULT_EVAL_BATCHES} batches ({per_eval:,} blocks" in out, out
+
+
+def test_dry_run_prints_the_cost_plan_and_calibrates_outside_the_run(tmp_path, capsys, monkeypatch):
+    """The plan's checkpoint size against the checkpoint the run then commits; a resumed run's rate from its
+    metrics; `--calibrate` times steps, an eval batch and a save elsewhere: the run directory stays byte-identical."""
+    import re
+
+    from conftest import snapshot
+    from gptresume.cli import main
+
+    monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)
+    config = write_config(tmp_path, train={"max_steps": 8})
+    assert main(["train", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "cost plan:" in out and "training:   8 steps, 1,024 tokens" in out, out  # 8 x batch 4 x 32 tokens
+    assert "saves of" in out and "(estimated)" in out and "--calibrate" in out
+    estimate = re.search(r"saves of ([\d.]+) (KB|MB)", out)
+    run = tmp_path / "run"
+    first = run_cli(tmp_path, "train", config, "--stop-at-step", "4")
+    assert first.returncode == 75, first.stderr
+    committed = sum(p.stat().st_size for p in (run / "checkpoint-4").rglob("*") if p.is_file())
+    estimated = float(estimate.group(1)) * (1e3 if estimate.group(2) == "KB" else 1e6)
+    assert abs(estimated - committed) / committed < 0.05, (estimated, committed)
+
+    before = snapshot(run)
+    assert main(["train", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "training:   4 steps" in out and "as committed before" in out, out
+    assert "rates from the run's metrics.jsonl" in out and "wall time:  about" in out
+    assert main(["train", str(config), "--dry-run", "--calibrate"]) == 0
+    out = capsys.readouterr().out
+    assert "rates from calibration (--calibrate: 3 steps, one evaluation batch, one save)" in out, out
+    assert snapshot(run) == before
+    assert main(["train", str(config), "--calibrate"]) == 2  # only with --dry-run
+    assert "--calibrate goes with --dry-run" in capsys.readouterr().err

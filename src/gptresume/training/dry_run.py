@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def dry_run(config: Config, resume: str = "auto", overwrite: bool = False, allow_partial: bool = False,
-            allow_change: list[str] | None = None, adopt_checkpoint: bool = False) -> int:
+            allow_change: list[str] | None = None, adopt_checkpoint: bool = False, calibrate: bool = False) -> int:
     from gptresume.modeling import has_dropout
     from gptresume.training import distributed
     from gptresume.training.run import _load_inputs
@@ -43,6 +43,7 @@ def dry_run(config: Config, resume: str = "auto", overwrite: bool = False, allow
         spec.data_fingerprint = data.fingerprint
         check_inputs(plan, data.fingerprint, has_dropout(model))
         print(summary(config, plan, data, model))
+        print_cost_plan(config, plan, data, model, inputs["tokenizer"], calibrate)
     finally:
         data.discard()  # blocks packed for the check were staged in data-cache/: a dry run leaves nothing
     return EXIT_OK
@@ -72,3 +73,12 @@ def summary(config: Config, plan, data, model) -> str:
     if plan.changes:
         lines.append("  config changes since the checkpoint:\n" + format_changes(plan.changes))
     return "\n".join(lines)
+
+
+def print_cost_plan(config: Config, plan, data, model, tokenizer, calibrate: bool = False) -> None:
+    """The cost plan (training/cost_plan.py): from a calibration in a temporary directory when asked, else from the
+    run's own measured steps when it has some."""
+    from gptresume.training.cost_estimate import calibrate as measure, plan_for
+
+    rates = measure(config, model, tokenizer, data) if calibrate else None
+    print("\n".join(plan_for(config, plan, data, model, tokenizer, rates).lines()))
