@@ -66,7 +66,9 @@ QUICK = Plan(reps=1, demo_warmup=2, demo_steps=5, gpt2_warmup=1, gpt2_steps=2, c
              interval_overrides={"model.from_scratch.n_layer": 1, "model.from_scratch.n_head": 2,
                                  "model.from_scratch.n_embd": 32, "train.per_device_train_batch_size": 2},
              matmul_n=2048, packing_mb=(16, 32), verify_mb=256,
-             defaults_mb=32, defaults_steps=12, defaults_overrides={"train.save_steps": 10})
+             defaults_mb=32, defaults_steps=12,
+             defaults_overrides={"train.save_steps": 10, "train.per_device_train_batch_size": 2,
+                                 "train.gradient_accumulation_steps": 1})
 
 
 # ---------------------------------------------------------------- processes

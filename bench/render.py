@@ -343,7 +343,7 @@ def _defaults(results: dict) -> list[str]:
              f"words), changed only in the model shape ({d['model']}: {shape['n_layer']} layers x {shape['n_embd']}, "
              f"context {shape['n_positions']}, a new model with GPT-2's vocabulary size) and the step count"
              + (f", and for this quick run {changed}" if changed else "")
-             + f"; SIGTERM at step {d['sigterm_at']}. Everything else as shipped: block 512, batch 4 x 8, "
+             + f"; SIGTERM at step {d['sigterm_at']}. Otherwise as shipped: block 512, batch 4 x 8, "
              "validation_fraction 0.02 (at most data.validation_max_blocks blocks), an evaluation of data.eval_batches "
              "batches at every save (save_steps 200), every_minutes 30, keep_last 3.", "",
              "| from process start | seconds | share of the run |", "|---|---:|---:|"]

@@ -115,3 +115,40 @@ def test_an_evaluation_shows_its_batches():
     assert out[-1].endswith("evaluation: 200 batches (1,600 blocks) in 1m40s"), out
     assert len(out) <= 12
     assert cb.progress is None  # the next evaluation starts its own count
+
+
+def test_a_large_checkpoint_load_and_a_slow_save_say_so(tmp_path, caplog):
+    import logging
+
+    from gptresume.training.phase_progress import CheckpointLoadProgress, SaveProgress
+
+    ckpt = tmp_path / "checkpoint-40"
+    ckpt.mkdir()
+    (ckpt / "optimizer.pt").write_bytes(b"x" * 5000)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=40)
+    caplog.set_level(logging.INFO, logger="gptresume")
+    small = CheckpointLoadProgress(ckpt)  # 5 KB: below LARGE_CHECKPOINT_BYTES, nothing said
+    small.announce()
+    small.on_train_begin(None, state, None)
+    assert not caplog.records
+    large = CheckpointLoadProgress(ckpt, threshold=4096)
+    large.announce()
+    large.on_train_begin(None, state, None)
+    messages = [r.getMessage() for r in caplog.records]
+    assert re.search(r"loading checkpoint-40 \(5\.0 KB of weights and training state\)$", messages[0]), messages
+    assert re.search(r"checkpoint-40 loaded in [\d.]+ s$", messages[1]), messages
+    caplog.clear()
+    saves = SaveProgress(state_bytes=2 << 30)  # the first save of a 2 GB state: said when it starts
+    saving = SimpleNamespace(should_save=True)
+    saves.on_step_end(None, state, saving)
+    saves.on_save(None, state, saving)
+    assert "saving checkpoint-40 (about 2.1 GB)" in caplog.records[0].getMessage()
+    caplog.clear()
+    quick = SaveProgress(state_bytes=1000)
+    quick.on_step_end(None, state, saving)
+    quick.on_save(None, state, saving)
+    quick.on_step_end(None, state, SimpleNamespace(should_save=False))
+    assert not caplog.records
+    quick.last_s = 12.0  # the previous save took 12 s: the next one says so
+    quick.on_step_end(None, state, saving)
+    assert "saving checkpoint-40 (the last took 12s)" in caplog.records[0].getMessage()
