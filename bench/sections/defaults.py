@@ -26,6 +26,7 @@ from common import ROOT, Plan, Runner
 from workloads import fresh_run_dir
 
 PRESET = ROOT / "examples" / "gpt2-finetune.yaml"
+DOCUMENT_BYTES = 256 << 10  # the preset reads each .txt file as one document: files of 256 KB, 4,096 per GB
 SHAPES = {"demo": {"n_layer": 4, "n_head": 4, "n_embd": 256, "n_positions": 512},  # the demo's, at the preset's
           # block_size of 512 (the demo's own context is 128)
           "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024}}
@@ -83,10 +84,10 @@ def measure(r: Runner, plan: Plan) -> dict:
     from packing_peers import make_corpus
 
     model = "gpt2" if torch.cuda.is_available() else "demo"
-    corpus = r.work / f"defaults-corpus-{plan.defaults_mb}"
+    corpus = r.work / f"defaults-corpus-{plan.defaults_mb}-{DOCUMENT_BYTES}"
     if not corpus.is_dir():
         r.log(f"  generating {plan.defaults_mb} MB of text")
-        make_corpus(corpus, plan.defaults_mb)
+        make_corpus(corpus, plan.defaults_mb, file_bytes=DOCUMENT_BYTES)
     text_bytes = sum(p.stat().st_size for p in corpus.glob("*.txt"))
     config = preset_config(r.work, corpus, model, plan.defaults_steps + 50, dict(plan.defaults_overrides or {}))
     run = r.work / "defaults-run"

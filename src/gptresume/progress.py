@@ -48,7 +48,8 @@ def duration(seconds: float) -> str:
 
 
 def count(n: float) -> str:
-    return f"{n:,.0f}"
+    """1,234 (a rate below 10 keeps two decimals: 0.37 batches/s, not 0)."""
+    return f"{n:,.0f}" if n >= 10 or float(n).is_integer() else f"{n:.2f}"
 
 
 class Progress:

@@ -181,6 +181,9 @@ def text_batches(cfg: DataConfig, batch_docs: int):
     kwargs = {"sample_by": cfg.text_unit} if loader == "text" else {}
     column = "text" if loader == "text" else cfg.text_column
     where = ", ".join(map(str, files))
+    total = sum(f.stat().st_size for f in files)
+    if loader == "text" and cfg.text_unit == "document":
+        batch_docs = documents_per_batch(total, len(files), batch_docs)
     try:
         ds = datasets.load_dataset(loader, data_files=[str(f) for f in files], split="train", streaming=True,
                                    **kwargs)
@@ -199,7 +202,19 @@ def text_batches(cfg: DataConfig, batch_docs: int):
         except Exception as e:  # a malformed line or file, found while reading
             raise UsageError(f"data.source: could not read {where}: {e}") from None
 
-    return batches(), sum(f.stat().st_size for f in files)
+    return batches(), total
+
+
+BATCH_TEXT_BYTES = 16 << 20  # about this much text per batch when every file is one document
+
+
+def documents_per_batch(text_bytes: int, files: int, batch_docs: int) -> int:
+    """Documents per batch when each .txt file is one document (text_unit: document): at most `batch_docs`, and
+    about BATCH_TEXT_BYTES of text at the files' mean size, so a corpus of large files is neither held in memory a
+    thousand files at a time nor tokenized by one worker in one batch, and packing reports its progress as it goes.
+    The documents and their order are the same whatever the batch size (the token stream does not change)."""
+    mean = text_bytes / max(1, files)
+    return max(1, min(batch_docs, int(BATCH_TEXT_BYTES // max(mean, 1))))
 
 
 def _batches_of(ds, batch_docs: int):
