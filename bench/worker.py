@@ -405,15 +405,16 @@ def gptresume_callbacks(clock: Clock, book: SaveBook, a):
             clock.step_end(state.global_step)
             self.before_save = time.perf_counter()
 
-        def on_log(self, args, state, control, **kwargs):
+        def on_log(self, args, state, control, logs=None, **kwargs):
             self.close()
-            self.before_save = time.perf_counter()
-
-        def on_evaluate(self, args, state, control, **kwargs):
             now = time.perf_counter()
-            if self.before_save is not None:  # the evaluation: from the step's last event before it to its end
+            if logs and "eval_loss" in logs and self.before_save is not None:
+                # the evaluation (it logs its metrics before on_evaluate): from the step's last event before it
                 clock.extra.setdefault("evals", []).append([state.global_step, now - self.before_save])
             self.before_save = now
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.before_save = time.perf_counter()
 
         def on_save(self, args, state, control, **kwargs):
             if self.before_save is not None:
