@@ -81,9 +81,9 @@ def test_a_run_from_before_the_defaults_resumes_exactly_and_a_new_run_uses_them(
     final_manifest = json.loads((corpus / "stopped" / "checkpoint-8" / "manifest.json").read_text())
     assert final_manifest["config"] == manifest["config"]  # still the config it started with
 
-    fresh, out = train(corpus, new_yaml, "fresh")
-    assert fresh.returncode == 0, out
-    recorded = json.loads((corpus / "fresh" / "checkpoint-8" / "manifest.json").read_text())["config"]["data"]
+    fresh, out = train(corpus, new_yaml, "fresh", "--stop-at-step", "4")  # its first evaluation and save
+    assert fresh.returncode == 75, out
+    recorded = json.loads((corpus / "fresh" / "checkpoint-4" / "manifest.json").read_text())["config"]["data"]
     assert recorded["validation_max_blocks"] == DEFAULT_VALIDATION_MAX_BLOCKS
     assert recorded["eval_batches"] == DEFAULT_EVAL_BATCHES
     f_train, f_val = split_sizes(corpus / "fresh")
