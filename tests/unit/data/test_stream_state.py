@@ -124,3 +124,45 @@ def test_resumes_that_need_a_sample_count_are_refused(tmp_path):
     assert "global batch" in streaming_refusal(Plan(Change("train.per_device_train_batch_size", 4, 2, BATCH, True,
                                                            "global batch 8 -> 4")))
     assert streaming_refusal(Plan(Change("data", "f1", "f2", DATA, True, "the packed training tokens differ")))
+
+
+def test_a_streamed_source_holds_out_its_first_blocks_which_never_train(tmp_path, tokenizer):
+    """data.streaming with the default validation_fraction (issue 26): the first validation_max_blocks blocks of the
+    source are the validation set; the training stream skips the documents they took, in every epoch, and its
+    restored position (through the skip) continues exactly."""
+    from gptresume.data.streaming import read_held_out, streamed_data
+
+    docs = [p for d in corpus_texts(5) for p in d[:700].split("\n\n") if p.strip()]
+    (tmp_path / "a.txt").write_text("\n\n".join(docs))
+    cfg = DataConfig(source=str(tmp_path / "a.txt"), text_unit="paragraph", block_size=16, streaming=True,
+                     validation_max_blocks=6, shuffle_buffer=1)
+    assert DataConfig().validation_fraction > 0 and not cfg.problems("data")  # no second key needed
+    data = streamed_data(cfg, tokenizer, tmp_path, seed=3)
+    held, used = read_held_out(cfg, tokenizer, 6)
+    assert len(data.validation) == 6 and all(len(b["input_ids"]) == 16 for b in data.validation)
+    assert data.stream.skip_docs == used > 0
+    # the held-out blocks are the stream's first 6 blocks as a stream without them would pack them
+    plain = PackedStream(DataConfig(**{**cfg.__dict__, "validation_fraction": 0}), tokenizer, seed=3, block_size=16)
+    first = take(plain, 6)
+    assert all(np.array_equal(a["input_ids"], b) for a, b in zip(data.validation, first))
+    # training never sees a held-out document: its token stream is the source's from document `used` on
+    eos = tokenizer.eos_token_id
+    later = np.concatenate([np.asarray(x + [eos]) for x in tokenizer(docs[used:], add_special_tokens=False)[
+        "input_ids"]])
+    trained = take(data.stream, 300)  # more than an epoch: the skip applies again after the source restarts
+    assert max(s["epoch"] for s in data.stream.snapshots.values()) >= 1
+    assert np.array_equal(trained[0], later[:16])  # shuffle_buffer 1: stream order
+    held_rows = {b["input_ids"].tobytes() for b in data.validation}
+    assert not held_rows & {b.tobytes() for b in trained}
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    data.stream.save_state(250, ckpt)
+    resumed = streamed_data(cfg, tokenizer, tmp_path, seed=3).stream
+    resumed.load_state(ckpt)
+    assert all(np.array_equal(a, b) for a, b in zip(take(resumed, 20), trained[250:270]))
+    # its identity: a run without held-out blocks keeps the fingerprint it had; one with them differs
+    no_held = streamed_data(DataConfig(**{**cfg.__dict__, "validation_fraction": 0}), tokenizer, tmp_path, seed=3)
+    assert no_held.validation is None and no_held.stream.skip_docs == 0
+    assert no_held.fingerprint != data.fingerprint
+    with pytest.raises(UsageError, match="data.validation_max_blocks: data.source .* fewer than the 100000"):
+        streamed_data(DataConfig(**{**cfg.__dict__, "validation_max_blocks": 100000}), tokenizer, tmp_path, seed=3)
