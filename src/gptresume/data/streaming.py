@@ -529,10 +529,10 @@ def held_out_count(cfg: DataConfig) -> int:
 
 def read_held_out(cfg: DataConfig, tokenizer, count: int, world_size: int = 1, what: str = "data.source"
                   ) -> tuple[list[dict], int]:
-    """The first `count` blocks of part 0 (of `world_size` parts) of `cfg`'s source, packed as training packs (each document
-    followed by EOS, cut into blocks), and the number of documents they took. Every process reads the same ones
-    (rank 0's part, so the held-out documents belong to one process's stream, which skips them: no document is
-    both trained on and evaluated). The last document's tokens beyond the last block are dropped."""
+    """The first `count` blocks of part 0 (of `world_size` parts) of `cfg`'s source, packed as training packs (each
+    document followed by EOS, cut into blocks), and the number of documents they took. Every process reads the same
+    ones (part 0's, so the held-out documents belong to one part, whose reader skips them: no document is both
+    trained on and evaluated). The last document's tokens beyond the last block are dropped."""
     ds, column = open_documents(cfg, 0, world_size)
     eos, bs, need = tokenizer.eos_token_id, cfg.block_size, count * cfg.block_size
     parts, have, docs_used = [], 0, 0
