@@ -22,7 +22,8 @@ DEMO_YAML = ROOT / "examples" / "demo.yaml"
 
 @dataclass
 class Plan:
-    """How much to measure: FULL for `make bench`, QUICK for a smoke run; results.json records the one used."""
+    """How much to measure: FULL for `make bench`, QUICK for a smoke run; each results/SECTION.json records the one
+    used."""
 
     reps: int = 5
     demo_warmup: int = 3
@@ -53,6 +54,9 @@ class Plan:
     verify_mb: int = 1536  # verify: the checkpoint's size (GPT-2 124M with Adam is about 1.5 GB)
     step_cost_steps: int = 60  # step_cost: optimizer steps per peer (the first demo_warmup and the last not timed)
     step_cost_logging: int = 10  # step_cost: logging_steps (Trainer reads the loss there; so does run health)
+    defaults_mb: int = 1024  # defaults: generated text the GPT-2 fine-tune preset packs
+    defaults_steps: int = 210  # defaults: SIGTERM at this step (past the preset's first save and evaluation, 200)
+    defaults_overrides: dict | None = None  # defaults: config values beside the shape and the steps (--quick only)
 
 
 FULL = Plan()
@@ -63,7 +67,10 @@ QUICK = Plan(reps=1, demo_warmup=2, demo_steps=5, gpt2_warmup=1, gpt2_steps=2, c
              interval_steps=100,
              interval_overrides={"model.from_scratch.n_layer": 1, "model.from_scratch.n_head": 2,
                                  "model.from_scratch.n_embd": 32, "train.per_device_train_batch_size": 2},
-             matmul_n=2048, packing_mb=(16, 32), verify_mb=256, step_cost_steps=20)
+             matmul_n=2048, packing_mb=(16, 32), verify_mb=256, step_cost_steps=20,
+             defaults_mb=32, defaults_steps=12,
+             defaults_overrides={"train.save_steps": 10, "train.per_device_train_batch_size": 2,
+                                 "train.gradient_accumulation_steps": 1})
 
 
 # ---------------------------------------------------------------- processes
@@ -147,6 +154,20 @@ def ratio(a, b):
 
 
 # ---------------------------------------------------------------- machine
+
+
+def source_version() -> dict:
+    """The commit the measured code is at, and whether the source tree had uncommitted changes (bench/ results
+    and reports aside): what a section's figures belong to."""
+    def git(*args) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = [line for line in git("status", "--porcelain", "--", "src", "bench", "examples").splitlines()
+               if not line[3:].startswith(("bench/results/", "bench/RESULTS.md"))]
+    return {"commit": git("rev-parse", "--short=10", "HEAD") or "unknown", "dirty": bool(changed)}
 
 
 def machine() -> dict:

@@ -1,11 +1,10 @@
 """bench/RESULTS-gpu.md from bench/gpu.sh's two stages: the exactness check (bench/gpu_check.py's JSON) and
-bench/run.py's RESULTS.md and results.json for the GPU (copied to bench/results-gpu.json). Measures nothing."""
+bench/run.py's RESULTS.md and results/*.json for the GPU (gathered into bench/results-gpu.json). Measures nothing."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -58,7 +57,8 @@ def main() -> int:
         lines += ["# bench/run.py on the GPU (GPT-2 124M shape)",
                   *([f"bench/run.py exited {a.bench_exit} (a stage past its time limit is cut short: what "
                      "it measured is below)."] if a.bench_exit else []), body]
-        shutil.copyfile(bench / "results.json", Path(a.out).with_name("results-gpu.json"))
+        gathered = {p.stem: json.loads(p.read_text()) for p in sorted((bench / "results").glob("*.json"))}
+        Path(a.out).with_name("results-gpu.json").write_text(json.dumps(gathered, indent=1))
     else:
         lines += [f"**bench/run.py wrote nothing** (exit {a.bench_exit}).", ""]
     Path(a.out).write_text("\n".join(lines) + "\n")

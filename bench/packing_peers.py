@@ -16,8 +16,8 @@ from pathlib import Path
 BLOCK = 1024
 
 
-def make_corpus(root: Path, megabytes: int, seed: int = 0) -> list[str]:
-    """Lines of random words from CPython's docs, in 64 MB .txt files (generated: nothing downloaded)."""
+def make_corpus(root: Path, megabytes: int, seed: int = 0, file_bytes: int = 64 << 20) -> list[str]:
+    """Lines of random words from CPython's docs, in .txt files of `file_bytes` (generated: nothing downloaded)."""
     from pydoc_data.topics import topics
 
     words = sorted({w for t in topics.values() for w in t.split() if w.isalpha() and len(w) < 12})
@@ -25,8 +25,8 @@ def make_corpus(root: Path, megabytes: int, seed: int = 0) -> list[str]:
     root.mkdir(parents=True, exist_ok=True)
     files, left, i = [], megabytes << 20, 0
     while left > 0:
-        path = root / f"part-{i:03d}.txt"
-        size = min(left, 64 << 20)
+        path = root / f"part-{i:05d}.txt"
+        size = min(left, file_bytes)
         with open(path, "w") as f:
             written = 0
             while written < size:

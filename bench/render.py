@@ -15,63 +15,91 @@ def fmt(x, spec=".2f"):
     return "–" if x is None else format(x, spec)
 
 
-def render(results: dict) -> str:
-    """The markdown report: machine, targets, then one part per section that results holds."""
-    parts = (_header, _targets, _peak, _throughput, _step_cost, _checkpoint, _checkpoint_ddp, _verify, _resume,
-             _streaming_resume, _goodput, _packing, lambda results: _intervals(results.get("interval")), _remote,
-             _ledger)
-    return "\n".join(line for part in parts for line in part(results))
+TITLES = {"peak": "Peak matmul", "throughput": "Training throughput", "checkpoint": "Checkpoint cost",
+          "checkpoint_ddp": "Checkpoint cost, several processes", "verify": "Verify speed",
+          "resume": "Resume latency", "streaming_resume": "Streaming resume latency",
+          "goodput": "Goodput under preemption", "packing": "Packing",
+          "interval": "Checkpoint interval: `every: auto` against fixed save_steps",
+          "remote": "Uploads to object storage (checkpoint.remote)",
+          "defaults": "The shipped defaults on a real-sized corpus",
+          "step_cost": "Callbacks' share of a step", "ledger": "The sample ledger's cost"}
 
 
-def _header(results: dict) -> list[str]:
-    """Where and when it ran, on what machine, how busy, and how each figure was taken."""
-    m = results["machine"]
-    plan = results["plan"]
-    return [
-        "# Benchmark results",
-        "",
-        f"Written by {_command(results)} on {m['time']}; "
-        f"took {results['wall_s'] / 60:.1f} min. Raw numbers: results.json beside this file.",
-        "",
-        f"**Machine**: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
-        f"{m['memory_gb']} GB RAM, {'GPU' if m['gpu'] else 'no GPU'}; ISA: {', '.join(m['isa'])}. "
-        f"Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, accelerate {m['accelerate']}.",
-        f"Load average (1 min) at start {m['load_at_start']:.2f}, at end {results.get('load_at_end', float('nan')):.2f}"
-        + (" — **measured on a busy machine: timings are noisy**" if max(m["load_at_start"],
-                                                                        results.get("load_at_end", 0)) > 0.5 else "")
-        + ".",
-        "",
-        f"Each figure is the median of {plan['reps']} runs"
-        + (f" (packing: {plan.get('packing_reps', plan['reps'])}, each of 1-2 GB taking minutes)"
-           if "packing" in results.get("sections", []) and not results["quick"] else "")
-        + ", each in a fresh process; peers alternate within each repetition (the order rotates and reverses).",
-        "",
-    ]
-
-
-def _command(results: dict) -> str:
-    """The command that measured: `make bench` for every section, else bench/run.py with the options used."""
+def render_report(records: dict[str, dict]) -> str:
+    """RESULTS.md from the sections' records (bench/results/SECTION.json): the targets, then each section's tables
+    under the line that says when, at which commit, with which command and on which machine it was measured."""
     from sections import SECTIONS
 
-    sections = results.get("sections") or list(SECTIONS)
-    if list(sections) == list(SECTIONS) and not results["quick"]:
-        return "`make bench` (bench/run.py)"
-    return ("`bench/run.py" + (" --quick" if results["quick"] else "")
-            + ("" if list(sections) == list(SECTIONS) else " --only " + " ".join(sections)) + "`")
+    lines = ["# Benchmark results", "",
+             "Each section is measured on its own (`bench/run.py --only SECTION`; `make bench` runs every one) and "
+             "writes bench/results/SECTION.json (raw numbers, plan, machine); this file is rendered from those files "
+             "(`bench/run.py --render-only`), so a section's tables are always those of its latest measurement, "
+             "which the line under its title dates. Each figure is a median over repetitions, each in a fresh "
+             "process, peers alternating (the order rotates and reverses).", ""]
+    targets = report_targets(records)
+    if targets:
+        lines += ["## Targets", "", "| target | measured | met | section, measured |", "|---|---|---|---|"]
+        for name, t in targets.items():
+            v = t["value"]
+            shown = "–" if v is None else f"{v * 100:.2f}%" if name in PERCENT_TARGETS else f"{v:.3f}"
+            rec = records[t["section"]]
+            lines.append(f"| {t['what']} | {shown} | {'met' if t['met'] else '**not met**'} | {t['section']}, "
+                         f"{rec['measured'][:10]}{' (quick)' if rec['quick'] else ''} |")
+        lines.append("")
+    missing = [name for name in SECTIONS if name not in records]
+    for name in SECTIONS:
+        if name in records:
+            part = section_lines(name, records)
+            lines += part[:1] + ["", provenance(records[name])] + part[1:]
+    if missing:
+        lines += ["## Not measured yet", "",
+                  "No results for: " + ", ".join(missing)
+                  + f". Measure with `bench/run.py --only {' '.join(missing)}`.",
+                  ""]
+    return "\n".join(lines)
 
 
-def _targets(results: dict) -> list[str]:
-    """Each target, its measured value and whether it is met."""
-    tg = results.get("targets", {})
-    if not tg:
-        return []
-    lines = ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
-    for name, t in tg.items():
-        v = t["value"]
-        shown = "–" if v is None else f"{v * 100:.2f}%" if name in ("own_code", "hash_share") else f"{v:.3f}"
-        lines.append(f"| {t['what']} | {shown} | {'met' if t['met'] else '**not met**'} |")
-    lines.append("")
-    return lines
+PERCENT_TARGETS = ("own_code", "hash_share", "defaults_eval_save")
+
+
+def section_lines(name: str, records: dict) -> list[str]:
+    """A section's tables, by the renderer below that knows its data (`peak` lends throughput its MFU
+    denominators)."""
+    rec = records[name]
+    view = {"plan": rec.get("plan") or {}, "machine": rec.get("machine") or {}, "quick": rec.get("quick"),
+            name: rec["data"]}
+    if name == "throughput" and "peak" in records:
+        view["peak"] = records["peak"]["data"]
+    part = RENDERERS[name](view)
+    return part or [f"## {TITLES.get(name, name)}", "", "(no figures)", ""]
+
+
+def provenance(rec: dict) -> str:
+    """`Measured 2026-12-07 03:12 UTC at commit abc1234 by `bench/run.py --only X` (5 repetitions), in 12.3 min, on
+    ...; load 1.0 at start, 1.2 at end`."""
+    m = rec.get("machine") or {}
+    plan = rec.get("plan") or {}
+    reps = "quick: one repetition, shorter runs (a smoke run, not the figures)" if rec.get("quick") else \
+        f"median of {plan.get('reps', '?')} repetitions"
+    commit = rec.get("commit", "unknown")
+    busy = max(m.get("load_at_start") or 0, rec.get("load_at_end") or 0) > 0.5
+    return (f"*Measured {rec.get('measured', '?')} at commit {commit}"
+            + (" (with uncommitted changes)" if rec.get("dirty") else "")
+            + f" by `{rec.get('command', 'bench/run.py')}` ({reps}"
+            + (f"; {rec['wall_s'] / 60:.1f} min" if rec.get("wall_s") else "") + "). "
+            + f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {'GPU' if m.get('gpu') else 'no GPU'}; "
+            + f"torch {m.get('torch', '?')}, transformers {m.get('transformers', '?')}. Load average "
+            + f"{(m.get('load_at_start') or 0):.2f} at start, {(rec.get('load_at_end') or 0):.2f} at end"
+            + (": **a busy machine, timings are noisy**" if busy else "") + ".*")
+
+
+def report_targets(records: dict) -> dict:
+    """Every target whose section has results, judged from that section alone, with the section's name."""
+    out = {}
+    for name, rec in records.items():
+        for key, t in targets({name: rec["data"]}).items():
+            out[key] = {**t, "section": name}
+    return out
 
 
 def _peak(results: dict) -> list[str]:
@@ -339,9 +367,67 @@ def _ledger(results: dict) -> list[str]:
     return ledger_lines(results)
 
 
-def write_results(out: Path, results: dict) -> None:
-    """Judge the targets, then write OUT/results.json (raw) and OUT/RESULTS.md (rendered)."""
-    results["targets"] = targets(results)
+def _defaults(results: dict) -> list[str]:
+    """The GPT-2 fine-tune preset on a generated corpus: where the wall time goes, and the resume's start-up."""
+    d = results.get("defaults")
+    if not d:
+        return []
+    f = d["fresh"]
+    shape = d["shape"]
+    changed = ", ".join(f"{k} {v}" for k, v in d.get("overrides", {}).items())
+    lines = ["## " + TITLES["defaults"], "",
+             f"examples/gpt2-finetune.yaml on {d['text_bytes'] / 1e9:.2f} GB of generated text (lines of random "
+             f"words), changed only in the model shape ({d['model']}: {shape['n_layer']} layers x {shape['n_embd']}, "
+             f"context {shape['n_positions']}, a new model with GPT-2's vocabulary size) and the step count"
+             + (f", and for this quick run {changed}" if changed else "")
+             + f"; SIGTERM at step {d['sigterm_at']}. Otherwise as shipped: block 512, batch 4 x 8, "
+             "validation_fraction 0.02 (at most data.validation_max_blocks blocks), an evaluation of data.eval_batches "
+             "batches at every save (save_steps 200), every_minutes 30, keep_last 3.", "",
+             "| from process start | seconds | share of the run |", "|---|---:|---:|"]
+    total = sum(d["wall_shares_s"].values())
+    for what, secs in d["wall_shares_s"].items():
+        lines.append(f"| {what} | {fmt(secs, '.1f')} | {fmt(secs / total * 100 if total else None, '.1f')}% |")
+    lines += ["", f"{f['steps']} steps at {fmt(f.get('tokens_per_s'), ',.0f')} tokens/s; {f['evaluations']} "
+                  f"evaluation(s), {f['saves']} save(s) before the stop: evaluation {fmt(f['eval_s'], '.1f')} s "
+                  f"({fmt((f['eval_share'] or 0) * 100, '.1f')}% of training), saving {fmt(f['save_s'], '.1f')} s "
+                  f"({fmt((f['save_share'] or 0) * 100, '.1f')}%), together "
+                  f"{fmt((f['eval_save_share'] or 0) * 100, '.1f')}% of the training time.", "",
+              "| start | to first step s |", "|---|---:|",
+              f"| new run (tokenises and packs the corpus) | {fmt(f['start_to_first_step_s'], '.1f')} |",
+              f"| fresh start, data cached | {fmt(d['fresh_cached']['start_to_first_step_s'], '.1f')} |",
+              f"| resume after the SIGTERM (step {d['resume']['first_step']}) | "
+              f"{fmt(d['resume']['start_to_first_step_s'], '.1f')} |", "",
+              f"The resume read the data cache: {'yes' if d['resume']['cache_hit'] else '**no**'}; packed again: "
+              f"{'**yes**' if d['resume']['packed_again'] else 'no'}. Resume / fresh start (data cached): "
+              f"{fmt(d['resume_vs_fresh'], '.3f')}.", ""]
+    return lines
+
+
+RENDERERS = {"peak": _peak, "throughput": _throughput, "checkpoint": _checkpoint, "checkpoint_ddp": _checkpoint_ddp,
+             "verify": _verify, "resume": _resume, "streaming_resume": _streaming_resume, "goodput": _goodput,
+             "packing": _packing, "interval": lambda results: _intervals(results.get("interval")),
+             "remote": _remote, "defaults": _defaults, "step_cost": _step_cost, "ledger": _ledger}
+
+
+def write_section(out: Path, name: str, record: dict) -> None:
+    """OUT/results/NAME.json: one section's record (written as soon as the section is done)."""
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    path = out / "results" / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    tmp.replace(path)
+
+
+def read_sections(out: Path) -> dict[str, dict]:
+    from sections import SECTIONS
+
+    found = {p.stem: json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))}
+    return {name: found[name] for name in SECTIONS if name in found}
+
+
+def write_report(out: Path) -> dict:
+    """OUT/RESULTS.md from every section's record in OUT/results/; returns the records and the judged targets."""
+    records = read_sections(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    (out / "RESULTS.md").write_text(render(results) + "\n")
+    (out / "RESULTS.md").write_text(render_report(records) + "\n")
+    return {"records": records, "targets": report_targets(records)}

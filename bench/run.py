@@ -1,8 +1,11 @@
 """`make bench`: gptresume against plain Trainer and a minimal PyTorch loop, in the same run, on this machine.
 
-Writes bench/results.json (every raw measurement) and bench/RESULTS.md (the tables and the targets, met or not).
-Every measurement runs in a fresh process (bench/worker.py); peers alternate within each repetition (the order
-rotates and reverses) and each figure is the median over the repetitions (5; `--quick`: 1, with fewer steps).
+Each section writes its own results, bench/results/SECTION.json (every raw measurement, with the date, the commit,
+the plan and the machine it was measured with), as soon as it is done; bench/RESULTS.md (the tables and the
+targets, met or not) is then rendered from every section's file, so `--only SECTION` refreshes that section's
+rows and leaves the others as they were measured (each says when, and at which commit). Every measurement runs in
+a fresh process (bench/worker.py); peers alternate within each repetition (the order rotates and reverses) and each
+figure is the median over the repetitions (5; `--quick`: 1, with fewer steps).
 
 Sections (`--only` runs some of them; the machine description is always written):
   peak        torch.matmul on large square matrices, fp32 and bf16: the peak MFU is measured against
@@ -24,6 +27,9 @@ Sections (`--only` runs some of them; the machine description is always written)
               every 60 s: goodput, and the margin over the worst fixed interval that the model predicts
   remote      tokens/s with and without checkpoint.remote (uploads to an S3-compatible server on 127.0.0.1)
   ledger      the sample ledger's cost: tokens/s with and without it, and its own work per step timed directly
+  defaults    the GPT-2 fine-tune preset on 1 GB of generated text (only the model shape and the steps changed):
+              wall-time shares (data preparation, start-up, training, evaluation, saving), then SIGTERM and the
+              resume's time to its first step against a fresh start's
 """
 
 from __future__ import annotations
@@ -39,9 +45,9 @@ from pathlib import Path
 
 # Run as a script (`make bench` = `python bench/run.py`): Python puts bench/ first on sys.path, so the modules
 # beside this one import by their plain names.
-from common import BENCH, FULL, QUICK, Runner, loadavg, machine
-from render import fmt, write_results
-from sections import (SECTIONS, checkpoint, goodput, ledger, packing, peak, remote, resume, step_cost,
+from common import BENCH, FULL, QUICK, Runner, loadavg, machine, source_version
+from render import fmt, write_report, write_section
+from sections import (SECTIONS, checkpoint, defaults, goodput, ledger, packing, peak, remote, resume, step_cost,
                       streaming_resume, throughput, verify)
 from workloads import prepare_template, write_workloads
 
@@ -51,17 +57,20 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="one repetition, fewer steps: a smoke run (minutes)")
     p.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     p.add_argument("--work", help="working directory (default: a temporary one, deleted afterwards)")
-    p.add_argument("--out", default=str(BENCH), help="where RESULTS.md and results.json go (default: bench/)")
+    p.add_argument("--out", default=str(BENCH),
+                   help="where RESULTS.md and results/SECTION.json go (default: bench/; another directory for a "
+                        "smoke run that must not replace the committed figures)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--reps", type=int, help="repetitions per figure (default 5; --quick 1)")
     p.add_argument("--workloads", nargs="+", choices=("demo", "gpt2"), help="throughput/checkpoint: only these models")
     p.add_argument("--plan", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="override fields of the plan (common.Plan), e.g. gpt2_batch=16 matmul_n=8192 (bench/gpu.sh)")
     p.add_argument("--render-only", action="store_true",
-                   help="measure nothing: rewrite RESULTS.md (and the targets) from the results.json in --out")
+                   help="measure nothing: rewrite RESULTS.md (and the targets) from the results/*.json in --out")
     a = p.parse_args()
+    out = Path(a.out)
     if a.render_only:
-        write_results(Path(a.out), json.loads((Path(a.out) / "results.json").read_text()))
+        write_report(out)
         return 0
     plan = QUICK if a.quick else FULL
     if a.no_compile:
@@ -85,8 +94,12 @@ def main() -> int:
 
     r = Runner(work, log)
     results = {"quick": a.quick, "plan": asdict(plan), "machine": machine(), "sections": sections, "timing_s": {}}
+    version = source_version()
+    command = "bench/run.py" + (" --quick" if a.quick else "") + (" --only " + " ".join(a.only) if a.only else "")
     log(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, load "
-        f"{results['machine']['load_at_start']:.2f}; work dir {work}")
+        f"{results['machine']['load_at_start']:.2f}; work dir {work}; commit {version['commit']}"
+        + (" with uncommitted changes" if version["dirty"] else ""))
+    measured = []
     try:
         configs = write_workloads(work, plan)
         if not (work / "tok-gpt2").is_dir():
@@ -99,7 +112,7 @@ def main() -> int:
                                                                                            "checkpoint_ddp"}))
         tpls = {name: prepare_template(r, name, configs[name]) for name in models} if needs else {}
         for name in sections:
-            s0 = time.time()
+            s0, load0 = time.time(), loadavg()
             log(f"== {name}")
             if name == "peak":
                 results["peak"] = peak.measure(r, plan)
@@ -131,17 +144,23 @@ def main() -> int:
                 results["remote"] = remote.measure(r, plan, configs, tpls)
             elif name == "ledger":
                 results["ledger"] = ledger.measure(r, plan, configs, tpls)
+            elif name == "defaults":
+                results["defaults"] = defaults.measure(r, plan)
             results["timing_s"][name] = time.time() - s0
+            write_section(out, name, {"section": name, "quick": a.quick, "command": command, "plan": asdict(plan),
+                                      "machine": {**results["machine"], "load_at_start": load0},
+                                      "load_at_end": loadavg(), "measured": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                      **version, "wall_s": time.time() - s0, "data": results[name]})
+            measured.append(name)
     finally:
-        results["wall_s"] = time.time() - t0
-        results["load_at_end"] = loadavg()
-        out = Path(a.out)
-        write_results(out, results)
-        log(f"wrote {out / 'RESULTS.md'} and {out / 'results.json'} ({results['wall_s'] / 60:.1f} min)")
+        report = write_report(out)
+        log(f"wrote {out / 'RESULTS.md'} and {', '.join(f'results/{n}.json' for n in measured) or 'no section'} "
+            f"({(time.time() - t0) / 60:.1f} min)")
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)
-    for t in results["targets"].values():
-        print(f"  {'met    ' if t['met'] else 'NOT MET'}  {t['what']}: {fmt(t['value'], '.3f')}")
+    for t in report["targets"].values():
+        if t["section"] in measured:
+            print(f"  {'met    ' if t['met'] else 'NOT MET'}  {t['what']}: {fmt(t['value'], '.3f')}")
     return 0
 
 

@@ -51,8 +51,10 @@ def write_json(path: str, obj: dict) -> None:
 class Clock:
     """Wall-clock marks: one per optimizer step end, plus named events; optionally ends the process early."""
 
-    def __init__(self, out: str, exit_after_steps: int | None = None, exit_at_step: int | None = None):
+    def __init__(self, out: str, exit_after_steps: int | None = None, exit_at_step: int | None = None,
+                 sigterm_at_step: int | None = None):
         self.out = out
+        self.sigterm_at_step = sigterm_at_step  # send this process SIGTERM once this step ends (a preemption)
         self.step_ends: list[tuple[int, float]] = []
         self.events: dict[str, float] = {"process": T_PROCESS}
         self.exit_after_steps = exit_after_steps
@@ -65,6 +67,10 @@ class Clock:
 
     def step_end(self, step: int) -> None:
         self.step_ends.append((step, time.time()))
+        if self.sigterm_at_step is not None and step == self.sigterm_at_step:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)  # gptresume's handler: the step's save commits, then exit 75
         if (self.exit_after_steps and len(self.step_ends) >= self.exit_after_steps) or \
                 (self.exit_at_step and step >= self.exit_at_step):
             self.finish(exit_code=0)
@@ -401,16 +407,22 @@ def gptresume_callbacks(clock: Clock, book: SaveBook, a):
             clock.step_end(state.global_step)
             self.before_save = time.perf_counter()
 
-        def on_log(self, args, state, control, **kwargs):
+        def on_log(self, args, state, control, logs=None, **kwargs):
             self.close()
-            self.before_save = time.perf_counter()
+            now = time.perf_counter()
+            if logs and "eval_loss" in logs and self.before_save is not None:
+                # the evaluation (it logs its metrics before on_evaluate): from the step's last event before it
+                clock.extra.setdefault("evals", []).append([state.global_step, now - self.before_save])
+            self.before_save = now
 
         def on_evaluate(self, args, state, control, **kwargs):
             self.before_save = time.perf_counter()
 
         def on_save(self, args, state, control, **kwargs):
             if self.before_save is not None:
-                book.record(state.global_step, blocked_s=time.perf_counter() - self.before_save)
+                blocked = time.perf_counter() - self.before_save
+                book.record(state.global_step, blocked_s=blocked)
+                clock.extra.setdefault("saves", []).append([state.global_step, blocked])
             self.before_save = None
 
         def on_train_end(self, args, state, control, **kwargs):
@@ -526,7 +538,8 @@ def cmd_verify_speed(a) -> None:
 
 
 def cmd_train(a) -> None:
-    clock = Clock(a.out, exit_after_steps=a.exit_after_steps, exit_at_step=a.exit_at_step)
+    clock = Clock(a.out, exit_after_steps=a.exit_after_steps, exit_at_step=a.exit_at_step,
+                  sigterm_at_step=a.sigterm_at_step)
     # The CPU allocator setting `gptresume train` applies itself (allocator.py): "default" turns it off for the
     # gptresume peer, "kept" applies it to the other two; without --allocator each peer runs as it ships.
     if a.allocator == "default":
@@ -563,6 +576,7 @@ def main() -> None:
                    help="trainer, minimal: performance fields at their TrainingArguments defaults")
     t.add_argument("--exit-after-steps", type=int, help="write the result and exit after this many steps")
     t.add_argument("--exit-at-step", type=int, help="write the result and exit at this global step")
+    t.add_argument("--sigterm-at-step", type=int, help="gptresume: SIGTERM this process when this step ends")
     t.add_argument("--save-timing", action="store_true", help="gptresume: time every part of every save")
     t.add_argument("--exit-when-saved", action="store_true",
                    help="gptresume: write the result and exit once training ended and its saves are committed")

@@ -57,10 +57,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def hash_file(path: Path, fsync: bool = False, digest: str = "sha256") -> tuple[int, str]:
+def hash_file(path: Path, fsync: bool = False, digest: str = "sha256", on_bytes=None) -> tuple[int, str]:
     """(size, hex digest) streamed in chunks into one reused buffer (no allocation per chunk: at xxh3 speed the
     copies would be most of the cost); with fsync=True also forces the bytes to disk first. `digest`: a DIGESTS
-    name (sha256 by default, as before the digest was a choice)."""
+    name (sha256 by default, as before the digest was a choice). `on_bytes(n)`: told each chunk's size (progress)."""
     h = DIGESTS[digest][0]()
     size = 0
     buf = bytearray(HASH_CHUNK)
@@ -71,4 +71,6 @@ def hash_file(path: Path, fsync: bool = False, digest: str = "sha256") -> tuple[
         while n := f.readinto(buf):
             h.update(view[:n])
             size += n
+            if on_bytes is not None:
+                on_bytes(n)
     return size, h.hexdigest()

@@ -162,11 +162,12 @@ def parse_manifest(text: str) -> tuple[dict | None, str | None]:
     return manifest, None
 
 
-def verify_checkpoint(ckpt: Path, hash_files: bool = True) -> CheckpointInfo:
+def verify_checkpoint(ckpt: Path, hash_files: bool = True, on_bytes=None) -> CheckpointInfo:
     """Check a checkpoint against its manifest: the manifest's schema; every listed file present (a regular file,
     no symbolic link on the way), of the right size and (streamed) digest, the one its entry records (sha256 in
     format 1, xxh3-128 in format 2: see `file_digest`); the step of the manifest, of
-    trainer_state.json and of the directory name the same. Never raises for anything found on disk."""
+    trainer_state.json and of the directory name the same. Never raises for anything found on disk.
+    `on_bytes(n)`: told the bytes hashed as they are (progress of a large checkpoint)."""
     ckpt = Path(ckpt)
     m = CHECKPOINT_RE.match(ckpt.name)
     info = CheckpointInfo(path=ckpt, step=int(m.group(1)) if m else -1)
@@ -199,7 +200,7 @@ def verify_checkpoint(ckpt: Path, hash_files: bool = True) -> CheckpointInfo:
                 continue
             if hash_files:
                 algorithm, expected = file_digest(meta)
-                if hash_file(p, digest=algorithm)[1] != expected:
+                if hash_file(p, digest=algorithm, on_bytes=on_bytes)[1] != expected:
                     info.faults.append(f"{rel}: wrong {algorithm} (contents changed since the checkpoint was "
                                        "committed)")
         except OSError as e:
@@ -380,7 +381,9 @@ def newest_valid(run_dir: Path, check=None) -> tuple[CheckpointInfo | None, list
     run_dir = Path(run_dir)
 
     def verify(name: str) -> CheckpointInfo:
-        info = verify_checkpoint(run_dir / name)
+        progress = verifying(run_dir / name)
+        info = verify_checkpoint(run_dir / name, on_bytes=lambda n, p=progress: p.update(p.done + n))
+        progress.close()
         if info.valid and check is not None:
             info.faults.extend(check(info))
         return info
@@ -443,6 +446,16 @@ def quick_faults(storage: CheckpointStorage, name: str) -> list[str]:
             state = e if isinstance(e, OSError) else OSError(str(e))
         faults.extend(trainer_state_faults(state, manifest))
     return faults
+
+
+def verifying(ckpt: Path, shown: str | None = None):
+    """A Progress for hashing `ckpt` (the bytes its manifest lists): lines only for a checkpoint large enough to take
+    more than a few seconds (gptresume/progress.py)."""
+    from gptresume.progress import Progress, size
+
+    manifest, _ = read_manifest(ckpt)
+    total = sum(int(f.get("bytes", 0)) for f in (manifest or {}).get("files", {}).values()) or None
+    return Progress(f"verifying {shown or ckpt.name}", total, unit=size)
 
 
 def describe_skip(info: CheckpointInfo) -> str:

@@ -25,6 +25,7 @@ examples:
   gptresume train examples/demo.yaml --set train.max_steps=320 --allow-change max_steps   # train longer
   gptresume train my.yaml --resume old_script_out/checkpoint-500 --adopt  # take over a plain Trainer checkpoint
   gptresume train examples/demo.yaml --dry-run              # check config, data, model, resume; write nothing
+  gptresume train examples/demo.yaml --dry-run --calibrate  # ... and time a few steps: the run's cost plan
   gptresume train examples/demo.yaml --print-config         # the resolved config, defaults included
   gptresume resume runs/demo                # continue from its recorded config: no --set to retype
   torchrun --nproc_per_node 2 -m gptresume train examples/demo.yaml
@@ -58,6 +59,9 @@ def add_run_options(p) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="check the config, the data, the model and the resume plan, print what train would do, "
                         "and write nothing (the run directory is left exactly as it is)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="with --dry-run: time a few training steps, one evaluation batch and one save (in a temporary "
+                        "directory) so that the cost plan estimates the wall time")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (with --set applied and gptresume's defaults filled in) as "
                         "YAML, then exit")
@@ -68,6 +72,8 @@ def run(args) -> int:
     problems = Options(**flags).problems()  # the flags alone, before the config is read
     if problems:
         raise UsageError("\n".join(problems))
+    if args.calibrate and not args.dry_run:
+        raise UsageError("--calibrate goes with --dry-run (it times a few steps before a run; a run measures itself)")
     if args.print_config or args.dry_run:
         return _check_only(args, flags)
     from gptresume.allocator import keep_freed_memory
@@ -117,7 +123,7 @@ def _check_only(args, flags: dict) -> int:
             return 0
     from gptresume.training.dry_run import dry_run
 
-    return dry_run(config, Options.of(config.checkpoint, config.health, **flags))
+    return dry_run(config, Options.of(config.checkpoint, config.health, **flags), calibrate=args.calibrate)
 
 
 def _load_config_and_lock(path: str, overrides: list[str], held: ExitStack):

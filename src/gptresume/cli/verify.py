@@ -34,6 +34,7 @@ def _verify(local: str, shown: str) -> int:
     from pathlib import Path
 
     from gptresume.checkpoint import CHECKPOINT_RE, MANIFEST_NAME, list_checkpoints, verify_checkpoint
+    from gptresume.checkpoint.manifest import verifying
 
     path = Path(local)
 
@@ -51,7 +52,9 @@ def _verify(local: str, shown: str) -> int:
         raise UsageError(f"verify: {path if local == shown else shown} holds no checkpoint-N directory")
     bad = 0
     for ckpt in targets:
-        info = verify_checkpoint(ckpt)
+        progress = verifying(ckpt, label(ckpt))
+        info = verify_checkpoint(ckpt, on_bytes=lambda n, p=progress: p.update(p.done + n))
+        progress.close()
         if info.valid:
             n = len(info.manifest["files"])
             size = sum(f["bytes"] for f in info.manifest["files"].values())
@@ -61,3 +64,4 @@ def _verify(local: str, shown: str) -> int:
             bad += 1
             print(f"INVALID  {label(ckpt)}: " + "; ".join(info.faults))
     return 0 if bad == 0 else EXIT_USAGE
+

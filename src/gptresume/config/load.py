@@ -18,7 +18,14 @@ import yaml
 
 from gptresume.config.hf_fields import training_arguments_fields
 from gptresume.config.integrations import integration_problems, report_to_problems
-from gptresume.config.schema import SECTIONS, TRAIN_DEFAULTS, FORBIDDEN_TRAIN_KEYS, Config, DataConfig
+from gptresume.config.schema import (
+    FORBIDDEN_TRAIN_KEYS,
+    SECTIONS,
+    TRAIN_DEFAULTS,
+    VERSIONED_DEFAULTS,
+    Config,
+    DataConfig,
+)
 from gptresume.config.types import _unknown_key, check_type, finite_problems, type_problem
 from gptresume.config.values import (
     GPT2_SIZE_DEFAULTS,
@@ -92,7 +99,19 @@ def config_from_dict(raw: dict, source: str = "config") -> Config:
     if problems:
         raise ConfigError(problems, source)
     return Config(model=built["model"], data=built["data"], train=train, checkpoint=built["checkpoint"],
-                  health=built["health"])
+                  health=built["health"], defaulted=unset_versioned_defaults(raw))
+
+
+def unset_versioned_defaults(raw: dict) -> frozenset:
+    """The VERSIONED_DEFAULTS fields (schema.py) the raw config leaves out: resolved against the checkpoint a run
+    resumes (`Config.resolve_versioned_defaults`), so a default changed since the run began does not change it."""
+    out = set()
+    for name in VERSIONED_DEFAULTS:
+        section, key = name.split(".", 1)
+        given = raw.get(section)
+        if not (isinstance(given, dict) and key in given):
+            out.add(name)
+    return frozenset(out)
 
 
 def _problems(raw: dict, transformers: bool) -> tuple[list[str], dict, dict]:

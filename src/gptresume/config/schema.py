@@ -118,6 +118,15 @@ class ModelConfig:
         return out
 
 
+# Sized on real corpora (issue 26): 20 batches of Transformers' default eval batch (8 blocks) per evaluation keep
+# evaluation under 7% of the training between evaluations at gptresume's defaults (save_steps 100, batch 8; about
+# 1% with examples/gpt2-finetune.yaml); nanoGPT evaluates eval_iters=200 batches, litgpt eval.max_iters=100.
+DEFAULT_EVAL_BATCHES = 20
+# Held-out blocks at most: enough for the default evaluation on 8 processes (20 x 8 x 8 = 1,280 blocks) and for a
+# whole-split evaluation on request, without holding 5% of a 10 GB corpus out of training.
+DEFAULT_VALIDATION_MAX_BLOCKS = 2000
+
+
 @dataclass
 class DataConfig:
     source: str | list[str] = "builtin:python-docs"
@@ -135,7 +144,16 @@ class DataConfig:
     block_size: int = 128
     """Tokens per training example: the token stream is packed into blocks of exactly this length."""
     validation_fraction: float = 0.05
-    """Share of packed blocks held out for evaluation (0 disables evaluation)."""
+    """Share of packed blocks held out for evaluation, at most validation_max_blocks (0 disables evaluation). A
+    streamed source, whose length is unknown, holds out its first validation_max_blocks blocks when it is above 0."""
+    validation_max_blocks: int | None = DEFAULT_VALIDATION_MAX_BLOCKS
+    """Most blocks held out for evaluation: a 10 GB corpus holds out this many blocks, not 5% of it; a streamed
+    source holds out exactly this many from its start. null: no cap (validation_fraction alone). A run started
+    before this field existed keeps no cap when it resumes (see VERSIONED_DEFAULTS)."""
+    eval_batches: int | None = DEFAULT_EVAL_BATCHES
+    """Batches per evaluation (train.per_device_eval_batch_size blocks on each process): always the first
+    eval_batches x batch x processes blocks of the validation split, so eval losses compare across a run and its
+    resumes. null: the whole split every time. A run started before this field keeps the whole split."""
     num_proc: int | None = None
     """Processes that tokenize; None: the usable cores for 64 MB of text or more, else this process alone."""
     token_dtype: str | None = None
@@ -175,6 +193,12 @@ class DataConfig:
             out.append(f"{prefix}.validation_fraction: must be in [0, 1) (got {self.validation_fraction})")
         if self.num_proc is not None and self.num_proc < 1:
             out.append(f"{prefix}.num_proc: must be at least 1 or null (got {self.num_proc})")
+        if self.validation_max_blocks is not None and self.validation_max_blocks < 1:
+            out.append(f"{prefix}.validation_max_blocks: must be at least 1, or null for no cap "
+                       f"(got {self.validation_max_blocks}); validation_fraction: 0 holds nothing out")
+        if self.eval_batches is not None and self.eval_batches < 1:
+            out.append(f"{prefix}.eval_batches: must be at least 1, or null for the whole validation split "
+                       f"(got {self.eval_batches}); train.eval_strategy: \"no\" turns evaluation off")
         out.extend(_pretokenized_problems(self, prefix))
         return out
 
@@ -198,9 +222,11 @@ def _pretokenized_problems(cfg: DataConfig, prefix: str) -> list[str]:
                                                  and cfg.validation_source.startswith(HUB_PREFIX)):
         out.append(f"{prefix}.validation_hub_split: only for a hub:NAME validation_source")
     if cfg.streaming:
-        if cfg.validation_fraction or cfg.validation_source is not None:
-            out.append(f"{prefix}.streaming: a streamed source has no held-out split yet; set "
-                       "validation_fraction: 0 and no validation_source")
+        if (cfg.validation_fraction or cfg.validation_source is not None) and cfg.validation_max_blocks is None:
+            out.append(f"{prefix}.validation_max_blocks: a streamed source's length is unknown, so its validation "
+                       "blocks are the first validation_max_blocks blocks of the "
+                       + ("validation_source" if cfg.validation_source is not None else "stream")
+                       + "; set a number of blocks (e.g. 2000), or validation_fraction: 0 for no evaluation")
         if cfg.token_dtype is not None or cfg.max_train_tokens is not None:
             out.append(f"{prefix}.streaming: token_dtype and max_train_tokens apply to packed sources only")
         if any(s.startswith(BUILTIN_PREFIX) for s in cfg.sources):
@@ -353,6 +379,22 @@ class Config:
     """transformers.TrainingArguments fields, same names; train.output_dir is the run directory."""
     checkpoint: CheckpointConfig
     health: HealthConfig = field(default_factory=HealthConfig)
+    defaulted: frozenset = field(default_factory=frozenset, compare=False, repr=False)
+    """The VERSIONED_DEFAULTS fields the config file did not set (config/load.py): resolved against the resumed
+    checkpoint's recorded config by `resolve_versioned_defaults`. Empty for a Config built in code: every value as
+    given."""
+
+    def resolve_versioned_defaults(self, recorded: dict | None) -> dict:
+        """Give each field in `defaulted` the value the run it continues recorded: `recorded` is the config of the
+        checkpoint being resumed (None: a new run, which gets the current defaults). Returns the resolved config
+        (`to_dict`). Idempotent: the same `recorded` always gives the same values."""
+        for name in self.defaulted:
+            section_name, key = name.split(".", 1)
+            section = getattr(self, section_name)
+            current = type(section).__dataclass_fields__[key].default
+            value = current if recorded is None else recorded_value(recorded, name)
+            setattr(section, key, value)
+        return self.to_dict()
 
     @property
     def run_dir(self) -> Path:
@@ -395,10 +437,44 @@ OPTIONAL_CHECKPOINT_FIELDS = {f.name: f.default for f in dataclasses.fields(Chec
 # data fields added after runs existed (issue 15), the same way: in the resolved config only when set.
 OPTIONAL_DATA_FIELDS = {"token_dtype": None, "validation_source": None, "validation_hub_split": None,
                         "max_train_tokens": None, "streaming": None, "shuffle_buffer": None,
-                        "stream_parts": None}  # issue 27
+                        "stream_parts": None,  # issue 27
+                        # issue 26: absent from the recorded config means no cap / the whole split (their legacy
+                        # values), so a run that chose those records the config it recorded before
+                        "validation_max_blocks": None, "eval_batches": None}
+# Defaults that changed after runs existed (issue 26): field -> its value before the change (its "legacy" value,
+# omitted from the resolved config). A field here that the config does not set resolves, on a resume, to what the
+# resumed checkpoint's recorded config holds: the legacy value when that config predates the field. A new run gets
+# the field's current default and records it. So the split a run trains on, and its eval losses, never change
+# under it because a default changed; the rule lives here, applied by `Config.resolve_versioned_defaults`.
+VERSIONED_DEFAULTS = {"data.validation_max_blocks": None, "data.eval_batches": None}
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_MODEL_TYPE = "gpt2"
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "checkpoint": CheckpointConfig, "health": HealthConfig}
+
+
+def recorded_value(recorded: dict, name: str):
+    """A VERSIONED_DEFAULTS field's value in a recorded (checkpoint manifest) config: the value there, its legacy
+    value when the config predates the field (or holds something no version wrote)."""
+    section_name, key = name.split(".", 1)
+    section = recorded.get(section_name) if isinstance(recorded, dict) else None
+    legacy = VERSIONED_DEFAULTS[name]
+    if not isinstance(section, dict) or key not in section:
+        return legacy
+    value = section[key]
+    ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+    return value if ok else legacy
+
+
+def data_config_of_record(values: dict) -> DataConfig:
+    """The DataConfig a recorded config's `data:` section describes (tools reading a run): unknown keys dropped,
+    and a VERSIONED_DEFAULTS field the record lacks at its legacy value, not today's default."""
+    names = {f.name for f in dataclasses.fields(DataConfig)}
+    given = {k: v for k, v in (values or {}).items() if k in names}
+    for name in VERSIONED_DEFAULTS:
+        section_name, key = name.split(".", 1)
+        if section_name == "data":
+            given[key] = recorded_value({"data": values or {}}, name)
+    return DataConfig(**given)
 
 
 def fingerprint_of(obj: Any) -> str:

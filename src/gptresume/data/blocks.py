@@ -80,11 +80,17 @@ class BlockDataset:
             yield self[i]
 
 
-def split_indices(num_blocks: int, validation_fraction: float) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(train, validation) sorted block numbers; (None, None): every block trains, no validation split."""
+def split_indices(num_blocks: int, validation_fraction: float, max_blocks: int | None = None
+                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(train, validation) sorted block numbers; (None, None): every block trains, no validation split.
+
+    `max_blocks` caps the held-out count (data.validation_max_blocks): the validation blocks are then the first
+    `max_blocks` of the same seeded permutation, so where the cap does not bind the split is the uncapped one."""
     n_val = int(round(num_blocks * validation_fraction))
     if validation_fraction > 0:
         n_val = max(1, n_val)
+        if max_blocks is not None:
+            n_val = min(n_val, max_blocks)
     if n_val == 0:
         return None, None
     perm = np.random.default_rng(SPLIT_SEED).permutation(num_blocks)
@@ -100,7 +106,11 @@ def read_tokens(split: Split, start: int, count: int) -> np.ndarray:
 
 def blocks_fingerprint(*splits: Split | None) -> str:
     """sha256 of each split's blocks as int32 in order, each followed by "|"; read in chunks, never whole."""
+    from gptresume.progress import Progress, size
+
     h = hashlib.sha256()
+    total = sum(s.blocks * s.block_size * np.dtype(s.dtype).itemsize for s in splits if s is not None)
+    progress = Progress("fingerprinting the blocks", total or None, unit=size)  # lines only for a large corpus
     for split in splits:
         if split is None:
             continue
@@ -110,8 +120,10 @@ def blocks_fingerprint(*splits: Split | None) -> str:
         for a in range(0, split.blocks, step):  # file blocks [a, b): at most `step` blocks in memory
             b = min(a + step, split.blocks)
             window = read_tokens(split, a * bs, (b - a) * bs).reshape(b - a, bs)
+            progress.update(progress.done + window.nbytes)
             if idx is not None:
                 window = window[idx[np.searchsorted(idx, a):np.searchsorted(idx, b)] - a]
             h.update(np.ascontiguousarray(window, dtype=np.int32))  # the buffer itself, no bytes copy
         h.update(b"|")
+    progress.close()
     return h.hexdigest()[:16]

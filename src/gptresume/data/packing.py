@@ -110,9 +110,10 @@ def pack(texts, tokenizer, block_size: int, num_proc: int | None = None):
     return datasets.Dataset(InMemoryTable(pa.table({"input_ids": blocks}))), n_tokens
 
 
-def split_blocks(blocks, validation_fraction: float):
-    """Hold out a fixed random subset of blocks; the training blocks keep their stream order."""
-    train_idx, val_idx = split_indices(len(blocks), validation_fraction)
+def split_blocks(blocks, validation_fraction: float, max_blocks: int | None = None):
+    """Hold out a fixed random subset of blocks (at most `max_blocks`); the training blocks keep their stream
+    order."""
+    train_idx, val_idx = split_indices(len(blocks), validation_fraction, max_blocks)
     if val_idx is None:
         return blocks, None
     return blocks.select(train_idx), blocks.select(val_idx)
@@ -240,7 +241,7 @@ def _build(cfg: DataConfig, tokenizer, texts, data: PreparedData, external: dict
                              f"one block of data.block_size={bs}; add text or lower data.block_size")
         val = Split(vfile, vdtype, bs, v_blocks)
     else:
-        train_idx, val_idx = split_indices(n_blocks, cfg.validation_fraction)
+        train_idx, val_idx = split_indices(n_blocks, cfg.validation_fraction, cfg.validation_max_blocks)
         if train_idx is not None and len(train_idx) == 0:
             raise UsageError(f"data.validation_fraction: {cfg.validation_fraction} leaves no training block out "
                              f"of {n_blocks}; lower it or add text")
@@ -300,6 +301,8 @@ def cache_key(cfg: DataConfig, tokenizer, run_dir: Path | None = None) -> str:
         parts.append(["max_train_tokens", cfg.max_train_tokens])
     if cfg.validation_source is not None:
         parts.append(["validation", source_fingerprint(_validation_config(cfg), run_dir)])
+    if cfg.validation_max_blocks is not None and cfg.validation_fraction > 0 and cfg.validation_source is None:
+        parts.append(["validation_max_blocks", cfg.validation_max_blocks])
     return fingerprint_of(parts)
 
 

@@ -74,14 +74,24 @@ def source_fingerprint(cfg: DataConfig, run_dir: Path | None = None) -> str:
         if known:
             return known
     h = hashlib.sha256()
+    progress = _hashing_progress(files)
     for f in files:
         h.update(str(f).encode())
         with open(f, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
+                progress.update(progress.done + len(chunk))
+    progress.close()
     fp = h.hexdigest()[:16]
     _PENDING[stat_key] = fp
     return fp
+
+
+def _hashing_progress(files: list[Path]):
+    """Lines while a large source is hashed on its first start (a resume reads the stat cache instead)."""
+    from gptresume.progress import Progress, size
+
+    return Progress("hashing the source files", sum(os.stat(f).st_size for f in files) or None, unit=size)
 
 
 STAT_CACHE_NAME = "sources.json"
@@ -171,6 +181,9 @@ def text_batches(cfg: DataConfig, batch_docs: int):
     kwargs = {"sample_by": cfg.text_unit} if loader == "text" else {}
     column = "text" if loader == "text" else cfg.text_column
     where = ", ".join(map(str, files))
+    total = sum(f.stat().st_size for f in files)
+    if loader == "text" and cfg.text_unit == "document":
+        batch_docs = documents_per_batch(total, len(files), batch_docs)
     try:
         ds = datasets.load_dataset(loader, data_files=[str(f) for f in files], split="train", streaming=True,
                                    **kwargs)
@@ -189,7 +202,19 @@ def text_batches(cfg: DataConfig, batch_docs: int):
         except Exception as e:  # a malformed line or file, found while reading
             raise UsageError(f"data.source: could not read {where}: {e}") from None
 
-    return batches(), sum(f.stat().st_size for f in files)
+    return batches(), total
+
+
+BATCH_TEXT_BYTES = 16 << 20  # about this much text per batch when every file is one document
+
+
+def documents_per_batch(text_bytes: int, files: int, batch_docs: int) -> int:
+    """Documents per batch when each .txt file is one document (text_unit: document): at most `batch_docs`, and
+    about BATCH_TEXT_BYTES of text at the files' mean size, so a corpus of large files is neither held in memory a
+    thousand files at a time nor tokenized by one worker in one batch, and packing reports its progress as it goes.
+    The documents and their order are the same whatever the batch size (the token stream does not change)."""
+    mean = text_bytes / max(1, files)
+    return max(1, min(batch_docs, int(BATCH_TEXT_BYTES // max(mean, 1))))
 
 
 def _batches_of(ds, batch_docs: int):

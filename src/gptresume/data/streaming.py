@@ -241,10 +241,11 @@ class PackedStream:
     for the sample ledger (gptresume/ledger/): written per process beside the state at each save."""
 
     def __init__(self, cfg: DataConfig, tokenizer, seed: int, block_size: int, rank: int = 0, world_size: int = 1,
-                 run_dir: Path | None = None):
+                 run_dir: Path | None = None, held_docs: int = 0):
         self.cfg, self.tokenizer, self.seed, self.block_size = cfg, tokenizer, seed, block_size
         self.rank, self.world_size = rank, world_size
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.held_docs = held_docs  # documents held out for validation at the start of part 0 (never trained)
         self.buffer_size = cfg.shuffle_buffer or DEFAULT_SHUFFLE_BUFFER
         self.parts_total = getattr(cfg, "stream_parts", None) or world_size
         self._restored: dict | None = None
@@ -311,6 +312,8 @@ class PackedStream:
         s = part["part"]
         if s not in readers:
             ds, column = open_documents(self.cfg, s, self.parts_total)
+            if s == 0 and self.held_docs:  # every pass: the held-out documents never train (the state counts them)
+                ds = ds.skip(self.held_docs)
             if part["reader"] is not None:
                 ds.load_state_dict(part["reader"])
             # [reader, column, iterator, a whole pass (from the first document), tokens read in this pass]
@@ -323,6 +326,9 @@ class PackedStream:
             if whole_pass and pass_tokens < bs:  # an empty part, or one too small to fill a block: never a hang
                 where = (f" (part {s} of {self.parts_total}, read by process {self.rank})"
                          if self.parts_total > 1 else "")
+                if s == 0 and self.held_docs:
+                    where += (f" after the {self.held_docs} documents held out for validation "
+                              "(data.validation_max_blocks)")
                 raise UsageError(too_small(self.cfg, pass_tokens, where))
             part["passes"], part["reader"] = part["passes"] + 1, None  # the files again, in order
             del readers[s]
@@ -493,12 +499,61 @@ def as_torch(stream: PackedStream):
 
 def stream_fingerprint(cfg: DataConfig, tokenizer, run_dir: Path, seed: int) -> str:
     """The identity of a streamed training stream: its source (content hash of local files, stat-cached; name,
-    config and split of a hub dataset), the tokenizer and the packing and shuffling settings."""
+    config and split of a hub dataset), the tokenizer and the packing and shuffling settings; and its held-out
+    validation blocks when it has some (a run without them keeps the fingerprint it had before they existed)."""
     from gptresume.data.sources import source_fingerprint
 
     tok = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
-    return fingerprint_of(["stream", source_fingerprint(cfg, run_dir), tok, cfg.block_size,
-                           cfg.shuffle_buffer or DEFAULT_SHUFFLE_BUFFER, seed])
+    parts = ["stream", source_fingerprint(cfg, run_dir), tok, cfg.block_size,
+             cfg.shuffle_buffer or DEFAULT_SHUFFLE_BUFFER, seed]
+    held = held_out_count(cfg)
+    if held:
+        parts.append(["validation_blocks", held])
+        if cfg.validation_source is not None:
+            from gptresume.data.packing import _validation_config
+
+            parts.append(["validation", source_fingerprint(_validation_config(cfg), run_dir)])
+    return fingerprint_of(parts)
+
+
+# ---------------------------------------------------------------- held-out validation blocks
+
+
+def held_out_count(cfg: DataConfig) -> int:
+    """Validation blocks of a streamed run: data.validation_max_blocks when validation_fraction is above 0 (the
+    first blocks of the stream) or a validation_source is named (its first blocks); else none."""
+    if not (cfg.validation_fraction > 0 or cfg.validation_source is not None):
+        return 0
+    return int(cfg.validation_max_blocks or 0)
+
+
+def read_held_out(cfg: DataConfig, tokenizer, count: int, world_size: int = 1, what: str = "data.source"
+                  ) -> tuple[list[dict], int]:
+    """The first `count` blocks of part 0 (of `world_size` parts) of `cfg`'s source, packed as training packs (each
+    document followed by EOS, cut into blocks), and the number of documents they took. Every process reads the same
+    ones (part 0's, so the held-out documents belong to one part, whose reader skips them: no document is both
+    trained on and evaluated). The last document's tokens beyond the last block are dropped."""
+    ds, column = open_documents(cfg, 0, world_size)
+    eos, bs, need = tokenizer.eos_token_id, cfg.block_size, count * cfg.block_size
+    parts, have, docs_used = [], 0, 0
+    it = iter(ds)
+    while have < need:
+        docs = [ex[column] for _, ex in zip(range(DOCS_PER_READ), it)]
+        if not docs:
+            blocks = have // bs
+            raise UsageError(f"data.validation_max_blocks: {what} {cfg.source!r} holds {blocks} block(s) of {bs} "
+                             "tokens"
+                             + (" (its part 0)" if world_size > 1 else "")
+                             + f", fewer than the {count} to hold out for validation; lower "
+                             "data.validation_max_blocks, or set data.validation_fraction: 0 (no evaluation)")
+        for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]:
+            parts.append(np.asarray(ids + [eos], dtype=np.int64))
+            have += len(ids) + 1
+            docs_used += 1
+            if have >= need:
+                break
+    tokens = np.concatenate(parts)[:need]
+    return [{"input_ids": tokens[i * bs:(i + 1) * bs]} for i in range(count)], docs_used
 
 
 def streaming_refusal(plan) -> str | None:
@@ -524,12 +579,13 @@ def streaming_refusal(plan) -> str | None:
 
 
 class StreamedData:
-    """What `prepare_data` gives for a packed source, for a streamed one: the training stream, no validation."""
+    """What `prepare_data` gives for a packed source, for a streamed one: the training stream, and the held-out
+    validation blocks (a list of blocks, in memory: data.validation_max_blocks of them) or None."""
 
-    def __init__(self, stream: PackedStream, fingerprint: str, block_size: int):
+    def __init__(self, stream: PackedStream, fingerprint: str, block_size: int, validation: list | None = None):
         self.stream = stream
         self.train = as_torch(stream)
-        self.validation = None
+        self.validation = validation
         self.fingerprint = fingerprint
         self.num_tokens = None
         self.block_size = block_size
@@ -538,16 +594,29 @@ class StreamedData:
         pass
 
 
-def streamed_data(cfg: DataConfig, tokenizer, run_dir: Path, seed: int, rank: int = 0, world_size: int = 1
-                  ) -> StreamedData:
+def streamed_data(cfg: DataConfig, tokenizer, run_dir: Path, seed: int, rank: int = 0, world_size: int = 1,
+                  checkpoint: Path | None = None) -> StreamedData:
     if tokenizer.eos_token_id is None:
         raise UsageError("model.tokenizer: the tokenizer has no EOS token, needed between documents")
     if cfg.stream_parts is not None and cfg.stream_parts < world_size:
         raise UsageError(f"data.stream_parts: {cfg.stream_parts} part(s) cannot feed {world_size} processes (each "
                          f"part is read by one process); set it to {world_size} or more, or leave it out")
     check_stream_source(cfg, tokenizer, rank, world_size)  # opened, sampled and decoded before anything is written
-    stream = PackedStream(cfg, tokenizer, seed, cfg.block_size, rank, world_size, run_dir)
-    return StreamedData(stream, stream_fingerprint(cfg, tokenizer, run_dir, seed), cfg.block_size)
+    # the parts the stream is split into: the resumed checkpoint's (an elastic resume keeps them), else the config's
+    parts_total = parts_in(checkpoint) if checkpoint is not None else (cfg.stream_parts or world_size)
+    validation, held_docs = None, 0
+    held = held_out_count(cfg)
+    if held:
+        if cfg.validation_source is not None:  # its first blocks; the training stream is not split
+            from gptresume.data.packing import _validation_config
+
+            validation, _ = read_held_out(_validation_config(cfg), tokenizer, held, what="data.validation_source")
+        else:  # the first blocks of part 0, which the stream then skips (whichever process reads that part)
+            validation, held_docs = read_held_out(cfg, tokenizer, held, parts_total)
+        log.info("Validation: the first %d blocks of %s (%d tokens)", held,
+                 "data.validation_source" if cfg.validation_source is not None else "the stream", held * cfg.block_size)
+    stream = PackedStream(cfg, tokenizer, seed, cfg.block_size, rank, world_size, run_dir, held_docs=held_docs)
+    return StreamedData(stream, stream_fingerprint(cfg, tokenizer, run_dir, seed), cfg.block_size, validation)
 
 
 def _callback_base():

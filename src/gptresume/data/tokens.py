@@ -82,13 +82,16 @@ def _encode(docs: list[str]) -> np.ndarray:
 
 
 def tokenize_to_file(batches, text_bytes: int, tokenizer, path: Path, num_proc: int | None = None,
-                     max_tokens: int | None = None) -> int:
+                     max_tokens: int | None = None, progress=None) -> int:
     """Append the token stream of `batches` (lists of documents, in order) to `path`; returns the tokens written.
 
-    `max_tokens` stops reading the documents once that many tokens are written (the stream is cut there)."""
+    `max_tokens` stops reading the documents once that many tokens are written (the stream is cut there).
+    `progress`: a gptresume.progress.Progress over the text's bytes (default: one for this packing)."""
     eos = tokenizer.eos_token_id
     procs = processes_for(text_bytes, num_proc)
-    batches = iter(batches)
+    progress = progress if progress is not None else packing_progress(text_bytes)
+    counter = {"tokens": 0}
+    batches = _reported(batches, progress, counter)
     first = next(batches, None)
     if first is None:
         return 0
@@ -103,9 +106,11 @@ def tokenize_to_file(batches, text_bytes: int, tokenizer, path: Path, num_proc: 
                 arr = arr[: max_tokens - written]
                 out.write(arr.tobytes())
                 written += len(arr)
+                counter["tokens"] = written
                 return False
             out.write(arr.tobytes())
             written += len(arr)
+            counter["tokens"] = written
             return True
 
         if procs <= 1:
@@ -115,7 +120,37 @@ def tokenize_to_file(batches, text_bytes: int, tokenizer, path: Path, num_proc: 
         else:
             _tokenize_in_workers(batches, encode, eos, procs, write)
     log.debug("Tokenized %d tokens (%d process(es))", written, procs)
+    finish_packing_progress(progress, written, procs)
     return written
+
+
+# ---------------------------------------------------------------- progress (gptresume/progress.py)
+
+
+def packing_progress(text_bytes: int, **options):
+    """A Progress over the text's bytes: lines with MB/s, tokens so far and an ETA (a log), or one redrawn line
+    (a terminal); quiet for a quick packing. `options`: Progress's (interactive, emit, clock_s)."""
+    from gptresume.progress import Progress, size
+
+    return Progress("packing", text_bytes or None, unit=size, **options)
+
+
+def _reported(batches, progress, counter: dict):
+    """`batches` as they are, telling `progress` the bytes of text read so far and the tokens written."""
+    done = 0
+    for docs in batches:
+        done += sum(len(d.encode("utf-8", "replace")) for d in docs if isinstance(d, str))
+        yield docs
+        progress.update(done, f"{counter['tokens']:,} tokens")
+
+
+def finish_packing_progress(progress, tokens: int, procs: int) -> None:
+    from gptresume.progress import duration, size
+
+    seconds = progress.elapsed
+    rate = f" ({size(progress.done / seconds)}/s, {tokens / seconds:,.0f} tokens/s)" if seconds > 0 else ""
+    progress.finish(f"packing: {size(progress.done)} of text -> {tokens:,} tokens in {duration(seconds)}{rate}, "
+                    f"{procs} process(es)")
 
 
 def _tokenize_in_workers(batches, encode, eos, procs, write) -> None:

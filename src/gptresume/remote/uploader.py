@@ -135,8 +135,8 @@ class Uploader:
             self.ledger.record(ckpt)
             seconds = time.perf_counter() - t0
             self.history.append({"name": ckpt.name, "seconds": seconds, "attempts": attempt})
-            log.info("Uploaded %s to %s and verified it (%.2fs, %d attempt%s)", ckpt.name, self.remote.url,
-                     seconds, attempt, "" if attempt == 1 else "s")
+            log.info("Uploaded %s to %s and verified it (%s, %.2fs, %d attempt%s)", ckpt.name, self.remote.url,
+                     _checkpoint_size(ckpt), seconds, attempt, "" if attempt == 1 else "s")
             if attempt > 1:
                 print(f"Upload of {ckpt.name} to {self.remote.url} verified after {attempt} attempts", flush=True)
             self._books()  # protected.json before retention reads it
@@ -170,6 +170,15 @@ class Uploader:
         if deleted:
             self.ledger.removed_remotely(deleted)
             log.info("Removed from %s: %s", self.remote.url, ", ".join(deleted))
+
+
+def _checkpoint_size(ckpt: Path) -> str:
+    from gptresume.progress import size
+
+    try:
+        return size(sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file()))
+    except OSError:  # retention may remove it meanwhile
+        return "size unknown"
 
 
 def _short(e: BaseException) -> str:

@@ -39,6 +39,9 @@ FREE_KEYS = {
     "train.log_level", "train.log_level_replica", "train.dataloader_num_workers",
     "train.dataloader_pin_memory", "train.dataloader_persistent_workers", "train.dataloader_prefetch_factor",
     "train.skip_memory_metrics", "data.num_proc",
+    # how many validation blocks each evaluation reads: the model is in eval mode (no dropout) and the DataLoader
+    # draws one seed per evaluation whatever its length, so training is the same (an eval-cadence change is not)
+    "data.eval_batches",
 }
 FREE_PREFIXES = ("checkpoint.", "health.")
 # How often evaluation runs: free without dropout; with dropout each evaluation's DataLoader draws a seed from the
@@ -61,7 +64,7 @@ SCHEDULE_KEYS = {"train.max_steps", "train.num_train_epochs", "train.warmup_step
 BATCH_KEYS = {"train.per_device_train_batch_size", "train.gradient_accumulation_steps", "world_size"}
 DATA_KEYS = {"data.source", "data.text_column", "data.text_unit", "data.hub_config", "data.hub_split",
              "data.validation_fraction", "data.token_dtype", "data.validation_source", "data.validation_hub_split",
-             "data.max_train_tokens", "data"}
+             "data.max_train_tokens", "data.validation_max_blocks", "data"}
 
 # Why these can never change under a checkpoint.
 NEVER_REASONS = {

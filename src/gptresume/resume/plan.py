@@ -5,6 +5,7 @@ differ from an uninterrupted one is refused (exit 2) with a table naming every c
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,10 @@ class RunSpec:
     model_shapes: dict[str, tuple] | None = None
     """Name -> shape of every weight of the model a resume loads the checkpoint into (a script's Trainer model).
     None: the model is built from the checkpoint's own config.json (the CLI)."""
+    resolve: Callable[[dict | None], dict] | None = None
+    """(recorded config of the resumed checkpoint, or None for a new run) -> `config` with the defaults that changed
+    since the run began resolved to what it recorded (the CLI's `Config.resolve_versioned_defaults`); called by
+    `plan_resume` once the checkpoint is chosen, before the configs are compared."""
 
     @property
     def train(self) -> dict:
@@ -143,6 +148,7 @@ def plan_resume(spec: RunSpec, mode: str, overwrite: bool = False, allow_partial
             raise UsageError(
                 f"--resume never: {run_dir} already has {len(existing)} checkpoint(s) (newest {existing[-1].name}); "
                 "use --resume auto to continue that run, or add --overwrite to delete them and start over")
+        _resolve_defaults(spec, None)
         return ResumePlan(overwrite=bool(existing))
     if mode in ("auto", "must"):
         info, skipped = newest_valid(run_dir, check)
@@ -157,6 +163,7 @@ def plan_resume(spec: RunSpec, mode: str, overwrite: bool = False, allow_partial
         plan = ResumePlan(checkpoint=info, adopt=adopting)
     else:
         plan = ResumePlan(checkpoint=_explicit_checkpoint(Path(mode), check))
+    _resolve_defaults(spec, defaults_basis(plan))
     if plan.checkpoint is None:
         return plan
     check_complete_state(plan.checkpoint, allow_partial)
@@ -177,6 +184,20 @@ def plan_resume(spec: RunSpec, mode: str, overwrite: bool = False, allow_partial
     if refused:
         raise ResumeRefused(_refusal(plan), plan.changes)
     return plan
+
+
+def defaults_basis(plan: ResumePlan) -> dict | None:
+    """The recorded config that defaults changed since a run began resolve against (config/schema.py
+    VERSIONED_DEFAULTS): the resumed checkpoint's; None for a new run and for an adopted plain-Trainer checkpoint
+    (which recorded no gptresume config: it gets today's defaults)."""
+    if plan.checkpoint is None or plan.adopt:
+        return None
+    return plan.old_config
+
+
+def _resolve_defaults(spec: RunSpec, recorded: dict | None) -> None:
+    if spec.resolve is not None:
+        spec.config = spec.resolve(recorded)
 
 
 def _check_schedule(plan: ResumePlan, spec: RunSpec) -> None:

@@ -23,6 +23,7 @@ import yaml
 
 from gptresume.checkpoint import newest_valid
 from gptresume.config import DataConfig
+from gptresume.config.schema import data_config_of_record
 from gptresume.data import CACHE_META_NAME, DATA_CACHE_DIR, PackedBlockCollator, load_texts, pack, prepare_data
 from gptresume.data.packing import open_cache
 from gptresume.data.sources import resolve_files
@@ -70,7 +71,7 @@ def evaluate(path, data_files: list[str] | None = None, batch_size: int | None =
         raise UsageError(f"eval: --batch-size must be at least 1 (got {batch_size})")
     tokenizer = load_tokenizer_for(source, "eval")
     model = load_model_for(source, "eval")
-    run_data = DataConfig(**_known_fields(DataConfig, (run_cfg or {}).get("data") or {})) if run_cfg else None
+    run_data = data_config_of_record((run_cfg or {}).get("data") or {}) if run_cfg else None
     if data_files:
         size = block_size or (run_data.block_size if run_data else None) or min(context_length(model) or 1024, 1024)
         blocks, what = _file_blocks(data_files, tokenizer, size, run_data, text_unit)
@@ -214,8 +215,3 @@ def _run_config(source: ModelSource) -> dict | None:
         except yaml.YAMLError as e:
             raise UsageError(f"eval: {source.run_dir / CONFIG_NAME} is not valid YAML: {e}") from None
     return None
-
-
-def _known_fields(cls, values: dict) -> dict:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in values.items() if k in names}

@@ -23,7 +23,7 @@ from gptresume.resume.changes import format_changes
 log = logging.getLogger(__name__)
 
 
-def dry_run(config: Config, options: Options) -> int:
+def dry_run(config: Config, options: Options, calibrate: bool = False) -> int:
     from gptresume.training import distributed
     from gptresume.training.run import ConfigSource
     from gptresume.training.start import start
@@ -36,6 +36,7 @@ def dry_run(config: Config, options: Options) -> int:
                   f"would train nothing. Nothing was written.")
             return EXIT_OK
         print(summary(config, s))
+        print_cost_plan(config, s.plan, s.inputs.data, s.inputs.model, s.inputs.tokenizer, calibrate)
     return EXIT_OK
 
 
@@ -61,3 +62,12 @@ def summary(config: Config, s) -> str:
     if plan.changes:
         lines.append("  config changes since the checkpoint:\n" + format_changes(plan.changes))
     return "\n".join(lines)
+
+
+def print_cost_plan(config: Config, plan, data, model, tokenizer, calibrate: bool = False) -> None:
+    """The cost plan (training/cost_plan.py): from a calibration in a temporary directory when asked, else from the
+    run's own measured steps when it has some."""
+    from gptresume.training.cost_estimate import calibrate as measure, plan_for
+
+    rates = measure(config, model, tokenizer, data) if calibrate else None
+    print("\n".join(plan_for(config, plan, data, model, tokenizer, rates).lines()))

@@ -29,6 +29,7 @@ class StopRequest:
 
     def __init__(self):
         self.reason: str | None = None
+        self.signalled = False  # a signal (not --stop-at-step): only a signal cuts an evaluation short
         self._previous = {}
 
     def install(self) -> None:
@@ -54,6 +55,7 @@ class StopRequest:
             # Second Ctrl-C: the user wants out now. The last committed checkpoint stays valid.
             os.write(2, b"\nSecond SIGINT: aborting without saving; the newest committed checkpoint is kept.\n")
             os._exit(130)
+        self.signalled = True
         if self.reason is None:
             self.reason = name
             if os.environ.get("RANK", "0") == "0":  # with several processes every rank gets it; one line is enough
@@ -93,8 +95,9 @@ class StopCallback(TrainerCallback):
         """A stop during an evaluation cuts it at this batch (every process at the same one): the step it belongs
         to is trained, so training/trainer.py commits it at once and training stops. Before the first step
         (`eval_on_start`) there is nothing to commit and the StopSignal ends the run (stopping.py). Only while
-        gptresume's handlers are installed: an evaluation the script runs after `gptresume.train` is its own."""
-        if self.request.installed and _any_rank(self.request.reason is not None):  # one tiny reduction per batch
+        gptresume's handlers are installed: an evaluation the script runs after `gptresume.train` is its own.
+        `--stop-at-step N` is a stop after step N, its evaluation included: it cuts nothing."""
+        if self.request.installed and _any_rank(self.request.signalled):  # one tiny reduction per batch
             self.stopped_at = state.global_step
             raise stopping.StopSignal(self.request.reason or "a stop on another process")
         return control

@@ -15,6 +15,7 @@ from pathlib import Path
 from gptresume.compat import warn_if_unchecked
 from gptresume.config import Config, dump_config
 from gptresume.data import PackedBlockCollator, load_texts, prepare_data, save_to_cache
+from gptresume.data.evaluation import evaluation_set
 from gptresume.data.sources import remember_source_fingerprint
 from gptresume.errors import EXIT_OK, UsageError
 from gptresume.hub import use_cache_if_offline
@@ -28,7 +29,7 @@ from gptresume.modeling import (
     looks_like_path,
 )
 from gptresume.options import Options
-from gptresume.resume.plan import ResumePlan, RunSpec
+from gptresume.resume.plan import ResumePlan, RunSpec, defaults_basis
 from gptresume.rundir import CONFIG_NAME, FINAL_DIR, TOKENIZER_DIR, remove_path, run_lock
 from gptresume.training import distributed
 from gptresume.training.session import Session
@@ -63,7 +64,11 @@ def _run_once(source: ConfigSource, options: Options):
         session = Session(s, source.say)
         session.attach(trainer, source.tokens_per_step(trainer))
         _use_progress_output(trainer, source.tokens_per_step(trainer))
+        from gptresume.training.phase_progress import add_phase_progress
+
+        loading = add_phase_progress(trainer, s.checkpoint, sys.stderr.isatty())  # evaluation, slow saves, a load
         announce_start(s, source)
+        loading.announce()
         outcome = session.run(trainer)
         if outcome.status == "complete":
             run_dir = s.run_dir
@@ -99,7 +104,8 @@ class ConfigSource:
         self.run_dir = config.run_dir
 
     def spec(self) -> RunSpec:
-        return RunSpec(self.run_dir, self.config.to_dict(), tokenizer_from_checkpoint=True)
+        return RunSpec(self.run_dir, self.config.to_dict(), tokenizer_from_checkpoint=True,
+                       resolve=self.config.resolve_versioned_defaults)
 
     def load_inputs(self, plan: ResumePlan) -> ConfigInputs:
         return _inputs(*_load_inputs(self.config, plan))
@@ -107,6 +113,7 @@ class ConfigSource:
     def follow(self, plan: ResumePlan) -> ConfigInputs:
         """The other ranks read what rank 0 checked and wrote: tokenizer/, data-cache/."""
         ckpt = plan.checkpoint.path if plan.checkpoint else None
+        self.config.resolve_versioned_defaults(defaults_basis(plan))  # as rank 0 did in plan_resume
         return _inputs(*_load_inputs(self.config, plan, tokenizer_dir=ckpt or self.run_dir / TOKENIZER_DIR))
 
     def keep_on_node(self, inputs: ConfigInputs) -> None:
@@ -179,7 +186,7 @@ def _load_inputs(config: Config, plan: ResumePlan, tokenizer_dir: Path | None = 
         from gptresume.data.streaming import streamed_data
 
         data = streamed_data(config.data, tokenizer, config.run_dir, int(config.train.get("seed", 42)),
-                             distributed.rank(), distributed.world_size())  # each rank streams its own part
+                             distributed.rank(), distributed.world_size(), ckpt)  # each rank streams its own parts
     else:
         data = prepare_data(config.data, tokenizer, config.run_dir, texts)
     try:
@@ -223,7 +230,8 @@ def _make_trainer(config: Config, model, tokenizer, data):
         accel = config.train.get("accelerator_config")
         extra["accelerator_config"] = {**(accel if isinstance(accel, dict) else {}), "dispatch_batches": False}
     args = config.training_arguments(disable_tqdm=True, **distributed.training_defaults(config.train), **extra)
-    return Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
+    evaluated = evaluation_set(data.validation, config.data.eval_batches, args.eval_batch_size * args.world_size)
+    return Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=evaluated,
                    data_collator=PackedBlockCollator(), processing_class=tokenizer)
 
 

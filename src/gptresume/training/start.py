@@ -279,13 +279,15 @@ class _RankZero:
 
                 check = bucket_check(remote, check)
         world_size = distributed.world_size()
+        planned = replace(spec, run_dir=plan_dir)
         try:
-            plan = plan_resume(replace(spec, run_dir=plan_dir), o.resume, o.overwrite, o.allow_partial,
-                               o.allow_change, o.adopt, world_size, check=check)
+            plan = plan_resume(planned, o.resume, o.overwrite, o.allow_partial, o.allow_change, o.adopt, world_size,
+                               check=check)
         except UsageError as e:
             if plan_dir == run_dir:
                 raise
             raise type(e)(str(e).replace(str(plan_dir), str(run_dir))) from None  # a dry run's scratch copy
+        spec.config = planned.config  # defaults that changed since the run began, resolved to what it recorded
         if plan_dir != run_dir:
             self._skipped_as_in_the_run_dir(plan, run_dir, check)
         if plan.checkpoint is not None and not plan.adopt:  # a rollback to it skips data (health/rollback.py)

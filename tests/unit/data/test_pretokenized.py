@@ -127,6 +127,10 @@ def test_the_new_data_fields_enter_the_resolved_config_only_when_set():
         return Config(ModelConfig(name_or_path="gpt2"), DataConfig(**fields), {"output_dir": "r"},
                       CheckpointConfig()).to_dict()["data"]
 
-    assert set(data_of()) == {"source", "text_column", "text_unit", "hub_config", "hub_split", "block_size",
-                              "validation_fraction", "num_proc"}
+    before = {"source", "text_column", "text_unit", "hub_config", "hub_split", "block_size", "validation_fraction",
+              "num_proc"}
+    # issue 26's fields at their legacy values (what a run that predates them resolves to) are left out too; at
+    # today's defaults (a new run) they are recorded
+    assert set(data_of(validation_max_blocks=None, eval_batches=None)) == before
+    assert set(data_of()) == before | {"validation_max_blocks", "eval_batches"}
     assert data_of(streaming=True, max_train_tokens=500)["streaming"] is True

@@ -105,6 +105,30 @@ class Plan:
         self.checkpoint = type("Info", (), {"path": checkpoint})() if checkpoint else None
 
 
+def test_held_out_blocks_come_from_part_0_whichever_process_reads_it(tmp_path, tokenizer):
+    """With several parts (issue 26 x issue 27) the held-out documents are the first of part 0: only the reader of
+    part 0 skips them, on 2 processes as on 1 process reading both parts (an elastic resume's layout), and no
+    held-out block is ever trained."""
+    from gptresume.data.streaming import streamed_data
+
+    docs = [p for d in corpus_texts(6) for p in d[:900].split("\n\n") if p.strip()]
+    (tmp_path / "a.txt").write_text("\n\n".join(docs[: len(docs) // 2]))
+    (tmp_path / "b.txt").write_text("\n\n".join(docs[len(docs) // 2:]))
+    cfg = DataConfig(source=[str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], text_unit="paragraph", block_size=16,
+                     streaming=True, validation_max_blocks=4, shuffle_buffer=1, stream_parts=2)
+    ranks = [streamed_data(cfg, tokenizer, tmp_path, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    alone = streamed_data(cfg, tokenizer, tmp_path, seed=3)  # one process reading both parts
+    held = {b["input_ids"].tobytes() for b in ranks[0].validation}
+    assert len(held) == 4 and held == {b["input_ids"].tobytes() for b in alone.validation}
+    assert ranks[0].stream.held_docs == ranks[1].stream.held_docs == alone.stream.held_docs > 0
+    plain = DataConfig(**{**cfg.__dict__, "validation_fraction": 0})
+    part1 = take(PackedStream(plain, tokenizer, seed=3, block_size=16, rank=1, world_size=2), 5)
+    trained = [take(ranks[r].stream, 40) for r in (0, 1)]
+    assert all(np.array_equal(a, b) for a, b in zip(trained[1], part1))  # part 1 is read whole
+    together = {b.tobytes() for blocks in trained for b in blocks} | {b.tobytes() for b in take(alone.stream, 80)}
+    assert not held & together
+
+
 def test_resumes_that_need_a_sample_count_are_refused(tmp_path):
     import json
 
@@ -124,3 +148,45 @@ def test_resumes_that_need_a_sample_count_are_refused(tmp_path):
     assert "global batch" in streaming_refusal(Plan(Change("train.per_device_train_batch_size", 4, 2, BATCH, True,
                                                            "global batch 8 -> 4")))
     assert streaming_refusal(Plan(Change("data", "f1", "f2", DATA, True, "the packed training tokens differ")))
+
+
+def test_a_streamed_source_holds_out_its_first_blocks_which_never_train(tmp_path, tokenizer):
+    """data.streaming with the default validation_fraction (issue 26): the first validation_max_blocks blocks of the
+    source are the validation set; the training stream skips the documents they took, in every epoch, and its
+    restored position (through the skip) continues exactly."""
+    from gptresume.data.streaming import read_held_out, streamed_data
+
+    docs = [p for d in corpus_texts(5) for p in d[:700].split("\n\n") if p.strip()]
+    (tmp_path / "a.txt").write_text("\n\n".join(docs))
+    cfg = DataConfig(source=str(tmp_path / "a.txt"), text_unit="paragraph", block_size=16, streaming=True,
+                     validation_max_blocks=6, shuffle_buffer=1)
+    assert DataConfig().validation_fraction > 0 and not cfg.problems("data")  # no second key needed
+    data = streamed_data(cfg, tokenizer, tmp_path, seed=3)
+    held, used = read_held_out(cfg, tokenizer, 6)
+    assert len(data.validation) == 6 and all(len(b["input_ids"]) == 16 for b in data.validation)
+    assert data.stream.held_docs == used > 0
+    # the held-out blocks are the stream's first 6 blocks as a stream without them would pack them
+    plain = PackedStream(DataConfig(**{**cfg.__dict__, "validation_fraction": 0}), tokenizer, seed=3, block_size=16)
+    first = take(plain, 6)
+    assert all(np.array_equal(a["input_ids"], b) for a, b in zip(data.validation, first))
+    # training never sees a held-out document: its token stream is the source's from document `used` on
+    eos = tokenizer.eos_token_id
+    later = np.concatenate([np.asarray(x + [eos]) for x in tokenizer(docs[used:], add_special_tokens=False)[
+        "input_ids"]])
+    trained = take(data.stream, 300)  # more than an epoch: the skip applies again after the source restarts
+    assert max(p["passes"] for s in data.stream.snapshots.values() for p in s["parts"]) >= 1
+    assert np.array_equal(trained[0], later[:16])  # shuffle_buffer 1: stream order
+    held_rows = {b["input_ids"].tobytes() for b in data.validation}
+    assert not held_rows & {b.tobytes() for b in trained}
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    data.stream.save_state(250, ckpt)
+    resumed = streamed_data(cfg, tokenizer, tmp_path, seed=3).stream
+    resumed.load_state(ckpt)
+    assert all(np.array_equal(a, b) for a, b in zip(take(resumed, 20), trained[250:270]))
+    # its identity: a run without held-out blocks keeps the fingerprint it had; one with them differs
+    no_held = streamed_data(DataConfig(**{**cfg.__dict__, "validation_fraction": 0}), tokenizer, tmp_path, seed=3)
+    assert no_held.validation is None and no_held.stream.held_docs == 0
+    assert no_held.fingerprint != data.fingerprint
+    with pytest.raises(UsageError, match="data.validation_max_blocks: data.source .* fewer than the 100000"):
+        streamed_data(DataConfig(**{**cfg.__dict__, "validation_max_blocks": 100000}), tokenizer, tmp_path, seed=3)
