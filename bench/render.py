@@ -22,7 +22,8 @@ TITLES = {"peak": "Peak matmul", "throughput": "Training throughput", "checkpoin
           "interval": "Checkpoint interval: `every: auto` against fixed save_steps",
           "remote": "Uploads to object storage (checkpoint.remote)",
           "defaults": "The shipped defaults on a real-sized corpus",
-          "step_cost": "Callbacks' share of a step", "ledger": "The sample ledger's cost"}
+          "step_cost": "Callbacks' share of a step", "ledger": "The sample ledger's cost",
+          "multinode": "Several nodes: a commit through the bucket"}
 
 
 def render_report(records: dict[str, dict]) -> str:
@@ -367,6 +368,12 @@ def _ledger(results: dict) -> list[str]:
     return ledger_lines(results)
 
 
+def _multinode(results: dict) -> list[str]:
+    from sections.multinode import render as multinode_lines  # its own section file renders it (issue 27)
+
+    return multinode_lines(results)
+
+
 def _defaults(results: dict) -> list[str]:
     """The GPT-2 fine-tune preset on a generated corpus: where the wall time goes, and the resume's start-up."""
     d = results.get("defaults")
@@ -406,7 +413,8 @@ def _defaults(results: dict) -> list[str]:
 RENDERERS = {"peak": _peak, "throughput": _throughput, "checkpoint": _checkpoint, "checkpoint_ddp": _checkpoint_ddp,
              "verify": _verify, "resume": _resume, "streaming_resume": _streaming_resume, "goodput": _goodput,
              "packing": _packing, "interval": lambda results: _intervals(results.get("interval")),
-             "remote": _remote, "defaults": _defaults, "step_cost": _step_cost, "ledger": _ledger}
+             "remote": _remote, "defaults": _defaults, "step_cost": _step_cost, "ledger": _ledger,
+             "multinode": _multinode}
 
 
 def write_section(out: Path, name: str, record: dict) -> None:

@@ -47,8 +47,8 @@ from pathlib import Path
 # beside this one import by their plain names.
 from common import BENCH, FULL, QUICK, Runner, loadavg, machine, source_version
 from render import fmt, write_report, write_section
-from sections import (SECTIONS, checkpoint, defaults, goodput, ledger, packing, peak, remote, resume, step_cost,
-                      streaming_resume, throughput, verify)
+from sections import (SECTIONS, checkpoint, defaults, goodput, ledger, multinode, packing, peak, remote, resume,
+                      step_cost, streaming_resume, throughput, verify)
 from workloads import prepare_template, write_workloads
 
 
@@ -144,6 +144,8 @@ def main() -> int:
                 results["remote"] = remote.measure(r, plan, configs, tpls)
             elif name == "ledger":
                 results["ledger"] = ledger.measure(r, plan, configs, tpls)
+            elif name == "multinode":
+                results["multinode"] = multinode.measure_section(r, plan)
             elif name == "defaults":
                 results["defaults"] = defaults.measure(r, plan)
             results["timing_s"][name] = time.time() - s0

@@ -5,4 +5,4 @@ fixed save_steps, issue 16) lives in goodput.py beside it; defaults (the GPT-2 f
 issue 26) is last: it is the longest."""
 
 SECTIONS = ("peak", "throughput", "step_cost", "checkpoint", "checkpoint_ddp", "verify", "resume", "streaming_resume",
-            "goodput", "packing", "interval", "remote", "ledger", "defaults")
+            "goodput", "packing", "interval", "remote", "ledger", "multinode", "defaults")

@@ -13,8 +13,9 @@ save's pause on top of a step, so pause = that step's duration minus the median 
 first steps, warm-up, left out). Also reported: the median step duration away from saves (background uploads share
 the CPU), and the seconds from a save's start to its commit (the committed line of each mode).
 
-Self-contained (no entry in bench/run.py or RESULTS.md yet):
-    python bench/sections/multinode.py [--quick] [--out bench/multinode.json]
+`make bench` runs it as the section "multinode" (bench/results/multinode.json, rendered by `render` below); on its
+own, without the other sections:
+    python bench/sections/multinode.py [--quick] [--reps N]
 """
 
 from __future__ import annotations
@@ -170,6 +171,28 @@ def measure(work: Path, quick: bool = False, reps: int | None = None) -> dict:
             "machine": machine()}
 
 
+def measure_section(r, plan) -> dict:
+    """bench/run.py's entry: the plan's repetitions (at most 3: each is two 2-process runs), quick = 30 steps."""
+    work = r.work / "multinode"
+    work.mkdir(parents=True, exist_ok=True)
+    quick = plan.reps <= 1
+    return measure(work, quick, min(plan.reps, 3))
+
+
+def render(results: dict) -> list[str]:
+    """RESULTS.md lines for this section (bench/render.py calls it)."""
+    m = results.get("multinode")
+    if not m:
+        return []
+    return ["## Several nodes without a shared file system: a commit through the bucket", "",
+            f"2 processes (gloo, CPU), the demo model, a save every {m['save_every']} of {m['steps']} steps, "
+            f"{m['reps']} repetition(s), each mode alternating first. One node with a local commit "
+            "(`--nproc_per_node 2`, one run directory) against 2 nodes on 127.0.0.1 with separate run directories and "
+            "an S3-compatible server on loopback (`checkpoint.shared_filesystem: false`): the commit is the bucket's "
+            "manifest, written by global rank 0 once every node's part is uploaded and verified.", "",
+            HEADER, rows(m), ""]
+
+
 HEADER = ("| per save (median) | one node, local commit | 2 nodes, commit in the bucket | ratio |\n"
           "|---|---|---|---|")
 
@@ -187,21 +210,27 @@ def rows(result: dict) -> str:
 
 
 def main() -> int:
+    """This section alone: measures, writes bench/results/multinode.json as `make bench` would, prints its table."""
+    from common import BENCH, source_version
+    from render import write_report, write_section
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--reps", type=int)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "multinode.json"))
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gptresume-bench-multinode-"))
+    start = time.time()
     try:
         result = measure(work, a.quick, a.reps)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    Path(a.out).write_text(json.dumps(result, indent=1))
-    print(f"2 processes (gloo, CPU), the demo model, a save every {result['save_every']} of {result['steps']} steps, "
-          f"{result['reps']} repetition(s):")
-    print(HEADER)
-    print(rows(result))
+    write_section(BENCH, "multinode", {
+        "section": "multinode", "quick": a.quick, "command": "bench/sections/multinode.py" + " --quick" * a.quick,
+        "plan": {"reps": result["reps"]}, "machine": result.pop("machine"), "load_at_end": os.getloadavg()[0],
+        "measured": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **source_version(), "wall_s": time.time() - start,
+        "data": result})
+    write_report(BENCH)
+    print("\n".join(render({"multinode": result})))
     return 0
 
 
