@@ -112,6 +112,13 @@ PRIVATE: tuple[Private, ...] = (
     P(T + "_load_rng_state", "override", TRAINER, "another process count: Trainer's loader reads the mapped RNG "
       "file from a temporary directory, and skips a missing one", params=("self", "checkpoint"),
       source=("if checkpoint is None", "if not os.path.isfile(rng_file)")),
+    P(T + "_run_epoch", "override", TRAINER, "a StreamSampler gets Trainer's epoch before the epoch runs: in a "
+      "resumed epoch with several processes Trainer's set_epoch reaches skip_first_batches' SkipBatchSampler around "
+      "accelerate's BatchSamplerShard, not the sampler",
+      params=("self", "model", "epoch", "train_dataloader", "steps_in_epoch", "num_update_steps_per_epoch", "trial",
+              "ignore_keys_for_eval", "start_time", "resume_from_checkpoint", "epochs_trained",
+              "steps_trained_in_current_epoch"),
+      source=("train_dataloader = skip_first_batches(", "train_dataloader.set_epoch(epoch)")),
     P(T + "get_train_dataloader", "override", TRAINER, "streaming with several processes: each rank's stream is "
       "its own part, so accelerate's IterableDatasetShard around it is made a pass-through", params=("self",)),
     P("accelerate.data_loader.IterableDatasetShard.__iter__", "attribute write", TRAINER, "num_processes=1, "

@@ -93,6 +93,16 @@ class ResumableTrainerMixin:
         stream = self._gptresume_stream
         return stream if stream is not None else super()._get_train_sampler(train_dataset)
 
+    def _run_epoch(self, *args, **kwargs):  # checked with transformers 5.24 (Trainer passes every argument by name)
+        # A StreamSampler takes its epoch's permutation from set_epoch. In the epoch a resume skips into, Trainer
+        # calls set_epoch on skip_first_batches' new DataLoader, and with several processes that reaches
+        # SkipBatchSampler(BatchSamplerShard(...)) but never the sampler inside: the resumed epoch would replay
+        # epoch 0's order (seen with the sample ledger on 2 processes). Trainer's epoch, set here, reaches it always.
+        stream = self._gptresume_stream
+        if stream is not None:
+            stream.set_epoch(kwargs["epoch"])
+        return super()._run_epoch(*args, **kwargs)
+
     _gptresume_streaming = False
     """A streamed training set (data/streaming.py) restores its own position: Trainer skips nothing
     (ignore_data_skip), and the RNG state is restored after the epoch's DataLoader iterator exists."""
