@@ -56,8 +56,11 @@ def s3():
 
 
 def config_for(tmp: Path, server: S3Server, prefix: str) -> Path:
-    return write_config(tmp, f"{prefix}.yaml", train={  # the whole run in one epoch
-        "max_steps": MAX_STEPS, "save_steps": 4, "eval_steps": 6, "output_dir": "run"},  # relative: one per node
+    # about 42 training blocks: epochs of 5 steps, so the run and its resumes cross epochs; whole global batches only
+    # (drop_last), so the ledger can prove each completed epoch exactly once (no even_batches padding)
+    return write_config(tmp, f"{prefix}.yaml", corpus_chars=3600, train={
+        "max_steps": MAX_STEPS, "save_steps": 4, "eval_steps": 6, "output_dir": "run",  # relative: one per node
+        "dataloader_drop_last": True},
         checkpoint={"keep_last": 1, "remote": f"s3://{BUCKET}/{prefix}", "remote_keep_last": 1, "ledger": True,
                     "remote_options": {"endpoint_url": server.endpoint}, "shared_filesystem": False})
 
@@ -263,6 +266,11 @@ def test_one_process_with_async_saves_commits_through_the_bucket(s3, tmp_path):
     assert committed(s3, "one") == ["checkpoint-4", "checkpoint-8"]
     assert not list((tmp_path / "run").glob("checkpoint-*/manifest.json"))  # the bucket's manifest is the commit
     shutil.rmtree(tmp_path / "run")
+    dry = run_cli(tmp_path, "train", config, "--dry-run", env=env)  # the same start pipeline, writing off
+    out = dry.stdout + dry.stderr
+    predicted = f"train would: resume from s3://{BUCKET}/one/checkpoint-8 (step 8, downloaded first)"
+    assert dry.returncode == 0 and predicted in out, out
+    assert not (tmp_path / "run").exists() and committed(s3, "one") == ["checkpoint-4", "checkpoint-8"]
     resumed = run_cli(tmp_path, "train", config, env=env)
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out
