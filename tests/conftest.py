@@ -213,17 +213,13 @@ def s3():
     lives in this process: a module that needs a bucket to itself creates one."""
     from s3server import CREDENTIALS, S3Server
 
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    server = S3Server().start()
-    server.create_bucket("unit-bucket")
-    yield server
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, CREDENTIALS):  # restored as it was afterwards
+        server = S3Server().start()
+        server.create_bucket("unit-bucket")
+        yield server
+        server.stop()
 
 
 def byte_snapshot(path: Path) -> dict:

@@ -57,3 +57,13 @@ class S3Server:
 
         return s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=self.endpoint,
                                  skip_instance_cache=True, client_kwargs={"region_name": "us-east-1"})
+
+
+def serving(bucket: str):
+    """A module fixture's body (`yield from serving(BUCKET)`): a started server holding `bucket`, stopped after."""
+    server = S3Server().start()
+    try:
+        server.create_bucket(bucket)
+        yield server
+    finally:
+        server.stop()

@@ -32,14 +32,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 if __package__ in (None, ""):  # run as a script: bench/ on the path, as bench/run.py has it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import env, machine
+from sections.remote import CREDENTIALS
 
 BUCKET = "gptresume-multinode"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 WARMUP = 3
 COMMITTED = {"local": re.compile(r"checkpoint-(\d+) committed \([^,]+, ([0-9.]+) s\)"),
              "bucket": re.compile(r"checkpoint-(\d+) committed in \S+ by \d+ node\(s\) \([^,]+, ([0-9.]+) s from")}
@@ -137,8 +138,8 @@ def measure(work: Path, quick: bool = False, reps: int | None = None) -> dict:
     steps, every = (30, 10) if quick else (60, 10)
     reps = reps or (1 if quick else 3)
     config = write_config(work, steps, every)
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
+    credentials = mock.patch.dict(os.environ, CREDENTIALS)  # the workers inherit them (bench/common.py env())
+    credentials.start()
     server, endpoint = _server()
     results = {"local": [], "bucket": []}
     try:
@@ -153,11 +154,7 @@ def measure(work: Path, quick: bool = False, reps: int | None = None) -> dict:
                       "after the save's start", flush=True)
     finally:
         server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        credentials.stop()  # the environment as it was
 
     def med(mode, key):
         values = [x for r in results[mode] for x in (r[key] if isinstance(r[key], list) else [r[key]])]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from unittest import mock
 
 from common import Plan, Runner, median, ratio, rotated
 from sections.throughput import throughput_of
@@ -49,8 +50,8 @@ def measure(r: Runner, plan: Plan, configs: dict, tpls: dict) -> dict:
     warm, steps = plan.demo_warmup, 8 * plan.demo_steps
     every = 2 * plan.demo_steps
     total = warm + steps
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)  # the workers inherit them (bench/common.py env())
+    credentials = mock.patch.dict(os.environ, CREDENTIALS)  # the workers inherit them (bench/common.py env())
+    credentials.start()
     server, endpoint = _server()
     runs = {"local only": [], "checkpoint.remote": []}
     uploads = []
@@ -76,11 +77,7 @@ def measure(r: Runner, plan: Plan, configs: dict, tpls: dict) -> dict:
                 shutil.rmtree(run, ignore_errors=True)
     finally:
         server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        credentials.stop()  # the environment as it was
     local, remote = median(runs["local only"]), median(runs["checkpoint.remote"])
     return {"save_every": every, "warmup_steps": warm, "measured_steps": steps, "runs": runs,
             "tokens_per_s": {"local only": local, "checkpoint.remote": remote}, "ratio": ratio(remote, local),

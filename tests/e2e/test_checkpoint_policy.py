@@ -99,18 +99,18 @@ def test_second_sigint_aborts_at_once_and_keeps_committed_checkpoints(tmp_path):
         assert first_seen.wait(60), "".join(lines)
         # the second while the first is still finishing its step and saving (both at once may merge into one)
         proc.send_signal(signal.SIGINT)
-        sent = time.monotonic()
         proc.wait(timeout=60)
-        after_second = time.monotonic() - sent
     finally:
         proc.kill()
         reader.join(10)
     out = "".join(lines)
     assert proc.returncode == 130, out
     assert "Second SIGINT: aborting without saving; the newest committed checkpoint is kept." in out
-    # a graceful stop (finish the step, save, exit) takes about 4 s here, 2000 steps minutes; the abort 0.1-0.2 s
-    assert after_second < 2, f"exited {after_second:.1f}s after the second SIGINT"
+    # the abort, not the graceful stop the first SIGINT began (which commits, records "stopped" and exits 75); no
+    # wall-clock bound: what ran is judged from what it left
+    assert "Stopped (SIGINT)" not in out, out
     run = tmp_path / "run"
+    assert "stopped" not in [json.loads(x)["event"] for x in (run / "history.jsonl").read_text().splitlines()]
     assert not (run / "final").exists()
     info, _ = newest_valid(run)
     assert info is not None and info.step % 3 == 0, info  # a save_steps checkpoint: the stop's save never committed

@@ -37,7 +37,7 @@ from conftest import (
     write_config,
 )
 from gptresume.ledger.books import lineage
-from s3server import CREDENTIALS, S3Server
+from s3server import CREDENTIALS, S3Server, serving
 
 pytestmark = pytest.mark.slow
 
@@ -49,10 +49,7 @@ NODE_DIRS = ("machine-a", "machine-b")  # machine-a is node 0 unless a test swap
 
 @pytest.fixture(scope="module")
 def s3():
-    server = S3Server().start()
-    server.create_bucket(BUCKET)
-    yield server
-    server.stop()
+    yield from serving(BUCKET)
 
 
 def config_for(tmp: Path, server: S3Server, prefix: str) -> Path:

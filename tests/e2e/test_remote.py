@@ -22,7 +22,7 @@ from conftest import (
     train_losses,
     write_config,
 )
-from s3server import CREDENTIALS, S3Server
+from s3server import CREDENTIALS, S3Server, serving
 
 pytestmark = pytest.mark.slow
 
@@ -32,10 +32,7 @@ BUCKET = "ckpts"
 @pytest.fixture(scope="module")
 def s3():
     """The server: 127.0.0.1 only, stopped by the fixture."""
-    server = S3Server().start()
-    server.create_bucket(BUCKET)
-    yield server
-    server.stop()
+    yield from serving(BUCKET)
 
 
 def env_for(server: S3Server, **more) -> dict:

@@ -22,7 +22,8 @@ SCHEDULER_NAME = "scheduler.pt"
 RNG_STATE_PATTERN = re.compile(r"^rng_state(_\d+)?\.pth$")
 RESUME_STATE_NAME = "gptresume_state.json"  # schedule re-plan and data stream offset, when a resume changed them
 TRAINING_ARGS_NAME = "training_args.bin"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 # What peft's save_pretrained writes for a LoRA model (peft 0.21): a LoRA run's checkpoints, its final/ and
 # adapter exports hold these instead of the model's weights.
 ADAPTER_CONFIG_NAME = "adapter_config.json"

@@ -27,6 +27,18 @@ from gptresume.remote.url import Remote
 log = logging.getLogger(__name__)
 
 
+def newest_valid_remote(remote: Remote, fetch) -> tuple[CheckpointInfo | None, list[str]]:
+    """`newest_valid_in` over the bucket with `fetch(name) -> CheckpointInfo`: the chosen checkpoint, and a logged
+    line for each newer one skipped (why)."""
+    chosen, skipped_infos = newest_valid_in(remote.storage, fetch)
+    skipped = []
+    for info in skipped_infos:
+        message = f"skipping remote {remote.label(info.path.name)}: " + "; ".join(info.faults)
+        log.warning(message)
+        skipped.append(message)
+    return chosen, skipped
+
+
 def fetch_newest_valid(remote: Remote, run_dir: Path) -> tuple[Path | None, list[str]]:
     """Download the newest remote checkpoint that verifies into RUN_DIR/checkpoint-N (the caller holds the run
     lock). Returns (its local path or None, one message per skipped newer remote checkpoint)."""
@@ -48,12 +60,7 @@ def fetch_newest_valid(remote: Remote, run_dir: Path) -> tuple[Path | None, list
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    chosen, skipped_infos = newest_valid_in(remote.storage, fetch)
-    skipped = []
-    for info in skipped_infos:
-        message = f"skipping remote {remote.label(info.path.name)}: " + "; ".join(info.faults)
-        log.warning(message)
-        skipped.append(message)
+    chosen, skipped = newest_valid_remote(remote, fetch)
     if chosen is None:
         return None, skipped
     name = chosen.path.name

@@ -26,9 +26,10 @@ import tempfile
 from pathlib import Path
 
 from gptresume.checkpoint.files import CHECKPOINT_RE, MANIFEST_NAME, list_checkpoints
-from gptresume.checkpoint.manifest import CheckpointInfo, newest_valid_in, parse_manifest, verify_checkpoint
+from gptresume.checkpoint.manifest import CheckpointInfo, parse_manifest, verify_checkpoint
 from gptresume.durable import fsync_dir
 from gptresume.remote.books import NODE_BOOKS, download_books, download_ledger_books
+from gptresume.remote.fetch import newest_valid_remote
 from gptresume.remote.ledger import manifest_bytes_id, manifest_id
 from gptresume.remote.parts import file_faults, needed_files
 from gptresume.remote.url import Remote
@@ -123,12 +124,7 @@ def fetch_committed(remote: Remote, run_dir: Path, check=None) -> tuple[Checkpoi
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    chosen, skipped_infos = newest_valid_in(remote.storage, fetch)
-    skipped = []
-    for info in skipped_infos:
-        message = f"skipping remote {remote.label(info.path.name)}: " + "; ".join(info.faults)
-        log.warning(message)
-        skipped.append(message)
+    chosen, skipped = newest_valid_remote(remote, fetch)
     if chosen is not None:
         for book in download_books(remote, run_dir, NODE_BOOKS, extend=True):
             print(f"Downloaded {remote.label(book)} into {run_dir}", flush=True)

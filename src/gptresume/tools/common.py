@@ -7,14 +7,12 @@ from pathlib import Path
 
 from gptresume.checkpoint import CHECKPOINT_RE, MANIFEST_NAME, CheckpointInfo, list_checkpoints, newest_valid
 from gptresume.checkpoint import verify_checkpoint
-from gptresume.checkpoint.files import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHT_NAMES
+from gptresume.checkpoint.files import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHT_NAMES, WEIGHT_FILES
 from gptresume.errors import UsageError
 from gptresume.rundir import TOKENIZER_DIR
 from gptresume.rundir import CONFIG_NAME, FINAL_DIR, HISTORY_NAME, METRICS_NAME
 
 MODEL_CONFIG_NAME = "config.json"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
 WHAT_TO_GIVE = ("give a run directory (train.output_dir), a checkpoint-N directory, "
                 "or a save_pretrained/export directory")
 
