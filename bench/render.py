@@ -75,13 +75,18 @@ def section_lines(name: str, records: dict) -> list[str]:
     return part or [f"## {TITLES.get(name, name)}", "", "(no figures)", ""]
 
 
+ONE_RUN = {"defaults": lambda plan: 1, "packing": lambda plan: plan.get("packing_reps", 1)}
+"""Sections whose repetitions are not the plan's `reps`: the defaults section is one run, packing has its own."""
+
+
 def provenance(rec: dict) -> str:
     """`Measured 2026-12-07 03:12 UTC at commit abc1234 by `bench/run.py --only X` (5 repetitions), in 12.3 min, on
     ...; load 1.0 at start, 1.2 at end`."""
     m = rec.get("machine") or {}
     plan = rec.get("plan") or {}
+    n = ONE_RUN[rec["section"]](plan) if rec.get("section") in ONE_RUN else plan.get("reps", "?")
     reps = "quick: one repetition, shorter runs (a smoke run, not the figures)" if rec.get("quick") else \
-        f"median of {plan.get('reps', '?')} repetitions"
+        "one run of each measurement" if n == 1 else f"median of {n} repetitions"
     commit = rec.get("commit", "unknown")
     busy = max(m.get("load_at_start") or 0, rec.get("load_at_end") or 0) > 0.5
     return (f"*Measured {rec.get('measured', '?')} at commit {commit}"
