@@ -161,7 +161,8 @@ def source_version() -> dict:
     and reports aside): what a section's figures belong to."""
     def git(*args) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+            # rstrip only: `git status --porcelain` lines begin with a status column that may be a space
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.rstrip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
