@@ -25,12 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptresume.checkpoint.files import CHECKPOINT_RE
-from gptresume.checkpoint.retention import protected
 from gptresume.remote.books import NODE_BOOKS, upload_books, upload_ledger_books
 from gptresume.remote.commit import POLL_FIRST_S, POLL_MAX_S, commit_checkpoint, committed_by, wait_for_parts
 from gptresume.remote.materialize import drop_caches
 from gptresume.remote.parts import PartError, part_record, upload_part
-from gptresume.remote.transfer import remote_retention
 from gptresume.remote.uploader import Uploader, _short
 from gptresume.remote.url import Remote
 
@@ -193,16 +191,10 @@ class NodeUploader(Uploader):
             log.warning("Updating the books in %s failed (%s); trying again after the next commit", self.remote.url,
                         _short(e))
 
-    def _retention(self, newest: str) -> None:
-        try:
-            deleted = remote_retention(self.remote, self.keep_last, newest, self.keep_best,
-                                       also_protected=protected(self.run_dir))
-        except Exception as e:
-            log.warning("Remote retention at %s failed (%s); trying again after the next commit", self.remote.url,
-                        _short(e))
-            return
-        if deleted:
-            log.info("Removed from %s: %s", self.remote.url, ", ".join(deleted))
+    RETRY_AFTER = "the next commit"
+
+    def _removed(self, deleted: list[str]) -> None:
+        """Nothing to mark: a node's uploads are committed in the bucket, not kept in the local upload ledger."""
 
     def _drop_older(self, step: int) -> None:
         """This node's part of checkpoint-`step` is in the bucket: older local checkpoint directories go."""

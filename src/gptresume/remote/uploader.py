@@ -164,12 +164,19 @@ class Uploader:
             deleted = remote_retention(self.remote, self.keep_last, newest, self.keep_best,
                                        also_protected=protected(self.run_dir))
         except Exception as e:
-            log.warning("Remote retention at %s failed (%s); trying again after the next upload", self.remote.url,
-                        _short(e))
+            log.warning("Remote retention at %s failed (%s); trying again after %s", self.remote.url, _short(e),
+                        self.RETRY_AFTER)
             return
         if deleted:
-            self.ledger.removed_remotely(deleted)
+            self._removed(deleted)
             log.info("Removed from %s: %s", self.remote.url, ", ".join(deleted))
+
+    RETRY_AFTER = "the next upload"
+    """When a failed retention (or books update) is tried again: what triggers this uploader's next round."""
+
+    def _removed(self, deleted: list[str]) -> None:
+        """Remote retention deleted these: the upload ledger marks its verified copies as gone remotely."""
+        self.ledger.removed_remotely(deleted)
 
 
 def _checkpoint_size(ckpt: Path) -> str:
